@@ -1,0 +1,266 @@
+"""Train the Stage 1 bag-of-n-grams MLP on IMDb, SST-2 or AG News.
+
+    python stage1_mlp/train.py                      # IMDb with the reference settings
+    python stage1_mlp/train.py --dataset sst2
+    python stage1_mlp/train.py --quick              # a one-minute smoke run on small slices
+    python stage1_mlp/train.py --resume             # continue an interrupted run exactly
+
+Steps: read the data -> carve a validation set out of train -> vocabulary on train only -> bags of
+n-gram ids -> AdamW with a linearly decaying learning rate -> validate after each epoch, keep the
+best, stop early when validation accuracy stops improving -> score the best model once on the test
+split -> write the result file (JSON + curves PNG).
+
+Checkpoints (<out-dir>/last.pt after every epoch, on Ctrl-C, SIGTERM and --max-steps; best.pt for the
+best validation accuracy) hold everything needed to resume: the batch order of every epoch comes
+from (seed, epoch), and the random-number state is saved, so a resumed run repeats the losses an
+uninterrupted run would have had.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python stage1_mlp/train.py`: put the repo root on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
+                            plot_curves, positive_int, probability, resolve_data_dir, rng_state, run_cli,
+                            save_checkpoint, set_rng_state, set_seed, write_result)
+from stage1_mlp.data import DATASETS, Bags, Vocab, dataset_info, load_split, subsample, train_val_split
+from stage1_mlp.evaluate import classification_metrics, plot_confusion, predict_bags
+from stage1_mlp.model import BagOfNgramsMLP, MLPConfig
+
+STAGE = "stage1_mlp"
+QUICK_TRAIN, QUICK_EVAL = 2000, 500  # --quick: slices of the real data, enough to see the loss fall
+RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")  # flags a resumed run may change
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a bag-of-n-grams MLP text classifier (Stage 1).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="imdb", choices=list(DATASETS))
+    add_common_args(p, epochs=6, batch_size=128, lr=2e-3, out_dir="runs/stage1_mlp/{dataset}")
+    p.add_argument("--emb-dim", type=positive_int, default=32, help="n-gram embedding size")
+    p.add_argument("--hidden-dim", type=positive_int, default=64, help="hidden layer width")
+    p.add_argument("--n-layers", type=int, default=1, choices=range(0, 5), help="hidden layers (0 = linear model)")
+    p.add_argument("--dropout", type=probability, default=0.3)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    p.add_argument("--ngram", type=int, default=2, choices=[1, 2, 3], help="longest n-gram (2 = words + bigrams)")
+    p.add_argument("--min-freq", type=positive_int, default=2, help="keep n-grams found in at least this many texts")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out for validation")
+    p.add_argument("--patience", type=positive_int, default=2, help="epochs without a better val accuracy before stopping")
+    p.add_argument("--result", default=None,
+                   help="result JSON path (default: stage1_mlp/results/<dataset>.json; <out-dir>/result.json "
+                        "for --quick or --max-steps runs, so smoke runs never overwrite the reference results)")
+    args = p.parse_args(argv)
+    if not 0.0 < args.val_fraction < 0.5:
+        p.error(f"--val-fraction must be in (0, 0.5), got {args.val_fraction}")
+    if args.weight_decay < 0:
+        p.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    return args
+
+
+def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
+    """Read the splits, hold out validation, build (or reuse) the vocabulary, and encode everything as bags."""
+    info = dataset_info(args.dataset)
+    texts, labels = load_split(args.dataset, data_dir, "train")
+    test_texts, test_labels = load_split(args.dataset, data_dir, info["eval_split"])
+    if args.quick:
+        texts, labels = subsample(texts, labels, QUICK_TRAIN, args.seed)
+        test_texts, test_labels = subsample(test_texts, test_labels, QUICK_EVAL, args.seed)
+    train_idx, val_idx = train_val_split(len(texts), args.val_fraction, args.seed)
+    train_texts = [texts[i] for i in train_idx.tolist()]
+    train_labels = [labels[i] for i in train_idx.tolist()]
+    log.info(f"{args.dataset}: {len(train_texts):,} train / {len(val_idx):,} val (held out from train) / "
+             f"{len(test_texts):,} {info['eval_split']}")
+    if vocab is None:
+        progress = tqdm(train_texts, desc="vocabulary", leave=False, disable=None)
+        vocab = Vocab.build(progress, args.ngram, args.min_freq)
+    log.info(f"vocabulary: {len(vocab):,} n-grams (1..{args.ngram}-grams in >= {args.min_freq} train texts)")
+    splits = {
+        "train": (train_texts, train_labels),
+        "val": ([texts[i] for i in val_idx.tolist()], [labels[i] for i in val_idx.tolist()]),
+        "test": (test_texts, test_labels),
+    }
+    bags = {k: Bags.from_texts(tqdm(t, desc=f"encode {k}", leave=False, disable=None), y, vocab)
+            for k, (t, y) in splits.items()}
+    return bags, vocab
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir.format(dataset=args.dataset))
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
+        saved = ckpt["args"]
+        if saved["dataset"] != args.dataset:
+            raise UserError(f"{out_dir / 'last.pt'} is a {saved['dataset']} run, not {args.dataset}")
+        # the run continues with the settings it started with; only these flags may change
+        args = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in RESUMABLE}})
+    log = get_logger(STAGE, out_dir / "train.log")
+    log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    device = get_device(args.device)
+    set_seed(args.seed)
+    t_start = time.time()
+
+    # ---- data
+    data_dir = resolve_data_dir(args.data_dir)
+    info = dataset_info(args.dataset)
+    vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
+    if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
+        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
+    bags, vocab = prepare_data(args, data_dir, vocab, log)
+    if not ckpt:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        vocab.save(out_dir / "vocab.json")
+    train = bags["train"]
+
+    # ---- model, optimizer, schedule
+    config = MLPConfig(vocab_size=len(vocab), n_classes=len(info["classes"]), emb_dim=args.emb_dim,
+                       hidden_dim=args.hidden_dim, n_layers=args.n_layers, dropout=args.dropout)
+    model = BagOfNgramsMLP(config).to(device)
+    # fused AdamW updates all parameters in one kernel: ~15x faster here, where the embedding table is most of the model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
+    steps_per_epoch = (len(train) + args.batch_size - 1) // args.batch_size
+    total_steps = args.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total_steps))
+    log.info(f"model: {model.num_params():,} parameters, {config}")
+
+    # ---- state that a checkpoint carries
+    state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_val_acc": -1.0, "best_epoch": 0, "bad_epochs": 0,
+             "done": False, "train_seconds": 0.0,
+             "history": {"train_loss": [], "val_loss": [], "val_acc": []}}  # lists of [step, value]
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        set_rng_state(ckpt["rng"])
+        log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}, step {state['step']}")
+
+    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
+        obj = {"stage": STAGE, "dataset": args.dataset, "config": config.to_dict(), "args": vars(args),
+               "model": model.state_dict(), "state": state, "rng": rng_state(),
+               "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}}
+        if with_optimizer:
+            obj.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+        save_checkpoint(obj, path)
+
+    @torch.no_grad()
+    def validate() -> tuple[float, float]:
+        m = classification_metrics(predict_bags(model, bags["val"], 1000, device), bags["val"].labels)
+        model.train()
+        return m["loss"], m["accuracy"]
+
+    # ---- the training loop
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt  # a `kill` saves a checkpoint just like Ctrl-C
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    model.train()
+    stopped_by = None
+    t_loop = time.time() - state["train_seconds"]
+    try:
+        while not state["done"] and state["epoch"] < args.epochs:
+            epoch = state["epoch"]
+            # the order of an epoch depends only on (seed, epoch), so a resumed run sees the same batches
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+            batches = order.split(args.batch_size)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", initial=state["batch_in_epoch"],
+                       total=len(batches), leave=False, disable=None)
+            for index in batches[state["batch_in_epoch"]:]:
+                ids, offsets, labels = (t.to(device) for t in train.batch(index))
+                logits = model(ids, offsets)              # (B, n_classes)
+                loss = F.cross_entropy(logits, labels)    # softmax + negative log-likelihood in one stable op
+                if not torch.isfinite(loss):
+                    raise UserError(f"the loss became {loss.item()} at step {state['step'] + 1}; "
+                                    f"try a lower --lr (now {args.lr})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                state["step"] += 1
+                state["batch_in_epoch"] += 1
+                state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if args.max_steps and state["step"] >= args.max_steps:
+                    stopped_by = "max_steps"
+                    break
+            bar.close()
+            if stopped_by:
+                break
+            # ---- end of epoch: validate, keep the best, maybe stop early
+            val_loss, val_acc = validate()
+            state["history"]["val_loss"].append([state["step"], val_loss])
+            state["history"]["val_acc"].append([state["step"], val_acc])
+            recent = [v for _, v in state["history"]["train_loss"][-len(batches):]]
+            log.info(f"epoch {epoch + 1}: train loss {sum(recent) / len(recent):.4f} | val loss {val_loss:.4f} "
+                     f"| val acc {val_acc:.4f} | {time.time() - t_loop:.0f}s")
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+            state["train_seconds"] = time.time() - t_loop
+            if val_acc > state["best_val_acc"]:
+                state["best_val_acc"], state["bad_epochs"], state["best_epoch"] = val_acc, 0, epoch + 1
+                checkpoint(out_dir / "best.pt", with_optimizer=False)
+            else:
+                state["bad_epochs"] += 1
+                if state["bad_epochs"] >= args.patience:
+                    log.info(f"early stop: no better val accuracy for {args.patience} epochs")
+                    state["done"] = True
+            checkpoint(out_dir / "last.pt")
+    except KeyboardInterrupt:
+        state["train_seconds"] = time.time() - t_loop
+        checkpoint(out_dir / "last.pt")
+        log.info(f"interrupted at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
+                 f"python stage1_mlp/train.py --dataset {args.dataset} --out-dir {out_dir} --resume")
+        sys.exit(130)
+    state["train_seconds"] = time.time() - t_loop
+    if stopped_by:
+        checkpoint(out_dir / "last.pt")
+        log.info(f"stopped at --max-steps {args.max_steps}; saved {out_dir / 'last.pt'} (continue with --resume)")
+    if not state["history"]["val_acc"]:
+        return  # no epoch finished, so there is no best model to report on yet
+
+    # ---- final report: the best model, scored once on the held-out test split
+    best = load_checkpoint(out_dir / "best.pt", stage=STAGE)
+    model.load_state_dict(best["model"])
+    split = info["eval_split"]
+    m = classification_metrics(predict_bags(model, bags["test"], 1000, device), bags["test"].labels)
+    log.info(f"{args.dataset} {split} (best epoch {state['best_epoch']}): accuracy {m['accuracy']:.4f} | "
+             f"macro-F1 {m['macro_f1']:.4f} | train time {state['train_seconds']:.0f}s")
+
+    smoke = args.quick or args.max_steps is not None
+    result_path = Path(args.result) if args.result else (
+        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{args.dataset}.json")
+    metrics = {k: m[k] for k in ("accuracy", "macro_f1", "loss")}
+    metrics["best_val_accuracy"] = state["best_val_acc"]
+    write_result(result_path, stage=STAGE, dataset=args.dataset, split=split, metrics=metrics,
+                 train_seconds=state["train_seconds"], device=device, params=model.num_params(),
+                 extra={"wall_seconds": round(time.time() - t_start, 1),  # this process: data prep + training + test
+                        "quick": args.quick, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+                        "steps": state["step"], "vocab_size": len(vocab), "config": config.to_dict(),
+                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
+                        "sizes": {k: len(b) for k, b in bags.items()}, "confusion": m["confusion"],
+                        "data_dir": str(data_dir)})
+    h = state["history"]
+    plot_curves(result_path.with_suffix(".png"), {
+        "loss": {"train (per step)": tuple(zip(*h["train_loss"])), "val": tuple(zip(*h["val_loss"]))},
+        "accuracy": {"val": tuple(zip(*h["val_acc"]))},
+    }, title=f"Stage 1 MLP on {args.dataset}: {split} accuracy {m['accuracy']:.4f}")
+    plot_confusion(m["confusion"], info["classes"], result_path.with_name(result_path.stem + "_confusion.png"),
+                   title=f"{args.dataset} {split}")
+    log.info(f"wrote {result_path} and its plots")
+
+
+if __name__ == "__main__":
+    run_cli(main)
