@@ -32,12 +32,15 @@ class UserError(Exception):
 
 
 def run_cli(main) -> None:
-    """Call `main()`, turning a UserError into a one-line message and exit code 2."""
+    """Call `main()`: a UserError becomes a one-line message and exit code 2, Ctrl-C a quiet exit 130."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -228,31 +231,37 @@ def git_commit() -> str:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def command_line() -> str:
-    """The command that started this process, as a user would retype it from the repo root."""
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script_str = str(script.relative_to(REPO_ROOT))
-    except ValueError:
-        script_str = sys.argv[0]
-    return shlex.join(["python", script_str] + sys.argv[1:])
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """The command that reproduces this run, as typed from the repo root.
+
+    `argv` is what main() was given (None = the process's own arguments), so a run started from a
+    notebook or a test records its real flags, not the Jupyter kernel's.
+    """
+    return shlex.join(["python", script] + list(sys.argv[1:] if argv is None else argv))
 
 
-def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metrics: dict,
-                 train_seconds: float, device: torch.device | str, params: int, extra: dict | None = None) -> dict:
-    """Write a run's result file: the one schema every stage uses, and the source of every README number."""
+def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metrics: dict, headline: str,
+                 train_seconds: float, device: torch.device | str, params: int, command: str,
+                 extra: dict | None = None) -> dict:
+    """Write a run's result file: the one schema every stage uses, and the source of every README number.
+
+    `headline` names the entry of `metrics` that the README results table shows.
+    """
+    if headline not in metrics:
+        raise ValueError(f"headline metric {headline!r} is not among the metrics {list(metrics)}")
     result = {
         "stage": stage,
         "dataset": dataset,
         "split": split,
         "metrics": metrics,
+        "headline_metric": headline,
         "train_seconds": round(float(train_seconds), 1),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "params": int(params),
-        "command": command_line(),
+        "command": command,
         "git_commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -266,12 +275,14 @@ def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metr
 
 
 def plot_curves(path: str | Path, panels: dict[str, dict[str, tuple[list, list]]], title: str = "") -> None:
-    """One subplot per panel; each panel maps a line label to (x values, y values)."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    """One subplot per panel; each panel maps a line label to (x values, y values).
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    Drawn on a bare matplotlib Figure: no display is needed, and a notebook's own plotting is left alone.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (ylabel, lines) in zip(axes[0], panels.items()):
         for label, (xs, ys) in lines.items():
             ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3)
@@ -284,4 +295,3 @@ def plot_curves(path: str | Path, panels: dict[str, dict[str, tuple[list, list]]
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)

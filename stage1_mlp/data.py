@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ DATASETS = {
     },
     "sst2": {
         "folder": "glue/sst2", "files": {"train": "train.tsv.gz", "dev": "dev.tsv.gz"},
-        "classes": ["negative", "positive"], "eval_split": "dev",
+        "classes": ["negative", "positive"], "eval_split": "dev", "phrases": True,
         "hub": ("nyu-mll/glue", "sst2"), "hub_splits": {"train": "train", "dev": "validation"},
     },
     "ag_news": {
@@ -96,8 +97,13 @@ def download(name: str, data_dir: str | Path) -> None:
     folder = Path(data_dir) / info["folder"]
     expected = ", ".join(info["files"].values())
     hub_id, config = info["hub"]
+    print(f"data set {name!r} not found in {folder}; downloading {hub_id} from the Hugging Face hub ...",
+          file=sys.stderr)
     try:
         import datasets
+        import huggingface_hub
+        datasets.logging.set_verbosity_error()       # keep failed retries from filling the screen:
+        huggingface_hub.logging.set_verbosity_error()  # the one-line error below says what went wrong
         hub = datasets.load_dataset(hub_id, config)
     except Exception as e:  # no internet, hub down, datasets missing: all end the same way for the user
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -105,10 +111,13 @@ def download(name: str, data_dir: str | Path) -> None:
             f"data set {name!r} not found in {folder} (expected {expected}), and downloading {hub_id} failed "
             f"({reason}). Set --data-dir or MY_LLM_DATA to a folder that has it, or run with internet access."
         ) from None
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, hub_split in info["hub_splits"].items():
-        rows = [(r["text" if name != "sst2" else "sentence"], int(r["label"])) for r in hub[hub_split]]
-        _write_split(name, folder / info["files"][split], rows)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, hub_split in info["hub_splits"].items():
+            rows = [(r["text" if name != "sst2" else "sentence"], int(r["label"])) for r in hub[hub_split]]
+            _write_split(name, folder / info["files"][split], rows)
+    except OSError as e:
+        raise UserError(f"downloaded {hub_id} but cannot write it to {folder}: {e.strerror or e}") from None
 
 
 def _write_split(name: str, path: Path, rows: list[tuple[str, int]]) -> None:
@@ -200,7 +209,7 @@ class Vocab:
             obj = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls(obj["itos"], obj["ngram"])
         except FileNotFoundError:
-            raise UserError(f"vocabulary not found: {path} (it is written next to the checkpoint by train.py)") from None
+            raise UserError(f"vocabulary not found: {path} (train.py writes it next to the checkpoint)") from None
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot read vocabulary {path}: {type(e).__name__}: {e}") from None
 
@@ -239,11 +248,48 @@ class Bags:
         return ids, offsets, self.labels[index]
 
 
-def train_val_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Carve a validation set out of train with a fixed seed; the test split stays untouched until the end."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(round(n * val_fraction)))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
+def train_val_split(n: int, val_fraction: float, seed: int,
+                    groups: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carve a validation set out of train with a fixed seed; the test split stays untouched until the end.
+
+    With `groups`, whole groups go to one side or the other (see `phrase_groups` for why).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if groups is None:
+        perm = torch.randperm(n, generator=gen)
+        n_val = max(1, int(round(n * val_fraction)))
+        return perm[n_val:].sort().values, perm[:n_val].sort().values
+    group = torch.tensor(groups)                                     # (n,) group id of each row
+    unique = group.unique()
+    shuffled = unique[torch.randperm(len(unique), generator=gen)]
+    is_val = torch.isin(group, shuffled[:max(1, int(round(len(unique) * val_fraction)))])
+    return (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
+
+
+def phrase_groups(texts: list[str]) -> list[int]:
+    """Group id per row: the row of the longest training text that contains it as a run of tokens.
+
+    SST-2's training set holds every sentence *and* its sub-phrases ("the acting is superb", "is superb",
+    "superb", ...). A validation set drawn row by row would hold phrases whose sentence is in train:
+    it then reads ~0.92 while full unseen sentences (the dev set) score ~0.81, and early stopping
+    trusts the wrong number. Holding out whole sentences with all their phrases removes that leak.
+    """
+    tokens = [t.split() for t in texts]
+    row_of = {}
+    for i, toks in enumerate(tokens):
+        row_of.setdefault(" ".join(toks), i)
+    group = [-1] * len(texts)
+    for i in sorted(range(len(texts)), key=lambda i: -len(tokens[i])):  # longest first: sentences found first
+        if group[i] != -1:
+            continue
+        group[i] = i                                 # not inside any longer text: a sentence of its own
+        toks = tokens[i]
+        for a in range(len(toks)):
+            for b in range(a + 1, len(toks) + 1):    # every run of tokens of this sentence ...
+                j = row_of.get(" ".join(toks[a:b]))
+                if j is not None and group[j] == -1:  # ... that is itself a row joins its group
+                    group[j] = i
+    return group
 
 
 def subsample(texts: list[str], labels: list[int], k: int, seed: int) -> tuple[list[str], list[int]]:

@@ -60,14 +60,13 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a bare Figure needs no display and leaves notebook plotting alone
 
     cm = torch.tensor(confusion, dtype=torch.float)
     shares = cm / cm.sum(1, keepdim=True).clamp(min=1)  # each row as a share of its true class
-    fig, ax = plt.subplots(figsize=(1.4 * len(classes) + 2.2, 1.2 * len(classes) + 1.6))
-    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig = Figure(figsize=(1.4 * len(classes) + 2.2, 1.2 * len(classes) + 1.6))
+    ax = fig.subplots()
+    ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, f"{int(cm[i, j])}\n{shares[i, j]:.1%}", ha="center", va="center",
@@ -80,7 +79,6 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[BagOfNgramsMLP, Vocab, dict]:

@@ -23,6 +23,7 @@ class MLPConfig:
     hidden_dim: int = 64      # width of each hidden layer
     n_layers: int = 1         # hidden layers; 0 gives a linear classifier on the mean embedding (fastText)
     dropout: float = 0.3      # dropout on the text vector and after each hidden layer
+    ngram_dropout: float = 0.0  # in training, drop each n-gram of a text with this probability (word dropout)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +67,7 @@ class ReLU(nn.Module):
     """max(0, x): the non-linearity that makes two stacked linear layers more than one linear layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp_min(0.0)
+        return torch.where(x > 0, x, 0.0)  # gradient 1 where x > 0, else 0 (as nn.ReLU, also at exactly 0)
 
 
 class Dropout(nn.Module):
@@ -86,6 +87,19 @@ class Dropout(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
+def drop_ngrams(ids: torch.Tensor, offsets: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word dropout (Iyyer et al. 2015, "Deep Unordered Composition"): remove each n-gram of a text with
+    probability p. The mean then comes from a random subset, so the model cannot lean on a few n-grams."""
+    B, N = offsets.shape[0], ids.shape[0]
+    lengths = torch.diff(offsets, append=offsets.new_tensor([N]))              # (B,)
+    bag = torch.repeat_interleave(torch.arange(B, device=ids.device), lengths)  # (N,)
+    keep = torch.rand(N, device=ids.device) >= p                                # (N,) True = keep
+    new_lengths = torch.bincount(bag[keep], minlength=B)                         # (B,)
+    new_offsets = torch.zeros_like(offsets)
+    new_offsets[1:] = torch.cumsum(new_lengths, 0)[:-1]
+    return ids[keep], new_offsets
+
+
 class BagOfNgramsMLP(nn.Module):
     """Text classifier: mean n-gram embedding, then an MLP, then one logit per class."""
 
@@ -102,6 +116,8 @@ class BagOfNgramsMLP(nn.Module):
         self.head = Linear(width, config.n_classes)
 
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        if self.training and self.config.ngram_dropout > 0:
+            ids, offsets = drop_ngrams(ids, offsets, self.config.ngram_dropout)
         x = self.embedding(ids, offsets)  # (B, emb_dim) one vector per text
         x = self.hidden(x)                # (B, hidden_dim)
         return self.head(x)               # (B, n_classes) logits; softmax lives in the loss

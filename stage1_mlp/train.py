@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            plot_curves, positive_int, probability, resolve_data_dir, rng_state, run_cli,
+from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
+                            load_checkpoint, plot_curves, positive_int, probability, resolve_data_dir, rng_state, run_cli,
                             save_checkpoint, set_rng_state, set_seed, write_result)
-from stage1_mlp.data import DATASETS, Bags, Vocab, dataset_info, load_split, subsample, train_val_split
+from stage1_mlp.data import (DATASETS, Bags, Vocab, dataset_info, load_split, phrase_groups, subsample,
+                             train_val_split)
 from stage1_mlp.evaluate import classification_metrics, plot_confusion, predict_bags
 from stage1_mlp.model import BagOfNgramsMLP, MLPConfig
 
@@ -50,12 +51,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--emb-dim", type=positive_int, default=32, help="n-gram embedding size")
     p.add_argument("--hidden-dim", type=positive_int, default=64, help="hidden layer width")
     p.add_argument("--n-layers", type=int, default=1, choices=range(0, 5), help="hidden layers (0 = linear model)")
-    p.add_argument("--dropout", type=probability, default=0.3)
+    p.add_argument("--dropout", type=probability, default=0.3, help="dropout on the text vector and hidden layers")
+    p.add_argument("--ngram-dropout", type=probability, default=0.0,
+                   help="in training, drop each n-gram of a text with this probability (word dropout)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
     p.add_argument("--ngram", type=int, default=2, choices=[1, 2, 3], help="longest n-gram (2 = words + bigrams)")
     p.add_argument("--min-freq", type=positive_int, default=2, help="keep n-grams found in at least this many texts")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out for validation")
-    p.add_argument("--patience", type=positive_int, default=2, help="epochs without a better val accuracy before stopping")
+    p.add_argument("--patience", type=positive_int, default=2,
+                   help="epochs without a better val accuracy before stopping early")
     p.add_argument("--result", default=None,
                    help="result JSON path (default: stage1_mlp/results/<dataset>.json; <out-dir>/result.json "
                         "for --quick or --max-steps runs, so smoke runs never overwrite the reference results)")
@@ -75,7 +79,8 @@ def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
     if args.quick:
         texts, labels = subsample(texts, labels, QUICK_TRAIN, args.seed)
         test_texts, test_labels = subsample(test_texts, test_labels, QUICK_EVAL, args.seed)
-    train_idx, val_idx = train_val_split(len(texts), args.val_fraction, args.seed)
+    groups = phrase_groups(texts) if info.get("phrases") else None  # SST-2: hold out whole sentences
+    train_idx, val_idx = train_val_split(len(texts), args.val_fraction, args.seed, groups)
     train_texts = [texts[i] for i in train_idx.tolist()]
     train_labels = [labels[i] for i in train_idx.tolist()]
     log.info(f"{args.dataset}: {len(train_texts):,} train / {len(val_idx):,} val (held out from train) / "
@@ -96,7 +101,8 @@ def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    out_dir = Path(args.out_dir.format(dataset=args.dataset))
+    args.out_dir = args.out_dir.format(dataset=args.dataset)
+    out_dir = Path(args.out_dir)
     ckpt = None
     if args.resume:
         ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
@@ -113,6 +119,7 @@ def main(argv=None) -> None:
 
     # ---- data
     data_dir = resolve_data_dir(args.data_dir)
+    log.info(f"data directory: {data_dir}")
     info = dataset_info(args.dataset)
     vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
     if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
@@ -125,7 +132,8 @@ def main(argv=None) -> None:
 
     # ---- model, optimizer, schedule
     config = MLPConfig(vocab_size=len(vocab), n_classes=len(info["classes"]), emb_dim=args.emb_dim,
-                       hidden_dim=args.hidden_dim, n_layers=args.n_layers, dropout=args.dropout)
+                       hidden_dim=args.hidden_dim, n_layers=args.n_layers, dropout=args.dropout,
+                       ngram_dropout=args.ngram_dropout)
     model = BagOfNgramsMLP(config).to(device)
     # fused AdamW updates all parameters in one kernel: ~15x faster here, where the embedding table is most of the model
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
@@ -162,15 +170,18 @@ def main(argv=None) -> None:
         return m["loss"], m["accuracy"]
 
     # ---- the training loop
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt  # a `kill` saves a checkpoint just like Ctrl-C
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C (SIGINT) and `kill` (SIGTERM) only raise a flag; the loop stops between two steps and saves,
+    # so a checkpoint never holds a half-applied update.
+    stop = {"by": None}
+
+    def request_stop(signum, frame):
+        stop["by"] = signal.Signals(signum).name
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     model.train()
-    stopped_by = None
     t_loop = time.time() - state["train_seconds"]
     try:
-        while not state["done"] and state["epoch"] < args.epochs:
+        while not state["done"] and state["epoch"] < args.epochs and not stop["by"]:
             epoch = state["epoch"]
             # the order of an epoch depends only on (seed, epoch), so a resumed run sees the same batches
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
@@ -194,10 +205,11 @@ def main(argv=None) -> None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 if args.max_steps and state["step"] >= args.max_steps:
-                    stopped_by = "max_steps"
+                    stop["by"] = "max_steps"
+                if stop["by"]:
                     break
             bar.close()
-            if stopped_by:
+            if stop["by"]:
                 break
             # ---- end of epoch: validate, keep the best, maybe stop early
             val_loss, val_acc = validate()
@@ -218,16 +230,18 @@ def main(argv=None) -> None:
                     log.info(f"early stop: no better val accuracy for {args.patience} epochs")
                     state["done"] = True
             checkpoint(out_dir / "last.pt")
-    except KeyboardInterrupt:
-        state["train_seconds"] = time.time() - t_loop
-        checkpoint(out_dir / "last.pt")
-        log.info(f"interrupted at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
-                 f"python stage1_mlp/train.py --dataset {args.dataset} --out-dir {out_dir} --resume")
-        sys.exit(130)
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)  # leave the caller (a shell, a notebook kernel) as we found it
     state["train_seconds"] = time.time() - t_loop
-    if stopped_by:
+    if stop["by"]:
         checkpoint(out_dir / "last.pt")
-        log.info(f"stopped at --max-steps {args.max_steps}; saved {out_dir / 'last.pt'} (continue with --resume)")
+        resume = f"python stage1_mlp/train.py --dataset {args.dataset} --out-dir {out_dir} --resume"
+        if stop["by"] != "max_steps":
+            log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. "
+                     f"Continue with: {resume}")
+            sys.exit(130)
+        log.info(f"stopped at --max-steps {args.max_steps}; saved {out_dir / 'last.pt'}. Continue with: {resume}")
     if not state["history"]["val_acc"]:
         return  # no epoch finished, so there is no best model to report on yet
 
@@ -244,8 +258,9 @@ def main(argv=None) -> None:
         out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{args.dataset}.json")
     metrics = {k: m[k] for k in ("accuracy", "macro_f1", "loss")}
     metrics["best_val_accuracy"] = state["best_val_acc"]
-    write_result(result_path, stage=STAGE, dataset=args.dataset, split=split, metrics=metrics,
+    write_result(result_path, stage=STAGE, dataset=args.dataset, split=split, metrics=metrics, headline="accuracy",
                  train_seconds=state["train_seconds"], device=device, params=model.num_params(),
+                 command=command_line("stage1_mlp/train.py", argv),
                  extra={"wall_seconds": round(time.time() - t_start, 1),  # this process: data prep + training + test
                         "quick": args.quick, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                         "steps": state["step"], "vocab_size": len(vocab), "config": config.to_dict(),

@@ -1,0 +1,132 @@
+"""Shared test helpers: tiny data sets in the exact offline formats, and a way to run a stage script.
+
+The tiny data sets are small (200 train / 60 test rows) but learnable: every text carries a few words
+that give its class away among random filler words, so a few epochs of training reach high accuracy.
+Some texts hold a `<br />` tag or a bare `"`, the two things that trip up naive readers.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Test tensors are tiny: one thread is faster than several that wait for each other (and for other jobs).
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST = 200, 60
+
+FILLER = ["the", "movie", "film", "plot", "actor", "scene", "story", "it", "was", "and", "a", "of", "this",
+          "with", "music", "ending", "cast", "script", "i", "very"]
+SENTIMENT = {0: ["awful", "boring", "hated", "terrible", "dull", "worst"],         # negative
+             1: ["great", "wonderful", "loved", "excellent", "brilliant", "superb"]}  # positive
+TOPICS = {0: ["government", "minister", "election", "treaty", "embassy"],   # World
+          1: ["match", "team", "coach", "season", "goal"],                # Sports
+          2: ["stocks", "profit", "market", "shares", "earnings"],        # Business
+          3: ["software", "internet", "computer", "chip", "space"]}       # Sci/Tech
+NEWS_FILLER = ["the", "on", "in", "said", "new", "a", "of", "after", "report", "week", "today", "for"]
+
+
+def _sentence(rng: random.Random, cue_words: list[str], filler: list[str]) -> list[str]:
+    words = rng.choices(filler, k=rng.randint(4, 8)) + rng.choices(cue_words, k=rng.randint(2, 3))
+    rng.shuffle(words)
+    return words
+
+
+def tiny_rows(name: str, split: str) -> list[tuple]:
+    """The rows the tiny files hold, regenerated identically on every call.
+
+    imdb: (text, label); sst2: (sentence, label); ag_news: (class_index 1..4, title, description).
+    """
+    n = N_TRAIN if split == "train" else N_TEST
+    rng = random.Random(f"{name}-{split}")
+    rows = []
+    for i in range(n):
+        if name == "ag_news":
+            label = i % 4
+            title = " ".join(_sentence(rng, TOPICS[label], NEWS_FILLER)[:4]).capitalize()
+            desc = " ".join(_sentence(rng, TOPICS[label], NEWS_FILLER))
+            if i % 9 == 0:
+                desc = f'he said "{desc}" on monday'  # quotes inside a quoted field are written as ""
+            rows.append((label + 1, title, desc + "."))
+            continue
+        label = i % 2
+        words = _sentence(rng, SENTIMENT[label], FILLER)
+        if name == "imdb":
+            text = " ".join(words).capitalize() + "."
+            if i % 7 == 0:
+                text = text.replace(" ", "<br /><br />", 1)  # IMDb keeps its HTML line breaks
+            if i % 11 == 0:
+                text = f'"{text}" 10/10 "bare quote'
+            rows.append((text, label))
+        else:  # sst2: lower-cased, tokenised, and some sentences hold a bare "
+            text = " ".join(words) + " ."
+            if i % 10 == 3:
+                text = '" ' + text  # a sentence that starts with a quote: default CSV quoting would merge rows
+            elif i % 10 == 7:
+                text = text.replace(" ", ' " ', 1)
+            rows.append((text, label))
+    if name == "imdb":
+        rows.sort(key=lambda r: r[1])  # the real files are sorted by (label, id)
+    return rows
+
+
+def write_tiny_data(root: Path) -> Path:
+    """Write the three tiny data sets under `root` in exactly the offline formats (see each SOURCE.md)."""
+    (root / "imdb").mkdir(parents=True)
+    (root / "glue" / "sst2").mkdir(parents=True)
+    (root / "ag_news").mkdir(parents=True)
+    for split, file in [("train", "train.csv.gz"), ("test", "test.csv.gz")]:
+        # IMDb: csv.writer, LF, header text,label,id,rating
+        with gzip.open(root / "imdb" / file, "wt", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["text", "label", "id", "rating"])
+            for i, (text, label) in enumerate(tiny_rows("imdb", split)):
+                w.writerow([text, label, i, 8 if label else 2])
+        # AG News: no header, every field quoted, class_index 1..4
+        with gzip.open(root / "ag_news" / file, "wt", encoding="utf-8", newline="") as f:
+            csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(tiny_rows("ag_news", split))
+    for split, file in [("train", "train.tsv.gz"), ("test", "dev.tsv.gz")]:
+        # SST-2: TSV with header sentence<TAB>label and no quoting at all
+        with gzip.open(root / "glue" / "sst2" / file, "wt", encoding="utf-8", newline="") as f:
+            f.write("sentence\tlabel\n")
+            f.writelines(f"{text}\t{label}\n" for text, label in tiny_rows("sst2", split))
+    return root
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path) -> Path:
+    """A data directory with tiny imdb, glue/sst2 and ag_news files in the offline formats."""
+    return write_tiny_data(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_data_dir(tmp_path_factory) -> Path:
+    """The same tiny data, written once per session, for fixtures that outlive one test. Never modify it."""
+    return write_tiny_data(tmp_path_factory.mktemp("shared") / "data")
+
+
+def run_script(script: str, *args, data_dir: Path, module: bool = False, stdin: str = "", env: dict | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run stage1_mlp/<script>.py (or `python -m stage1_mlp.<script>`) from the repo root and capture its output.
+
+    MY_LLM_DATA points at `data_dir`, Hugging Face is kept offline so that no test ever downloads, and torch
+    uses one thread, like the tests in this process.
+    """
+    cmd = [sys.executable, "-m", f"stage1_mlp.{script}"] if module else [sys.executable, f"stage1_mlp/{script}.py"]
+    full_env = {**os.environ, "MY_LLM_DATA": str(data_dir), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd + [str(a) for a in args], cwd=REPO_ROOT, env=full_env, input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_data: trains on the real data sets in $MY_LLM_DATA "
+                                       "(skipped when it is not set; CI sets it)")

@@ -1,0 +1,486 @@
+"""Stage 1 scripts end to end on tiny data: training, exact resume, interrupts, checkpoints, errors,
+evaluate.py, predict.py, --help, the metrics, and a smoke run on the real data when it is available.
+
+Every run writes into tmp_path (--out-dir and --result), so the committed stage1_mlp/results are never touched.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import N_TEST, N_TRAIN, REPO_ROOT, run_script
+from scripts.common import (UserError, load_checkpoint, rng_state, run_cli, save_checkpoint, set_rng_state)
+from stage1_mlp import evaluate, predict, train
+from stage1_mlp.evaluate import classification_metrics
+
+RESULT_KEYS = {"stage", "dataset", "split", "metrics", "train_seconds", "device", "threads", "params", "command",
+               "git_commit", "date"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+    """Give pytest its own SIGINT and SIGTERM handlers back, whatever a test or train.main did to them."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
+def train_args(data_dir: Path, out_dir: Path, *extra: str, dataset: str = "imdb") -> list[str]:
+    """Flags for a short run on tiny data, with every output inside out_dir (later flags override earlier ones)."""
+    return ["--dataset", dataset, "--data-dir", str(data_dir), "--out-dir", str(out_dir),
+            "--result", str(out_dir / "result.json"), "--epochs", "4", "--batch-size", "32", "--lr", "0.01", *extra]
+
+
+def cli(main, argv: list[str], capsys) -> tuple[int, str]:
+    """Run a script's main() the way its `__main__` block does; return the exit code and what went to stderr."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(argv))
+    return e.value.code, capsys.readouterr().err
+
+
+def assert_one_line_error(code, err: str, pattern: str) -> None:
+    """A non-zero exit, no traceback, and exactly one `error:` line (ours or argparse's) that matches pattern."""
+    assert code not in (0, None)
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if re.match(r"(\S+: )?error: ", line)]
+    assert len(errors) == 1, err
+    assert re.search(pattern, errors[0]), errors[0]
+
+
+def losses(ckpt: dict) -> list[float]:
+    return [v for _, v in ckpt["state"]["history"]["train_loss"]]
+
+
+# ----------------------------------------------------------------------------- a short run
+
+@pytest.fixture(scope="module")
+def trained_imdb(shared_tiny_data_dir, tmp_path_factory):
+    """train.py run as a script on the tiny IMDb data: 4 epochs, batch 32, lr 0.01."""
+    out = tmp_path_factory.mktemp("imdb_run")
+    proc = run_script("train", *train_args(shared_tiny_data_dir, out), data_dir=shared_tiny_data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_short_run_writes_all_outputs(trained_imdb):
+    """A run writes last.pt, best.pt, vocab.json, train.log, the result JSON with every required key, and PNGs."""
+    for name in ["last.pt", "best.pt", "vocab.json", "train.log", "result.json"]:
+        assert (trained_imdb / name).is_file(), name
+    for name in ["result.png", "result_confusion.png"]:
+        assert (trained_imdb / name).read_bytes()[:8] == PNG_MAGIC, name
+    result = json.loads((trained_imdb / "result.json").read_text())
+    assert RESULT_KEYS <= set(result)
+    assert (result["stage"], result["dataset"], result["split"]) == ("stage1_mlp", "imdb", "test")
+    assert {"accuracy", "macro_f1", "loss"} <= set(result["metrics"])
+    assert result["command"].startswith("python stage1_mlp/train.py --dataset imdb")
+    assert result["params"] == sum(t.numel() for t in load_checkpoint(trained_imdb / "best.pt")["model"].values())
+    assert sum(map(sum, result["confusion"])) == N_TEST
+
+
+def test_short_run_learns(trained_imdb):
+    """The tiny run is clearly above chance on the test split, and its losses fall."""
+    result = json.loads((trained_imdb / "result.json").read_text())
+    assert result["metrics"]["accuracy"] >= 0.85
+    ckpt = load_checkpoint(trained_imdb / "last.pt", stage="stage1_mlp")
+    history = ckpt["state"]["history"]
+    train_loss = losses(ckpt)
+    assert [s for s, _ in history["train_loss"]] == list(range(1, len(train_loss) + 1))
+    assert np.mean(train_loss[-6:]) < np.mean(train_loss[:6]) - 0.05
+    assert history["val_loss"][-1][1] < history["val_loss"][0][1]
+
+
+@pytest.mark.parametrize("dataset,split,min_accuracy", [("sst2", "dev", 0.85), ("ag_news", "test", 0.5)])
+def test_short_run_other_datasets(tiny_data_dir, tmp_path, dataset, split, min_accuracy):
+    """SST-2 (scored on dev) and 4-class AG News (chance 0.25) also train to well above chance."""
+    train.main(train_args(tiny_data_dir, tmp_path, "--epochs", "6", "--patience", "6", dataset=dataset))
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (result["dataset"], result["split"]) == (dataset, split)
+    assert result["metrics"]["accuracy"] >= min_accuracy
+    n_classes = 4 if dataset == "ag_news" else 2
+    assert len(result["confusion"]) == n_classes and sum(map(sum, result["confusion"])) == N_TEST
+
+
+def test_quick_run_default_result_goes_to_out_dir(tiny_data_dir, tmp_path, monkeypatch):
+    """Without --result, a --quick run writes <out-dir>/result.json, never into stage1_mlp/results."""
+    monkeypatch.setattr(train, "REPO_ROOT", tmp_path / "repo")  # a stand-in, in case the default ever goes wrong
+    train.main(["--quick", "--dataset", "sst2", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "out"),
+                "--epochs", "1", "--batch-size", "32"])
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["quick"] is True
+    assert not (tmp_path / "repo").exists()
+
+
+# ----------------------------------------------------------------------------- exact resume
+
+def test_resume_is_exact(tiny_data_dir, tmp_path):
+    """Stops by --max-steps (mid-epoch, at an epoch's end) then --resume give the same losses and weights as one run."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train.main(train_args(tiny_data_dir, a, "--epochs", "3"))  # 180 train rows / 32 = 6 steps per epoch
+
+    train.main(train_args(tiny_data_dir, b, "--epochs", "3", "--max-steps", "3"))
+    assert load_checkpoint(b / "last.pt")["state"]["step"] == 3
+    assert not (b / "best.pt").exists() and not (b / "result.json").exists()  # no epoch finished yet
+    train.main(train_args(tiny_data_dir, b, "--resume", "--max-steps", "12"))
+    assert load_checkpoint(b / "last.pt")["state"]["batch_in_epoch"] == 6
+    train.main(train_args(tiny_data_dir, b, "--resume"))
+
+    ckpt_a, ckpt_b = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert len(losses(ckpt_a)) == 18
+    assert ckpt_b["state"]["history"] == ckpt_a["state"]["history"]
+    assert ckpt_a["model"].keys() == ckpt_b["model"].keys()
+    for name in ckpt_a["model"]:
+        assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
+    for key in ["epoch", "step", "best_epoch", "best_val_acc"]:
+        assert ckpt_a["state"][key] == ckpt_b["state"][key], key
+
+
+def test_resume_after_ctrl_c_mid_step_is_exact(tiny_data_dir, tmp_path, monkeypatch):
+    """Ctrl-C inside a step stops after that step (exit 130), and resuming matches an uninterrupted run exactly."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train.main(train_args(tiny_data_dir, a, "--epochs", "2"))
+    real_loss, calls = F.cross_entropy, []
+
+    def loss_with_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:
+            # Python's own handler would raise KeyboardInterrupt here and end the whole pytest session
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler, "train.py does not catch SIGINT"
+            signal.raise_signal(signal.SIGINT)
+        return real_loss(*args, **kwargs)
+    monkeypatch.setattr(F, "cross_entropy", loss_with_ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        train.main(train_args(tiny_data_dir, b, "--epochs", "2"))
+    assert e.value.code == 130
+    assert load_checkpoint(b / "last.pt")["state"]["step"] == 8
+    monkeypatch.setattr(F, "cross_entropy", real_loss)
+    train.main(train_args(tiny_data_dir, b, "--resume"))
+    ckpt_a, ckpt_b = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ckpt_b["state"]["history"] == ckpt_a["state"]["history"]
+    for name in ckpt_a["model"]:
+        assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
+
+
+# ----------------------------------------------------------------------------- Ctrl-C and kill
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_checkpoint_and_resume_continues(tiny_data_dir, tmp_path, sig):
+    """SIGINT (Ctrl-C) or SIGTERM during training: exit code 130, a loadable last.pt, and --resume carries on."""
+    out = tmp_path / "run"
+    args = train_args(tiny_data_dir, out, "--epochs", "100000", "--patience", "100000")  # runs until stopped
+    with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
+        proc = subprocess.Popen([sys.executable, "stage1_mlp/train.py", *args], cwd=REPO_ROOT, stdout=so, stderr=se,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            deadline = time.monotonic() + 120
+            log = out / "train.log"
+            while not (log.exists() and "epoch 2:" in log.read_text()):
+                assert proc.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no epoch finished within 120 s"
+                time.sleep(0.05)
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    err = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and f"stopped by {sig.name} at step" in err
+    step = load_checkpoint(out / "last.pt", stage="stage1_mlp")["state"]["step"]
+    assert step >= 12  # at least two epochs of 6 steps
+
+    train.main(train_args(tiny_data_dir, out, "--resume", "--max-steps", str(step + 3)))
+    ckpt = load_checkpoint(out / "last.pt", stage="stage1_mlp")
+    assert ckpt["state"]["step"] == step + 3
+    steps = [s for s, _ in ckpt["state"]["history"]["train_loss"]]
+    assert steps[-1] == step + 3 and steps == sorted(steps)
+    assert json.loads((out / "result.json").read_text())["steps"] == step + 3
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_round_trip(tmp_path):
+    """save_checkpoint/load_checkpoint keep tensors (values and dtypes) and nested plain state."""
+    state = {"stage": "stage1_mlp", "config": {"vocab_size": 10, "dropout": 0.3},
+             "model": {"w": torch.randn(3, 4), "ids": torch.arange(5)},
+             "state": {"history": {"train_loss": [[1, 0.5], [2, 0.25]]}, "done": False, "best": -1.0,
+                       "nested": {"deep": [1, (2, 3), None, "text"]}}}
+    save_checkpoint(state, tmp_path / "c.pt")
+    loaded = load_checkpoint(tmp_path / "c.pt", stage="stage1_mlp")
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert loaded["model"]["ids"].dtype == torch.int64 and torch.equal(loaded["model"]["ids"], torch.arange(5))
+    assert loaded["config"] == state["config"] and loaded["state"] == state["state"]
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def _draws() -> list:
+    return [random.random(), random.gauss(0, 1), np.random.randn(3).tolist(), np.random.rand(2).tolist(),
+            torch.rand(3).tolist(), torch.randn(2).tolist()]
+
+
+def test_rng_state_round_trip_through_checkpoint(tmp_path):
+    """rng_state, saved in a checkpoint and restored with set_rng_state, repeats python, numpy and torch draws."""
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached normal in python's generator state
+    np.random.randn(1)  # and an odd number of normals leaves one cached in numpy's
+    save_checkpoint({"model": {}, "config": {}, "rng": rng_state()}, tmp_path / "rng.pt")
+    first = _draws()
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert _draws() == first
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    """If writing fails half-way, the previous checkpoint is intact and no temporary file is left."""
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "config": {"v": 1}}, path)
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "config": {"v": 2}}, path)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(path)
+    assert torch.equal(ckpt["model"]["w"], torch.ones(2)) and ckpt["config"] == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_load_checkpoint_rejects_wrong_content(tmp_path):
+    """A missing file, a torch file that is not a checkpoint, and another stage's checkpoint are UserErrors."""
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a my_llm checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"stage": "stage2_rnn_lstm", "model": {}, "config": {}}, tmp_path / "stage2.pt")
+    with pytest.raises(UserError, match="stage2_rnn_lstm"):
+        load_checkpoint(tmp_path / "stage2.pt", stage="stage1_mlp")
+
+
+# ----------------------------------------------------------------------------- bad inputs: one-line errors
+
+@pytest.mark.parametrize("flags,pattern", [
+    (["--dataset", "mnist"], r"argument --dataset: invalid choice"),
+    (["--lr", "-1"], r"argument --lr: must be a finite number > 0"),
+    (["--lr", "nan"], r"argument --lr"),
+    (["--batch-size", "0"], r"argument --batch-size: must be > 0"),
+    (["--dropout", "1.5"], r"argument --dropout: must be in \[0, 1\)"),
+    (["--epochs", "two"], r"argument --epochs: expected a whole number"),
+])
+def test_train_bad_flags(tmp_path, capsys, flags, pattern):
+    """Invalid flags stop train.py with argparse's usage error (exit 2) before anything is written."""
+    code, err = cli(train.main, ["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "out"), *flags], capsys)
+    assert code == 2 and "usage:" in err
+    assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_resume_without_checkpoint(tiny_data_dir, tmp_path, capsys):
+    """--resume with no last.pt in --out-dir is a one-line error naming the missing file."""
+    code, err = cli(train.main, train_args(tiny_data_dir, tmp_path / "empty", "--resume"), capsys)
+    assert_one_line_error(code, err, r"^error: checkpoint not found: .*last\.pt")
+
+
+def test_train_missing_data_offline(tmp_path):
+    """train.py with an empty data folder and Hugging Face offline fails fast with one line naming MY_LLM_DATA."""
+    (tmp_path / "data").mkdir()
+    proc = run_script("train", "--out-dir", tmp_path / "out", "--result", tmp_path / "r.json",
+                      data_dir=tmp_path / "data", env={"HF_HOME": str(tmp_path / "hf")})  # an empty cache
+    assert proc.returncode == 2
+    assert_one_line_error(proc.returncode, proc.stderr, r"^error: data set 'imdb' not found in .*MY_LLM_DATA")
+    assert str(tmp_path / "data" / "imdb") in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(trained_imdb, tmp_path_factory):
+    """Three files that are not usable Stage 1 checkpoints: random bytes, half a real one, another stage's."""
+    folder = tmp_path_factory.mktemp("bad_ckpt")
+    (folder / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    real = (trained_imdb / "best.pt").read_bytes()
+    (folder / "truncated.pt").write_bytes(real[: len(real) // 2])
+    torch.save({"stage": "stage2_rnn_lstm", "model": {}, "config": {}, "vocab": {}}, folder / "stage2.pt")
+    return folder
+
+
+@pytest.mark.parametrize("script", [evaluate, predict], ids=["evaluate", "predict"])
+@pytest.mark.parametrize("name,pattern", [("random.pt", "corrupt or not a checkpoint"),
+                                          ("truncated.pt", "corrupt or not a checkpoint"),
+                                          ("stage2.pt", "written by stage2_rnn_lstm, not stage1_mlp")])
+def test_bad_checkpoint(bad_checkpoints, shared_tiny_data_dir, capsys, script, name, pattern):
+    """evaluate.py and predict.py turn a corrupt, truncated or foreign checkpoint into a one-line error."""
+    argv = ["--checkpoint", str(bad_checkpoints / name), "--device", "cpu"]
+    argv += ["--data-dir", str(shared_tiny_data_dir)] if script is evaluate else ["a fine film"]
+    code, err = cli(script.main, argv, capsys)
+    assert_one_line_error(code, err, rf"^error: .*{name}.*{pattern}")
+
+
+def test_bad_checkpoint_as_script(bad_checkpoints, shared_tiny_data_dir):
+    """Run as a real script, evaluate.py prints just the one error line for a corrupt checkpoint, exit code 2."""
+    proc = run_script("evaluate", "--checkpoint", bad_checkpoints / "truncated.pt", data_dir=shared_tiny_data_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+def test_checkpoint_without_vocab(trained_imdb, tmp_path, capsys):
+    """A checkpoint copied away from its vocab.json gives a one-line error about the vocabulary."""
+    (tmp_path / "best.pt").write_bytes((trained_imdb / "best.pt").read_bytes())
+    code, err = cli(predict.main, ["--checkpoint", str(tmp_path / "best.pt"), "great"], capsys)
+    assert_one_line_error(code, err, r"^error: vocabulary not found")
+
+
+@pytest.mark.parametrize("argv,stdin", [([], ""), ([], "  \n\t\n\n"), (["   ", "\t"], "not read: args are given")],
+                         ids=["empty-stdin", "whitespace-stdin", "whitespace-args"])
+def test_predict_no_text(trained_imdb, capsys, monkeypatch, argv, stdin):
+    """predict.py with no text (empty stdin, or only whitespace) is a one-line error, not an empty output."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code, err = cli(predict.main, ["--checkpoint", str(trained_imdb / "best.pt"), *argv], capsys)
+    assert_one_line_error(code, err, r"^error: no text to classify")
+
+
+def test_predict_empty_stdin_as_script(trained_imdb, tmp_path):
+    """Run as a real script with nothing on stdin, predict.py prints one error line and exits with code 2."""
+    proc = run_script("predict", "--checkpoint", trained_imdb / "best.pt", data_dir=tmp_path, stdin="")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: no text to classify") and proc.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- evaluate.py and predict.py
+
+def test_evaluate_script(trained_imdb, shared_tiny_data_dir):
+    """evaluate.py prints one JSON object with accuracy and macro-F1 on the test split and writes the confusion PNG."""
+    proc = run_script("evaluate", "--checkpoint", trained_imdb / "best.pt", data_dir=shared_tiny_data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert (out["dataset"], out["split"], out["n"]) == ("imdb", "test", N_TEST)
+    assert 0.85 <= out["accuracy"] <= 1 and 0 < out["macro_f1"] <= 1
+    # the same numbers train.py put in its result file for the same checkpoint and split
+    result = json.loads((trained_imdb / "result.json").read_text())
+    assert out["accuracy"] == result["metrics"]["accuracy"] and out["macro_f1"] == result["metrics"]["macro_f1"]
+    assert (trained_imdb / "confusion_test.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_evaluate_other_split(trained_imdb, shared_tiny_data_dir, tmp_path, capsys):
+    """--split train scores every training row; an unknown split is a one-line error listing the real ones."""
+    evaluate.main(["--checkpoint", str(trained_imdb / "best.pt"), "--data-dir", str(shared_tiny_data_dir),
+                   "--split", "train", "--out", str(tmp_path / "cm.png")])
+    assert json.loads(capsys.readouterr().out)["n"] == N_TRAIN
+    assert (tmp_path / "cm.png").read_bytes()[:8] == PNG_MAGIC
+    code, err = cli(evaluate.main, ["--checkpoint", str(trained_imdb / "best.pt"), "--split", "dev"], capsys)
+    assert_one_line_error(code, err, r"^error: imdb has no split 'dev'; choose one of: train, test")
+
+
+def test_predict_script_json(trained_imdb, tmp_path):
+    """predict.py --json prints one object per text, probabilities summing to 1, and the obvious labels."""
+    texts = ["Great, wonderful film. Loved it!", "awful boring movie, I hated it", "qwerty zxcv"]
+    proc = run_script("predict", "--checkpoint", trained_imdb / "best.pt", "--json", *texts, data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(texts)
+    outs = [json.loads(line) for line in lines]
+    assert [o["text"] for o in outs] == texts
+    for o in outs:
+        assert set(o["probs"]) == {"neg", "pos"}
+        assert sum(o["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert o["label"] == max(o["probs"], key=o["probs"].get)
+    assert [o["label"] for o in outs[:2]] == ["pos", "neg"]
+    assert outs[0]["known_ngrams"] > 0 and outs[2]["known_ngrams"] == 0
+
+
+def test_predict_reads_stdin(trained_imdb, capsys, monkeypatch):
+    """With no text arguments predict.py classifies each non-empty stdin line, one output line each."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("loved it, wonderful\n\nhated it, boring\n"))
+    predict.main(["--checkpoint", str(trained_imdb / "best.pt")])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].split()[0] == "pos" and lines[1].split()[0] == "neg"
+
+
+# ----------------------------------------------------------------------------- --help
+
+@pytest.mark.parametrize("module", [False, True], ids=["path", "module"])
+@pytest.mark.parametrize("script", ["train", "evaluate", "predict"])
+def test_help(tmp_path, script, module):
+    """`python stage1_mlp/X.py --help` and `python -m stage1_mlp.X --help` both print the usage and exit 0."""
+    proc = run_script(script, "--help", data_dir=tmp_path, module=module)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("usage:")
+    assert ("--resume" if script == "train" else "--checkpoint") in proc.stdout
+    assert proc.stderr == ""
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_classification_metrics_by_hand():
+    """Accuracy, macro-F1, mean cross-entropy and the confusion matrix equal values worked out by hand."""
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    preds = [0, 0, 1, 1, 2, 2]
+    probs = torch.full((6, 3), 0.15)
+    probs[torch.arange(6), preds] = 0.7  # rows sum to 1; argmax is the prediction
+    m = classification_metrics(probs, labels)
+    assert m["confusion"] == [[2, 1, 0],
+                              [0, 1, 1],
+                              [0, 0, 1]]
+    assert m["accuracy"] == pytest.approx(4 / 6, abs=1e-4)
+    f1 = [2 * 1 * (2 / 3) / (1 + 2 / 3),   # class 0: precision 2/2, recall 2/3
+          0.5,                             # class 1: precision 1/2, recall 1/2
+          2 * 0.5 * 1 / 1.5]               # class 2: precision 1/2, recall 1/1
+    assert m["macro_f1"] == pytest.approx(sum(f1) / 3, abs=1e-4)
+    assert m["loss"] == pytest.approx(-(4 * math.log(0.7) + 2 * math.log(0.15)) / 6, abs=1e-4)
+    assert m["n"] == 6
+
+
+def test_classification_metrics_perfect_and_all_wrong():
+    """All correct gives accuracy and macro-F1 of 1; all wrong gives 0 for both."""
+    labels = torch.tensor([0, 1, 1, 0])
+    right = F.one_hot(labels, 2).float()
+    assert classification_metrics(right, labels)["accuracy"] == 1.0
+    assert classification_metrics(right, labels)["macro_f1"] == 1.0
+    wrong = F.one_hot(1 - labels, 2).float()
+    assert classification_metrics(wrong, labels)["accuracy"] == 0.0
+    assert classification_metrics(wrong, labels)["macro_f1"] == 0.0
+
+
+# ----------------------------------------------------------------------------- the real data (CI)
+
+REAL_DATA = os.environ.get("MY_LLM_DATA")
+HAS_REAL_DATA = bool(REAL_DATA) and (Path(REAL_DATA) / "imdb" / "train.csv.gz").is_file()
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not HAS_REAL_DATA, reason="MY_LLM_DATA does not point at the real data sets")
+@pytest.mark.parametrize("dataset,min_accuracy", [
+    # measured with --quick (seed 1337): IMDb test 0.842
+    ("imdb", 0.7),
+    # measured with --quick: SST-2 dev 0.512 (seed 1337), 0.620 (seed 1), 0.524 (seed 2): it early-stops on the
+    # majority class before it learns anything
+    pytest.param("sst2", 0.6, marks=pytest.mark.xfail(
+        strict=True, raises=AssertionError,
+        reason="train.py --quick --dataset sst2 stays at chance (majority class), see the comment above")),
+])
+def test_quick_run_on_real_data(tmp_path, dataset, min_accuracy):
+    """train.py --quick on the real data finishes and scores clearly above chance."""
+    data_dir = Path(REAL_DATA).resolve()
+    proc = run_script("train", "--quick", "--dataset", dataset, "--out-dir", tmp_path / "run",
+                      "--result", tmp_path / "result.json", data_dir=data_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["quick"] is True and result["data_dir"] == str(data_dir)
+    assert result["metrics"]["accuracy"] > min_accuracy
