@@ -282,6 +282,10 @@ def phrase_groups(texts: list[str]) -> list[int]:
     for i in sorted(range(len(texts)), key=lambda i: -len(tokens[i])):  # longest first: sentences found first
         if group[i] != -1:
             continue
+        first = row_of[" ".join(tokens[i])]
+        if group[first] != -1:                       # a repeat of a row already placed goes where it went
+            group[i] = group[first]
+            continue
         group[i] = i                                 # not inside any longer text: a sentence of its own
         toks = tokens[i]
         for a in range(len(toks)):

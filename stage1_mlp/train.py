@@ -2,7 +2,7 @@
 
     python stage1_mlp/train.py                      # IMDb with the reference settings
     python stage1_mlp/train.py --dataset sst2
-    python stage1_mlp/train.py --quick              # a one-minute smoke run on small slices
+    python stage1_mlp/train.py --quick              # a one-minute smoke run on small slices (lr 0.01 unless --lr)
     python stage1_mlp/train.py --resume             # continue an interrupted run exactly
 
 Steps: read the data -> carve a validation set out of train -> vocabulary on train only -> bags of
@@ -40,6 +40,7 @@ from stage1_mlp.model import BagOfNgramsMLP, MLPConfig
 
 STAGE = "stage1_mlp"
 QUICK_TRAIN, QUICK_EVAL = 2000, 500  # --quick: slices of the real data, enough to see the loss fall
+QUICK_LR = 1e-2  # --quick without --lr: 2,000 texts are only ~16 steps an epoch, too few to learn at the full-run lr
 RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")  # flags a resumed run may change
 
 
@@ -64,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="result JSON path (default: stage1_mlp/results/<dataset>.json; <out-dir>/result.json "
                         "for --quick or --max-steps runs, so smoke runs never overwrite the reference results)")
     args = p.parse_args(argv)
+    given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
+    if args.quick and "--lr" not in given:
+        args.lr = QUICK_LR
     if not 0.0 < args.val_fraction < 0.5:
         p.error(f"--val-fraction must be in (0, 0.5), got {args.val_fraction}")
     if args.weight_decay < 0:
@@ -85,10 +89,15 @@ def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
     train_labels = [labels[i] for i in train_idx.tolist()]
     log.info(f"{args.dataset}: {len(train_texts):,} train / {len(val_idx):,} val (held out from train) / "
              f"{len(test_texts):,} {info['eval_split']}")
+    # Document frequency counts texts. In SST-2 a word of one sentence is also in each of that sentence's
+    # phrases, so counted over phrases every word would pass --min-freq; counting over whole sentences
+    # (the group heads) keeps only n-grams seen in >= min_freq *different* sentences, as for IMDb reviews.
+    vocab_texts = train_texts if groups is None else [texts[i] for i in train_idx.tolist() if groups[i] == i]
+    kind = "texts" if groups is None else "sentences"
     if vocab is None:
-        progress = tqdm(train_texts, desc="vocabulary", leave=False, disable=None)
+        progress = tqdm(vocab_texts, desc="vocabulary", leave=False, disable=None)
         vocab = Vocab.build(progress, args.ngram, args.min_freq)
-    log.info(f"vocabulary: {len(vocab):,} n-grams (1..{args.ngram}-grams in >= {args.min_freq} train texts)")
+    log.info(f"vocabulary: {len(vocab):,} n-grams (1..{args.ngram}-grams in >= {args.min_freq} train {kind})")
     splits = {
         "train": (train_texts, train_labels),
         "val": ([texts[i] for i in val_idx.tolist()], [labels[i] for i in val_idx.tolist()]),

@@ -11,7 +11,7 @@ import torch
 
 from conftest import N_TEST, N_TRAIN, tiny_rows
 from scripts.common import UserError
-from stage1_mlp.data import (Bags, Vocab, dataset_info, load_split, ngrams, subsample, tokenize,
+from stage1_mlp.data import (Bags, Vocab, dataset_info, load_split, ngrams, phrase_groups, subsample, tokenize,
                              train_val_split)
 
 
@@ -218,6 +218,33 @@ def test_train_val_split_keeps_at_least_one_val_example():
     """Even a tiny data set gets one validation example."""
     train, val = train_val_split(4, 0.1, seed=0)
     assert len(val) == 1 and len(train) == 3
+
+
+# SST-2 style rows: two sentences, each followed by some of its own phrases (the real file mixes them freely)
+PHRASE_ROWS = ["the acting is superb .", "is superb", "superb", "a dull , lifeless film", "lifeless film",
+               "dull", "the acting", "a dull , lifeless film"]
+
+
+def test_phrase_groups_put_each_phrase_with_its_sentence():
+    """Every phrase joins the row of the longest text holding it; a sentence is the head of its own group."""
+    groups = phrase_groups(PHRASE_ROWS)
+    assert groups == [0, 0, 0, 3, 3, 3, 0, 3]  # the repeated sentence (row 7) joins the first copy's group
+
+
+def test_phrase_groups_matches_whole_tokens_only():
+    """'superb' is a phrase of 'is superb', but 'super' (a substring, not a token run) is not."""
+    assert phrase_groups(["is superb", "super"]) == [0, 1]
+
+
+def test_train_val_split_with_groups_keeps_groups_together():
+    """With groups, no group is split between train and validation, and every row lands on one side."""
+    groups = [i // 5 for i in range(100)]  # 20 groups of 5 rows
+    train, val = train_val_split(100, 0.2, seed=3, groups=groups)
+    train_groups = {groups[i] for i in train.tolist()}
+    val_groups = {groups[i] for i in val.tolist()}
+    assert train_groups.isdisjoint(val_groups)
+    assert len(val_groups) == 4 and len(val) == 20
+    assert sorted(train.tolist() + val.tolist()) == list(range(100))
 
 
 def test_subsample_random_slice_keeps_pairs():
