@@ -220,9 +220,12 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> dict:
 # ----------------------------------------------------------------------------- result files
 
 def git_commit() -> str:
+    """HEAD, with "-dirty" when tracked code differs from it. Result files and READMEs (what runs and
+    scripts/results_table.py write) do not count: a reference run may follow another's uncommitted result."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude,glob)stage*/results/**", ":(exclude,glob)**/README.md"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
