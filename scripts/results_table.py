@@ -37,9 +37,10 @@ def table(root: Path = REPO_ROOT, stage: str | None = None) -> str:
             path = path.relative_to(stage)
         name = r["headline_metric"]
         value = r["metrics"][name]
-        minutes = r["train_seconds"] / 60
+        seconds = r["train_seconds"]
+        train_time = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
         lines.append(f"| {r['stage']} | {r['dataset']} | {r['split']} | {name} | [{value:.4f}]({path.as_posix()}) "
-                     f"| {minutes:.1f} min | {r['params'] / 1e6:.1f}M | {r['device']}, {r['threads']} threads "
+                     f"| {train_time} | {r['params'] / 1e6:.1f}M | {r['device']}, {r['threads']} threads "
                      f"| `{r['command']}` |")
     return "\n".join(lines)
 
