@@ -20,13 +20,19 @@ def _bags():
     return ids, offsets
 
 
-def test_embedding_bag_matches_nn_embedding_bag():
-    """Mean of each bag, an empty bag giving zeros, and the weight gradient all match nn.EmbeddingBag(mode="mean")."""
+def _embedding_bag_pair(num: int, dim: int) -> tuple[EmbeddingBag, nn.EmbeddingBag]:
+    """Our EmbeddingBag and torch's (mean mode), holding the same weights."""
     torch.manual_seed(0)
-    ours = EmbeddingBag(20, 6)
-    ref = nn.EmbeddingBag(20, 6, mode="mean")
+    ours = EmbeddingBag(num, dim)
+    ref = nn.EmbeddingBag(num, dim, mode="mean")
     with torch.no_grad():
         ref.weight.copy_(ours.weight)
+    return ours, ref
+
+
+def test_embedding_bag_matches_nn_embedding_bag():
+    """Mean of each bag, an empty bag giving zeros, and the weight gradient all match nn.EmbeddingBag(mode="mean")."""
+    ours, ref = _embedding_bag_pair(20, 6)
     ids, offsets = _bags()
     out, ref_out = ours(ids, offsets), ref(ids, offsets)
     assert out.shape == (4, 6)
@@ -40,11 +46,7 @@ def test_embedding_bag_matches_nn_embedding_bag():
 
 def test_embedding_bag_trailing_empty_bag():
     """An empty bag at the end (offset == number of ids) also gives zeros, like nn.EmbeddingBag."""
-    torch.manual_seed(0)
-    ours = EmbeddingBag(10, 3)
-    ref = nn.EmbeddingBag(10, 3, mode="mean")
-    with torch.no_grad():
-        ref.weight.copy_(ours.weight)
+    ours, ref = _embedding_bag_pair(10, 3)
     ids, offsets = torch.tensor([4, 2, 9]), torch.tensor([0, 3])
     torch.testing.assert_close(ours(ids, offsets), ref(ids, offsets), atol=ATOL, rtol=0)
     assert torch.equal(ours(ids, offsets)[1], torch.zeros(3))
