@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
-                            load_checkpoint, plot_curves, positive_int, probability, resolve_data_dir, rng_state, run_cli,
-                            save_checkpoint, set_rng_state, set_seed, write_result)
+                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage1_mlp.data import (DATASETS, Bags, Vocab, dataset_info, load_split, phrase_groups, subsample,
                              train_val_split)
 from stage1_mlp.evaluate import classification_metrics, plot_confusion, predict_bags
@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ngram-dropout", type=probability, default=0.0,
                    help="in training, drop each n-gram of a text with this probability (word dropout)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    p.add_argument("--sentence-weight", type=positive_float, default=1.0,
+                   help="SST-2 only: loss weight of a whole training sentence relative to one of its phrases")
     p.add_argument("--ngram", type=int, default=2, choices=[1, 2, 3], help="longest n-gram (2 = words + bigrams)")
     p.add_argument("--min-freq", type=positive_int, default=2, help="keep n-grams found in at least this many texts")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out for validation")
@@ -72,11 +74,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--val-fraction must be in (0, 0.5), got {args.val_fraction}")
     if args.weight_decay < 0:
         p.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.sentence_weight != 1.0 and not dataset_info(args.dataset).get("phrases"):
+        p.error(f"--sentence-weight applies to data sets of sentences and their phrases (sst2), not {args.dataset}")
     return args
 
 
 def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
-    """Read the splits, hold out validation, build (or reuse) the vocabulary, and encode everything as bags."""
+    """Read the splits, hold out validation, build (or reuse) the vocabulary, and encode everything as bags.
+
+    Returns the bags of each split, the vocabulary, and a loss weight per training text.
+    """
     info = dataset_info(args.dataset)
     texts, labels = load_split(args.dataset, data_dir, "train")
     test_texts, test_labels = load_split(args.dataset, data_dir, info["eval_split"])
@@ -85,15 +92,24 @@ def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
         test_texts, test_labels = subsample(test_texts, test_labels, QUICK_EVAL, args.seed)
     groups = phrase_groups(texts) if info.get("phrases") else None  # SST-2: hold out whole sentences
     train_idx, val_idx = train_val_split(len(texts), args.val_fraction, args.seed, groups)
+    weights = torch.ones(len(train_idx))                                  # (N_train,) loss weight per text
+    kind = "texts"
+    if groups is not None:
+        # SST-2 mixes whole sentences with their phrases; dev holds whole sentences only. So validate on the
+        # held-out sentences alone, count n-gram frequencies over sentences (below), and let --sentence-weight
+        # give sentences more say in the loss than the many short phrases cut from them.
+        kind = "sentences"
+        is_sentence = torch.tensor([g == i for i, g in enumerate(groups)])  # (N,) row heads its own group
+        val_idx = val_idx[is_sentence[val_idx]]
+        weights[is_sentence[train_idx]] = args.sentence_weight
     train_texts = [texts[i] for i in train_idx.tolist()]
     train_labels = [labels[i] for i in train_idx.tolist()]
-    log.info(f"{args.dataset}: {len(train_texts):,} train / {len(val_idx):,} val (held out from train) / "
+    log.info(f"{args.dataset}: {len(train_texts):,} train / {len(val_idx):,} val {kind} (held out from train) / "
              f"{len(test_texts):,} {info['eval_split']}")
     # Document frequency counts texts. In SST-2 a word of one sentence is also in each of that sentence's
     # phrases, so counted over phrases every word would pass --min-freq; counting over whole sentences
-    # (the group heads) keeps only n-grams seen in >= min_freq *different* sentences, as for IMDb reviews.
-    vocab_texts = train_texts if groups is None else [texts[i] for i in train_idx.tolist() if groups[i] == i]
-    kind = "texts" if groups is None else "sentences"
+    # keeps only n-grams seen in >= min_freq *different* sentences, as for IMDb reviews.
+    vocab_texts = train_texts if groups is None else [texts[i] for i in train_idx[is_sentence[train_idx]].tolist()]
     if vocab is None:
         progress = tqdm(vocab_texts, desc="vocabulary", leave=False, disable=None)
         vocab = Vocab.build(progress, args.ngram, args.min_freq)
@@ -105,7 +121,7 @@ def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
     }
     bags = {k: Bags.from_texts(tqdm(t, desc=f"encode {k}", leave=False, disable=None), y, vocab)
             for k, (t, y) in splits.items()}
-    return bags, vocab
+    return bags, vocab, weights
 
 
 def main(argv=None) -> None:
@@ -119,7 +135,8 @@ def main(argv=None) -> None:
         if saved["dataset"] != args.dataset:
             raise UserError(f"{out_dir / 'last.pt'} is a {saved['dataset']} run, not {args.dataset}")
         # the run continues with the settings it started with; only these flags may change
-        args = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in RESUMABLE}})
+        # (flags newer than the checkpoint keep their values from this command line)
+        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
     log = get_logger(STAGE, out_dir / "train.log")
     log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     device = get_device(args.device)
@@ -133,7 +150,7 @@ def main(argv=None) -> None:
     vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
     if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
         raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
-    bags, vocab = prepare_data(args, data_dir, vocab, log)
+    bags, vocab, weights = prepare_data(args, data_dir, vocab, log)
     if not ckpt:
         out_dir.mkdir(parents=True, exist_ok=True)
         vocab.save(out_dir / "vocab.json")
@@ -199,8 +216,10 @@ def main(argv=None) -> None:
                        total=len(batches), leave=False, disable=None)
             for index in batches[state["batch_in_epoch"]:]:
                 ids, offsets, labels = (t.to(device) for t in train.batch(index))
+                w = weights[index].to(device)             # (B,) all ones except SST-2 sentences
                 logits = model(ids, offsets)              # (B, n_classes)
-                loss = F.cross_entropy(logits, labels)    # softmax + negative log-likelihood in one stable op
+                # softmax + negative log-likelihood in one stable op, per text, then a weighted mean
+                loss = (F.cross_entropy(logits, labels, reduction="none") * w).sum() / w.sum()
                 if not torch.isfinite(loss):
                     raise UserError(f"the loss became {loss.item()} at step {state['step'] + 1}; "
                                     f"try a lower --lr (now {args.lr})")

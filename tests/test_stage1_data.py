@@ -162,7 +162,7 @@ def test_vocab_built_on_train_split_only(tiny_data_dir):
             w.writerow(["text", "label", "id", "rating"])
             w.writerows([t, y, i, 1] for i, (t, y) in enumerate(rows))
 
-    bags, vocab = prepare_data(args, tiny_data_dir, None, logging.getLogger("test"))
+    bags, vocab, _ = prepare_data(args, tiny_data_dir, None, logging.getLogger("test"))
     assert "trainword" in vocab.stoi
     assert "valonlyword" not in vocab.stoi and "testonlyword" not in vocab.stoi
     assert (len(bags["train"]), len(bags["val"]), len(bags["test"])) == (N_TRAIN - len(val_idx), len(val_idx), N_TEST)

@@ -119,23 +119,55 @@ def test_short_run_other_datasets(tiny_data_dir, tmp_path, dataset, split, min_a
     assert len(result["confusion"]) == n_classes and sum(map(sum, result["confusion"])) == N_TEST
 
 
-def test_sst2_vocabulary_counts_sentences_not_phrases(tmp_path):
-    """In SST-2 a word of one sentence is in all of that sentence's phrases: --min-freq must count sentences."""
-    sentences = [f"sentence {i} has the word common ." for i in range(20)] + ["a truly moving story ."]
-    phrases = ["truly", "truly moving", "a truly moving", "moving story"]  # all from the last sentence
+SST2_SENTENCES = [f"sentence {i} has the word common ." for i in range(20)] + ["a truly moving story ."]
+SST2_PHRASES = ["truly", "truly moving", "a truly moving", "moving story"]  # all from the last sentence
+
+
+@pytest.fixture
+def sst2_with_phrases(tmp_path) -> Path:
+    """A data directory whose SST-2 train file holds sentences and phrases of one of them, like the real one."""
     glue = tmp_path / "data" / "glue" / "sst2"
     glue.mkdir(parents=True)
-    for file, rows in [("train.tsv.gz", sentences + phrases), ("dev.tsv.gz", sentences[:4])]:
+    for file, rows in [("train.tsv.gz", SST2_SENTENCES + SST2_PHRASES), ("dev.tsv.gz", SST2_SENTENCES[:4])]:
         with gzip.open(glue / file, "wt", encoding="utf-8") as f:
             f.write("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(rows)))
+    return tmp_path / "data"
+
+
+def test_sst2_vocabulary_counts_sentences_not_phrases(sst2_with_phrases):
+    """In SST-2 a word of one sentence is in all of that sentence's phrases: --min-freq must count sentences."""
     args = train.parse_args(["--dataset", "sst2", "--min-freq", "2", "--seed", "2"])
-    bags, vocab = train.prepare_data(args, tmp_path / "data", None, logging.getLogger("test"))
-    rows = sentences + phrases
+    _, vocab, _ = train.prepare_data(args, sst2_with_phrases, None, logging.getLogger("test"))
+    rows = SST2_SENTENCES + SST2_PHRASES
     train_idx, _ = train_val_split(len(rows), args.val_fraction, args.seed, phrase_groups(rows))
     assert rows.index("a truly moving story .") in train_idx.tolist()  # the sentence is on the training side
     assert "truly" in Vocab.build([rows[i] for i in train_idx.tolist()], 2, 2).stoi  # counted over rows: kept
     assert "common" in vocab.stoi                 # in 20 sentences
     assert "truly" not in vocab.stoi              # in 4 training rows, but all from one sentence
+
+
+def test_sst2_validates_on_whole_sentences(sst2_with_phrases):
+    """Held-out phrases are dropped from validation: it holds whole sentences only, like the dev set."""
+    args = train.parse_args(["--dataset", "sst2", "--seed", "0"])
+    rows = SST2_SENTENCES + SST2_PHRASES
+    _, val_idx = train_val_split(len(rows), args.val_fraction, args.seed, phrase_groups(rows))
+    assert rows.index("truly") in val_idx.tolist()  # this seed holds out the sentence with phrases
+    bags, _, _ = train.prepare_data(args, sst2_with_phrases, None, logging.getLogger("test"))
+    assert len(bags["val"]) == sum(rows[i] in SST2_SENTENCES for i in val_idx.tolist()) == 2
+
+
+def test_sst2_sentence_weight(sst2_with_phrases):
+    """--sentence-weight w gives training sentences weight w and their phrases weight 1."""
+    args = train.parse_args(["--dataset", "sst2", "--seed", "2", "--sentence-weight", "4"])
+    bags, _, weights = train.prepare_data(args, sst2_with_phrases, None, logging.getLogger("test"))
+    assert len(weights) == len(bags["train"]) == 23
+    assert sorted(weights.tolist()) == [1.0] * 4 + [4.0] * 19  # 4 phrases, 19 sentences (2 held out)
+
+
+def test_sentence_weight_rejected_without_phrases(capsys):
+    """--sentence-weight means nothing for IMDb, so asking for it there is an error, not a silent no-op."""
+    code, err = cli(train.main, ["--dataset", "imdb", "--sentence-weight", "3"], capsys)
+    assert_one_line_error(code, err, r"--sentence-weight applies to .*sst2.*not imdb")
 
 
 def test_quick_uses_its_own_lr_unless_lr_is_given():
