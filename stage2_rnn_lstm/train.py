@@ -1,0 +1,286 @@
+"""Train a recurrent language model (RNN, LSTM or GRU) on Tiny Shakespeare (characters) or WikiText-2 (words).
+
+    python stage2_rnn_lstm/train.py                                  # char LSTM on Tiny Shakespeare
+    python stage2_rnn_lstm/train.py --model-type rnn                 # the same with a vanilla RNN
+    python stage2_rnn_lstm/train.py --dataset wikitext2 --adaptive-cutoffs 2000,10000 ...   # word level
+    python stage2_rnn_lstm/train.py --quick                          # a smoke run on small slices
+    python stage2_rnn_lstm/train.py --resume                         # continue an interrupted run exactly
+
+Truncated backpropagation through time: the training text is cut into --batch-size parallel streams, and
+each step trains on the next --bptt tokens of every stream. The hidden state left by one window is the
+starting state of the next (so the model can carry information further than --bptt), but the graph is cut
+there (`detach_state`), so gradients flow back at most --bptt steps.
+
+Checkpoints (<out-dir>/last.pt after every epoch, on Ctrl-C, SIGTERM and --max-steps; best.pt for the best
+validation loss) hold the model, optimizer, schedule, random-number states *and the carried hidden state*,
+so a resumed run repeats the losses an uninterrupted run would have had.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python stage2_rnn_lstm/train.py`: put the repo root on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch
+from tqdm import tqdm
+
+from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
+                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from stage2_rnn_lstm.data import DATASETS, Vocab, batchify, dataset_info, get_window, load_text
+from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel, detach_state
+
+STAGE = "stage2_rnn_lstm"
+QUICK_TRAIN, QUICK_EVAL = 20_000, 5_000  # --quick: tokens of train and of each evaluation split
+EVAL_BATCH = 16                           # parallel streams when scoring val/test
+RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")  # flags a resumed run may change
+
+
+def cutoffs(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected increasing whole numbers like 2000,10000, got {text!r}") from None
+    if any(v <= 0 for v in values) or values != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"expected increasing whole numbers like 2000,10000, got {text!r}")
+    return values
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a recurrent language model (Stage 2).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="tiny_shakespeare", choices=list(DATASETS))
+    add_common_args(p, epochs=7, batch_size=32, lr=2e-3, out_dir="runs/stage2_rnn_lstm/{dataset}_{model_type}")
+    p.add_argument("--vocab-type", "--vocab_type", choices=["char", "word"], default=None,
+                   help="tokens: characters or words (default: char for tiny_shakespeare, word for wikitext2)")
+    p.add_argument("--model-type", "--model_type", choices=["rnn", "lstm", "gru"], default="lstm")
+    p.add_argument("--impl", choices=["scratch", "torch"], default="torch",
+                   help="hand-written cells (model.py) or nn.RNN/nn.LSTM/nn.GRU: the same function, torch's is faster")
+    p.add_argument("--emb-dim", type=positive_int, default=64, help="token embedding size")
+    p.add_argument("--hidden-dim", type=positive_int, default=512, help="hidden state size of each layer")
+    p.add_argument("--n-layers", type=positive_int, default=2, help="stacked recurrent layers")
+    p.add_argument("--dropout", type=probability, default=0.2, help="dropout on embeddings, between layers, at the output")
+    p.add_argument("--tie-weights", action="store_true", help="share the embedding with the output layer")
+    p.add_argument("--adaptive-cutoffs", type=cutoffs, default=[],
+                   help="adaptive softmax cluster boundaries, e.g. 2000,10000 (default: a full softmax)")
+    p.add_argument("--bptt", type=positive_int, default=128, help="tokens per window (truncated BPTT length)")
+    p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear warmup, then cosine decay to lr/10")
+    p.add_argument("--result", default=None,
+                   help="result JSON path (default: stage2_rnn_lstm/results/<dataset>_<model-type>.json; "
+                        "<out-dir>/result.json for --quick or --max-steps runs)")
+    args = p.parse_args(argv)
+    args.vocab_type = args.vocab_type or dataset_info(args.dataset)["vocab_type"]
+    if args.tie_weights and args.emb_dim != args.hidden_dim:
+        p.error(f"--tie-weights needs --emb-dim == --hidden-dim (got {args.emb_dim} and {args.hidden_dim})")
+    if args.tie_weights and args.adaptive_cutoffs:
+        p.error("--tie-weights and --adaptive-cutoffs do not combine here: the adaptive softmax has its own matrices")
+    if args.warmup_steps < 0 or args.weight_decay < 0:
+        p.error("--warmup-steps and --weight-decay must be >= 0")
+    return args
+
+
+def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
+    """Token id streams of every split, and the vocabulary (built on the whole training split)."""
+    splits = dataset_info(args.dataset)["splits"]
+    texts = {s: load_text(args.dataset, data_dir, s) for s in splits}
+    vocab = vocab or Vocab.build(texts["train"], args.vocab_type)
+    ids = {s: torch.tensor(vocab.encode(t), dtype=torch.long) for s, t in texts.items()}  # (N,) per split
+    if args.quick:
+        ids = {s: v[: QUICK_TRAIN if s == "train" else QUICK_EVAL] for s, v in ids.items()}
+    log.info(f"{args.dataset} ({args.vocab_type}s): vocabulary {len(vocab):,} | "
+             + " / ".join(f"{len(v):,} {s}" for s, v in ids.items()) + " tokens")
+    return ids, vocab
+
+
+@torch.no_grad()
+def evaluate_loss(model, ids: torch.Tensor, bptt: int, device, batch_size: int = EVAL_BATCH) -> float:
+    """Mean cross-entropy (nats per token) over a whole split, carrying the hidden state from window to window."""
+    model.eval()
+    streams = batchify(ids, batch_size).to(device)
+    state, total, count = None, 0.0, 0
+    for start in range(0, streams.shape[1] - 1, bptt):
+        x, y = get_window(streams, start, bptt)
+        _, loss, state = model(x, state, targets=y)
+        total += loss.item() * y.numel()
+        count += y.numel()
+    return total / count
+
+
+def lr_at(step: int, args, total_steps: int) -> float:
+    """Linear warmup to --lr, then cosine decay to --lr / 10 at the last step."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.out_dir = args.out_dir.format(dataset=args.dataset, model_type=args.model_type)
+    out_dir = Path(args.out_dir)
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
+        saved = ckpt["args"]
+        if (saved["dataset"], saved["model_type"]) != (args.dataset, args.model_type):
+            raise UserError(f"{out_dir / 'last.pt'} is a {saved['dataset']} {saved['model_type']} run, "
+                            f"not {args.dataset} {args.model_type}")
+        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
+    log = get_logger(STAGE, out_dir / "train.log")
+    log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    device = get_device(args.device)
+    set_seed(args.seed)
+    t_start = time.time()
+
+    # ---- data
+    data_dir = resolve_data_dir(args.data_dir)
+    vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
+    if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
+        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
+    ids, vocab = prepare_data(args, data_dir, vocab, log)
+    if not ckpt:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        vocab.save(out_dir / "vocab.json")
+    train = batchify(ids["train"], args.batch_size).to(device)  # (B, N)
+    windows = list(range(0, train.shape[1] - 1, args.bptt))    # start of every BPTT window in an epoch
+    total_steps = args.epochs * len(windows)
+
+    # ---- model and optimizer
+    config = LMConfig(vocab_size=len(vocab), model_type=args.model_type, emb_dim=args.emb_dim,
+                      hidden_dim=args.hidden_dim, n_layers=args.n_layers, dropout=args.dropout,
+                      tie_weights=args.tie_weights, impl=args.impl, adaptive_cutoffs=args.adaptive_cutoffs)
+    if config.adaptive_cutoffs and config.adaptive_cutoffs[-1] >= len(vocab):
+        raise UserError(f"--adaptive-cutoffs must stay below the vocabulary size {len(vocab):,}")
+    model = RNNLanguageModel(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
+    log.info(f"model: {model.num_params():,} parameters, {config}")
+    log.info(f"{len(windows)} steps per epoch ({args.batch_size} streams x {args.bptt} tokens), {total_steps} in all")
+
+    state = {"epoch": 0, "window": 0, "step": 0, "best_val_loss": math.inf, "best_step": 0, "train_seconds": 0.0,
+             "history": {"train_loss": [], "val_loss": []}}  # lists of [step, value]
+    hidden = None  # the carried recurrent state
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state, hidden = ckpt["state"], ckpt["hidden"]
+        set_rng_state(ckpt["rng"])
+        log.info(f"resumed at epoch {state['epoch'] + 1}, window {state['window']}, step {state['step']}")
+
+    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
+        obj = {"stage": STAGE, "dataset": args.dataset, "config": config.to_dict(), "args": vars(args),
+               "model": model.state_dict(), "state": state, "rng": rng_state(), "hidden": hidden,
+               "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}}
+        if with_optimizer:
+            obj["optimizer"] = optimizer.state_dict()
+        save_checkpoint(obj, path)
+
+    # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
+    stop = {"by": None}
+
+    def request_stop(signum, frame):
+        stop["by"] = signal.Signals(signum).name
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    model.train()
+    t_loop = time.time() - state["train_seconds"]
+    try:
+        while state["epoch"] < args.epochs and not stop["by"]:
+            bar = tqdm(total=len(windows), initial=state["window"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
+                       leave=False, disable=None)
+            for start in windows[state["window"]:]:
+                x, y = get_window(train, start, args.bptt)  # (B, T), (B, T)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(state["step"], args, total_steps)
+                _, loss, hidden = model(x, hidden, targets=y)
+                if not torch.isfinite(loss):
+                    raise UserError(f"the loss became {loss.item()} at step {state['step'] + 1}; "
+                                    f"try a lower --lr (now {args.lr}) or --clip")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)  # tames exploding gradients
+                optimizer.step()
+                hidden = detach_state(hidden)  # truncated BPTT: keep the state's values, cut its graph
+                state["step"] += 1
+                state["window"] += 1
+                state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if args.max_steps and state["step"] >= args.max_steps:
+                    stop["by"] = "max_steps"
+                if stop["by"]:
+                    break
+            bar.close()
+            if stop["by"]:
+                break
+            # ---- end of epoch: validate, keep the best
+            val_loss = evaluate_loss(model, ids["val"], args.bptt, device)
+            model.train()
+            state["history"]["val_loss"].append([state["step"], val_loss])
+            recent = [v for _, v in state["history"]["train_loss"][-len(windows):]]
+            state["epoch"] += 1
+            state["window"] = 0
+            hidden = None  # each epoch starts from the beginning of the streams, with a fresh state
+            state["train_seconds"] = time.time() - t_loop
+            log.info(f"epoch {state['epoch']}: train loss {sum(recent) / len(recent):.4f} | val loss {val_loss:.4f} "
+                     f"| val ppl {math.exp(val_loss):.2f} | {state['train_seconds']:.0f}s")
+            if val_loss < state["best_val_loss"]:
+                state["best_val_loss"], state["best_step"] = val_loss, state["step"]
+                checkpoint(out_dir / "best.pt", with_optimizer=False)
+            checkpoint(out_dir / "last.pt")
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+    state["train_seconds"] = time.time() - t_loop
+    if stop["by"]:
+        checkpoint(out_dir / "last.pt")
+        resume = f"python stage2_rnn_lstm/train.py --dataset {args.dataset} --model-type {args.model_type} " \
+                 f"--out-dir {out_dir} --resume"
+        log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: {resume}")
+        if stop["by"] != "max_steps":
+            sys.exit(130)
+    if not state["history"]["val_loss"]:
+        return  # no epoch finished: nothing to report yet
+
+    # ---- final report: the best checkpoint on val (and test, where the data set has one)
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE)["model"])
+    metrics = {}
+    for split in [s for s in ("val", "test") if s in ids]:
+        loss = evaluate_loss(model, ids[split], args.bptt, device)
+        metrics.update({f"{split}_loss": round(loss, 4), f"{split}_ppl": round(math.exp(loss), 2)})
+        if args.vocab_type == "char":
+            metrics[f"{split}_bpc"] = round(loss / math.log(2), 4)  # bits per character
+    log.info(f"best checkpoint (step {state['best_step']}): " + " | ".join(f"{k} {v}" for k, v in metrics.items()))
+    smoke = args.quick or args.max_steps is not None
+    name = f"{args.dataset}_{args.model_type}"
+    result_path = Path(args.result) if args.result else (
+        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{name}.json")
+    headline = "test_ppl" if "test_ppl" in metrics else "val_loss"
+    write_result(result_path, stage=STAGE, dataset=args.dataset, split="test" if "test" in ids else "val",
+                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
+                 params=model.num_params(), command=command_line("stage2_rnn_lstm/train.py", argv),
+                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
+                        "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
+                        "tokens_per_second": round(state["step"] * args.batch_size * args.bptt
+                                                   / max(state["train_seconds"], 1e-9)),
+                        "vocab_size": len(vocab), "config": config.to_dict(),
+                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
+                        "sizes": {k: len(v) for k, v in ids.items()}, "data_dir": str(data_dir)})
+    h = state["history"]
+    plot_curves(result_path.with_suffix(".png"), {
+        "loss (nats/token)": {"train (per step)": tuple(zip(*h["train_loss"])), "val": tuple(zip(*h["val_loss"]))},
+    }, title=f"Stage 2 {args.model_type.upper()} on {args.dataset}: "
+             + ", ".join(f"{k} {metrics[k]}" for k in metrics if k.endswith(("_loss", "_ppl")))[:90])
+    log.info(f"wrote {result_path} and its plot")
+
+
+if __name__ == "__main__":
+    run_cli(main)
