@@ -138,19 +138,29 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.itos)
 
+    def unknown(self, text: str) -> list[str]:
+        """The distinct tokens of `text` the vocabulary does not hold, sorted."""
+        return sorted({t for t in tokenize(text, self.vocab_type) if t not in self.stoi})
+
     def encode(self, text: str) -> list[int]:
-        tokens = tokenize(text, self.vocab_type)
         unk = self.stoi.get(UNK)
-        unknown = sorted({t for t in tokens if t not in self.stoi}) if unk is None else []
+        unknown = self.unknown(text) if unk is None else []
         if unknown:
             shown = ", ".join(repr(t) for t in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             raise UserError(f"{len(unknown)} {self.vocab_type}(s) not in the vocabulary: {shown}")
-        return [self.stoi.get(t, unk) for t in tokens]
+        return [self.stoi.get(t, unk) for t in tokenize(text, self.vocab_type)]
 
     def decode(self, ids: list[int]) -> str:
         if self.vocab_type == "char":
             return "".join(self.itos[i] for i in ids)
-        return " ".join(self.itos[i] for i in ids).replace(f" {EOS} ", "\n").replace(EOS, "\n")
+        lines, words = [], []
+        for i in ids:  # words joined by spaces; <eos> ends a line
+            if self.itos[i] == EOS:
+                lines.append(" ".join(words) + "\n")
+                words = []
+            else:
+                words.append(self.itos[i])
+        return "".join(lines) + " ".join(words)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"vocab_type": self.vocab_type, "itos": self.itos}, ensure_ascii=False),

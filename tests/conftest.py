@@ -101,6 +101,36 @@ def write_tiny_data(root: Path) -> Path:
     return root
 
 
+# Stage 2: a small play-like text for Tiny Shakespeare, and WikiText-style lines (leading space, " = Title = "
+# headings, blank lines, <unk>) for WikiText-2. Both repeat, so a tiny model can learn them.
+TINY_PLAY = "".join(f"{who}:\n{line}\n\n" for who, line in [
+    ("ROMEO", "But soft, what light through yonder window breaks?"),
+    ("JULIET", "O Romeo, Romeo, wherefore art thou Romeo?"),
+    ("MERCUTIO", "A plague on both your houses!"),
+] * 40)
+TINY_WIKI = {split: "".join([" \n", f" = Article {split} = \n", " \n"]
+                            + [f" the {w} of the <unk> is a {w} @-@ like thing . \n"
+                               for w in ["king", "river", "song", "city", "war"] * n])
+             for split, n in [("train", 30), ("valid", 6), ("test", 6)]}
+
+
+def write_tiny_lm_data(root: Path) -> Path:
+    """Tiny Tiny-Shakespeare and WikiText-2 files in exactly the offline formats (gzip, UTF-8, LF)."""
+    (root / "tiny_shakespeare").mkdir(parents=True, exist_ok=True)
+    (root / "wikitext-2").mkdir(parents=True, exist_ok=True)
+    with gzip.open(root / "tiny_shakespeare" / "input.txt.gz", "wt", encoding="utf-8", newline="") as f:
+        f.write(TINY_PLAY)
+    for split, text in TINY_WIKI.items():
+        with gzip.open(root / "wikitext-2" / f"wiki.{split}.tokens.gz", "wt", encoding="utf-8", newline="") as f:
+            f.write(text)
+    return root
+
+
+@pytest.fixture
+def tiny_lm_data_dir(tmp_path) -> Path:
+    return write_tiny_lm_data(tmp_path / "data")
+
+
 @pytest.fixture
 def tiny_data_dir(tmp_path) -> Path:
     """A data directory with tiny imdb, glue/sst2 and ag_news files in the offline formats."""
@@ -114,13 +144,13 @@ def shared_tiny_data_dir(tmp_path_factory) -> Path:
 
 
 def run_script(script: str, *args, data_dir: Path, module: bool = False, stdin: str = "", env: dict | None = None,
-               timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run stage1_mlp/<script>.py (or `python -m stage1_mlp.<script>`) from the repo root and capture its output.
+               timeout: float = 120, stage: str = "stage1_mlp") -> subprocess.CompletedProcess:
+    """Run <stage>/<script>.py (or `python -m <stage>.<script>`) from the repo root and capture its output.
 
     MY_LLM_DATA points at `data_dir`, Hugging Face is kept offline so that no test ever downloads, and torch
     uses one thread, like the tests in this process.
     """
-    cmd = [sys.executable, "-m", f"stage1_mlp.{script}"] if module else [sys.executable, f"stage1_mlp/{script}.py"]
+    cmd = [sys.executable, "-m", f"{stage}.{script}"] if module else [sys.executable, f"{stage}/{script}.py"]
     full_env = {**os.environ, "MY_LLM_DATA": str(data_dir), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                 "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd + [str(a) for a in args], cwd=REPO_ROOT, env=full_env, input=stdin,

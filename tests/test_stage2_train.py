@@ -1,0 +1,274 @@
+"""Stage 2 scripts end to end on tiny data: training, exact resume (the carried hidden state included), Ctrl-C,
+evaluate.py, generate.py (repeatable with a seed, clear errors for bad prompts), bad checkpoints, --help, and a
+--quick run on the real data when MY_LLM_DATA points at it.
+
+Every run writes into tmp_path (--out-dir and --result), so the committed stage2_rnn_lstm/results are never touched.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, run_script
+from scripts.common import load_checkpoint, run_cli, save_checkpoint
+from stage2_rnn_lstm import evaluate, generate, train
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
+def train_args(data_dir: Path, out_dir: Path, *extra: str, dataset: str = "tiny_shakespeare") -> list[str]:
+    """A small, fast run with every output inside out_dir (later flags override earlier ones)."""
+    return ["--dataset", dataset, "--data-dir", str(data_dir), "--out-dir", str(out_dir),
+            "--result", str(out_dir / "result.json"), "--epochs", "3", "--batch-size", "4", "--bptt", "32",
+            "--emb-dim", "16", "--hidden-dim", "32", "--n-layers", "2", "--lr", "1e-2", "--warmup-steps", "5", *extra]
+
+
+def cli(main, argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(argv))
+    return e.value.code, capsys.readouterr().err
+
+
+def assert_one_line_error(code, err: str, pattern: str) -> None:
+    assert code not in (0, None)
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if re.match(r"(\S+: )?error: ", line)]
+    assert len(errors) == 1, err
+    assert re.search(pattern, errors[0]), errors[0]
+
+
+@pytest.fixture(scope="module")
+def trained_char(tmp_path_factory) -> Path:
+    """train.py as a script: a char LSTM on the tiny play."""
+    from conftest import write_tiny_lm_data
+    data_dir = write_tiny_lm_data(tmp_path_factory.mktemp("lm") / "data")
+    out = tmp_path_factory.mktemp("char_run")
+    proc = run_script("train", *train_args(data_dir, out), data_dir=data_dir, stage="stage2_rnn_lstm")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out.joinpath("data_dir").write_text(str(data_dir))
+    return out
+
+
+def test_run_writes_all_outputs_and_learns(trained_char):
+    for name in ["best.pt", "last.pt", "vocab.json", "train.log", "result.json"]:
+        assert (trained_char / name).is_file(), name
+    assert (trained_char / "result.png").read_bytes()[:8] == PNG_MAGIC
+    r = json.loads((trained_char / "result.json").read_text())
+    assert {"stage", "dataset", "split", "metrics", "train_seconds", "device", "threads", "params", "command",
+            "git_commit", "date"} <= r.keys()
+    assert r["stage"] == "stage2_rnn_lstm" and r["headline_metric"] == "val_loss" and r["split"] == "val"
+    m = r["metrics"]
+    assert math.isclose(m["val_ppl"], math.exp(m["val_loss"]), rel_tol=1e-3)
+    assert math.isclose(m["val_bpc"], m["val_loss"] / math.log(2), rel_tol=1e-3)
+    assert m["val_loss"] < 0.75 * math.log(r["vocab_size"])  # well below a uniform guess over the characters
+
+
+@pytest.mark.parametrize("model_type,impl", [("rnn", "scratch"), ("gru", "torch")])
+def test_other_cells_train(tiny_lm_data_dir, tmp_path, model_type, impl):
+    train.main(train_args(tiny_lm_data_dir, tmp_path, "--model-type", model_type, "--impl", impl, "--epochs", "1"))
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["config"]["model_type"] == model_type and r["config"]["impl"] == impl
+
+
+def test_word_level_adaptive_softmax(tiny_lm_data_dir, tmp_path):
+    """WikiText-style words, an adaptive softmax, and the test split reported with perplexity as the headline."""
+    train.main(train_args(tiny_lm_data_dir, tmp_path, "--adaptive-cutoffs", "5,10", "--bptt", "8",
+                          dataset="wikitext2"))
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["headline_metric"] == "test_ppl" and r["split"] == "test"
+    assert r["hparams"]["vocab_type"] == "word" and "test_bpc" not in r["metrics"]
+    assert r["metrics"]["test_ppl"] < r["vocab_size"] / 2
+
+
+def test_tied_weights_run(tiny_lm_data_dir, tmp_path):
+    train.main(train_args(tiny_lm_data_dir, tmp_path, "--tie-weights", "--emb-dim", "32", "--epochs", "1"))
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["config"]["tie_weights"] is True
+
+
+def test_resume_is_exact(tiny_lm_data_dir, tmp_path):
+    """--max-steps stops (mid-epoch and at an epoch's end) then --resume give one run's losses and weights,
+    because the checkpoint holds the hidden state carried between windows."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train.main(train_args(tiny_lm_data_dir, a))
+    per_epoch = len(load_checkpoint(a / "last.pt")["state"]["history"]["train_loss"]) // 3
+    train.main(train_args(tiny_lm_data_dir, b, "--max-steps", "3"))
+    assert load_checkpoint(b / "last.pt")["hidden"] is not None  # a mid-epoch state to carry on from
+    train.main(train_args(tiny_lm_data_dir, b, "--resume", "--max-steps", str(per_epoch)))
+    train.main(train_args(tiny_lm_data_dir, b, "--resume"))
+    ckpt_a, ckpt_b = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ckpt_b["state"]["history"] == ckpt_a["state"]["history"]
+    for name in ckpt_a["model"]:
+        assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
+
+
+def test_sigterm_saves_and_resume_continues(tiny_lm_data_dir, tmp_path):
+    """SIGTERM during training: exit 130, a loadable last.pt, and --resume carries on from its step."""
+    out = tmp_path / "run"
+    args = train_args(tiny_lm_data_dir, out, "--epochs", "100000")
+    with open(tmp_path / "stderr", "w") as se:
+        proc = subprocess.Popen([sys.executable, "stage2_rnn_lstm/train.py", *args], cwd=REPO_ROOT,
+                                stdout=subprocess.DEVNULL, stderr=se, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            deadline = time.monotonic() + 120
+            while not ((out / "train.log").exists() and "epoch 1:" in (out / "train.log").read_text()):
+                assert proc.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no epoch finished within 120 s"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    err = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 130 and "Traceback" not in err and "stopped by SIGTERM" in err, err[-3000:]
+    step = load_checkpoint(out / "last.pt", stage="stage2_rnn_lstm")["state"]["step"]
+    train.main(train_args(tiny_lm_data_dir, out, "--resume", "--max-steps", str(step + 2)))
+    assert load_checkpoint(out / "last.pt")["state"]["step"] == step + 2
+
+
+# ----------------------------------------------------------------------------- evaluate.py and generate.py
+
+def test_evaluate_reports_loss_ppl_bpc(trained_char, capsys):
+    data_dir = trained_char.joinpath("data_dir").read_text()
+    evaluate.main(["--checkpoint", str(trained_char / "best.pt"), "--data-dir", data_dir, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    r = json.loads((trained_char / "result.json").read_text())
+    assert math.isclose(out["val"]["loss"], r["metrics"]["val_loss"], abs_tol=1e-3)
+    assert set(out["val"]) == {"loss", "ppl", "bpc", "tokens"}
+
+
+def test_evaluate_unknown_split(trained_char, capsys):
+    data_dir = trained_char.joinpath("data_dir").read_text()
+    code, err = cli(evaluate.main, ["--checkpoint", str(trained_char / "best.pt"), "--data-dir", data_dir,
+                                    "--split", "test"], capsys)
+    assert_one_line_error(code, err, r"tiny_shakespeare has no 'test' evaluation split")
+
+
+def _generate(ckpt: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_script("generate", "--checkpoint", ckpt, *args, data_dir=ckpt.parent, stage="stage2_rnn_lstm")
+
+
+def test_generate_is_repeatable_with_a_seed(trained_char):
+    ckpt = trained_char / "best.pt"
+    a = _generate(ckpt, "--prompt", "ROMEO:", "--max-new-tokens", "60", "--seed", "7")
+    b = _generate(ckpt, "--prompt", "ROMEO:", "--max-new-tokens", "60", "--seed", "7")
+    c = _generate(ckpt, "--prompt", "ROMEO:", "--max-new-tokens", "60", "--seed", "8")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and a.stdout != c.stdout
+    assert a.stdout.startswith("ROMEO:") and len(a.stdout.rstrip("\n")) >= len("ROMEO:") + 50
+
+
+def test_generate_top_k_1_is_greedy(trained_char):
+    """top-k 1 leaves one choice: different seeds give the same text."""
+    ckpt = trained_char / "best.pt"
+    a = _generate(ckpt, "--top-k", "1", "--max-new-tokens", "40", "--seed", "1")
+    b = _generate(ckpt, "--top-k", "1", "--max-new-tokens", "40", "--seed", "2")
+    assert a.returncode == 0 and a.stdout == b.stdout
+
+
+@pytest.mark.parametrize("prompt,pattern", [
+    ("ROMEO: ~{}", r"the prompt has 3 char\(s\) this model never saw: '\{', '\}', '~'"),
+    ("", r"the prompt is empty"),
+])
+def test_generate_bad_prompt(trained_char, capsys, prompt, pattern):
+    code, err = cli(generate.main, ["--checkpoint", str(trained_char / "best.pt"), "--prompt", prompt], capsys)
+    assert_one_line_error(code, err, pattern)
+
+
+def test_generate_interactive_survives_a_bad_prompt(trained_char):
+    proc = run_script("generate", "--checkpoint", trained_char / "best.pt", "--interactive", "--max-new-tokens", "5",
+                      "--seed", "0", data_dir=trained_char, stage="stage2_rnn_lstm", stdin="ROMEO\n~~~\nJULIET\n\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "never saw" in proc.stderr and "Traceback" not in proc.stderr
+    assert "ROMEO" in proc.stdout and "JULIET" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("script", [evaluate, generate])
+def test_bad_checkpoints(trained_char, tmp_path, capsys, script):
+    (tmp_path / "corrupt.pt").write_bytes((trained_char / "best.pt").read_bytes()[:500])
+    code, err = cli(script.main, ["--checkpoint", str(tmp_path / "corrupt.pt")], capsys)
+    assert_one_line_error(code, err, r"cannot read checkpoint .*corrupt")
+    save_checkpoint({"stage": "stage1_mlp", "model": {}, "config": {}}, tmp_path / "other.pt")
+    code, err = cli(script.main, ["--checkpoint", str(tmp_path / "other.pt")], capsys)
+    assert_one_line_error(code, err, r"written by stage1_mlp, not stage2_rnn_lstm")
+    code, err = cli(script.main, ["--checkpoint", str(tmp_path / "missing.pt")], capsys)
+    assert_one_line_error(code, err, r"checkpoint not found")
+
+
+@pytest.mark.parametrize("flags,pattern", [
+    (["--tie-weights", "--emb-dim", "16", "--hidden-dim", "32"], r"--tie-weights needs --emb-dim == --hidden-dim"),
+    (["--adaptive-cutoffs", "10,5"], r"argument --adaptive-cutoffs: expected increasing whole numbers"),
+    (["--model-type", "transformer"], r"argument --model-type/--model_type: invalid choice"),
+    (["--dataset", "ptb"], r"argument --dataset: invalid choice"),
+])
+def test_train_bad_flags(capsys, flags, pattern):
+    code, err = cli(train.main, flags, capsys)
+    assert_one_line_error(code, err, pattern)
+
+
+def test_train_missing_data_offline(tmp_path, capsys, monkeypatch):
+    from stage2_rnn_lstm import data
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    code, err = cli(train.main, ["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "run")], capsys)
+    assert_one_line_error(code, err, r"data set 'tiny_shakespeare' not found .*offline")
+
+
+@pytest.mark.parametrize("module", [False, True])
+@pytest.mark.parametrize("script", ["train", "evaluate", "generate", "benchmark"])
+def test_help(tmp_path, script, module):
+    proc = run_script(script, "--help", data_dir=tmp_path, module=module, stage="stage2_rnn_lstm")
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+
+
+def test_benchmark_runs(tmp_path):
+    proc = run_script("benchmark", "--hidden-dim", "16", "--emb-dim", "8", "--steps", "1", "--warmup", "0",
+                      "--bptt", "8", "--batch-size", "2", "--json", tmp_path / "b.json", data_dir=tmp_path,
+                      stage="stage2_rnn_lstm")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert r["tokens_per_second"]["scratch"] > 0 and r["ratio_torch_over_scratch"] > 0
+
+
+# ----------------------------------------------------------------------------- the real data (CI)
+
+REAL_DATA = os.environ.get("MY_LLM_DATA")
+HAS_REAL_DATA = bool(REAL_DATA) and (Path(REAL_DATA) / "tiny_shakespeare" / "input.txt.gz").is_file()
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not HAS_REAL_DATA, reason="MY_LLM_DATA does not point at the real data sets")
+@pytest.mark.parametrize("dataset,extra", [
+    ("tiny_shakespeare", []),
+    ("wikitext2", ["--adaptive-cutoffs", "2000,10000", "--bptt", "35"]),
+])
+def test_quick_run_on_real_data(tmp_path, dataset, extra):
+    """--quick on the real files: it reads them, trains on a slice, and ends below a uniform guess."""
+    proc = run_script("train", "--quick", "--dataset", dataset, "--out-dir", tmp_path / "run", "--result",
+                      tmp_path / "r.json", "--hidden-dim", "64", "--emb-dim", "32", *extra,
+                      data_dir=Path(REAL_DATA).resolve(), stage="stage2_rnn_lstm", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["quick"] is True
+    assert r["metrics"]["val_loss"] < math.log(r["vocab_size"])
