@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a recurrent language model (Stage 2).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="tiny_shakespeare", choices=list(DATASETS))
-    add_common_args(p, epochs=7, batch_size=32, lr=2e-3, out_dir="runs/stage2_rnn_lstm/{dataset}_{model_type}")
+    add_common_args(p, epochs=6, batch_size=32, lr=2e-3, out_dir="runs/stage2_rnn_lstm/{dataset}_{model_type}")
     p.add_argument("--vocab-type", "--vocab_type", choices=["char", "word"], default=None,
                    help="tokens: characters or words (default: char for tiny_shakespeare, word for wikitext2)")
     p.add_argument("--model-type", "--model_type", choices=["rnn", "lstm", "gru"], default="lstm")
