@@ -11,6 +11,7 @@ import hashlib
 import json
 import sys
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -120,8 +121,9 @@ class Vocab:
     """token <-> id, built on the training split only, stored as JSON (never pickle).
 
     Character vocabularies are sorted, as nanoGPT's are. A word vocabulary keeps every training word
-    (WikiText-2 already replaced rare words by <unk>) in order of first appearance, as PyTorch's example does.
-    A token outside the vocabulary maps to <unk> when the vocabulary has one; otherwise `encode` says which.
+    (WikiText-2 already replaced rare words by <unk>), most frequent first: the adaptive softmax puts the
+    lowest ids in its head cluster. A token outside the vocabulary maps to <unk> when the vocabulary has one;
+    otherwise `encode` says which.
     """
 
     def __init__(self, itos: list[str], vocab_type: str):
@@ -132,7 +134,10 @@ class Vocab:
     @classmethod
     def build(cls, text: str, vocab_type: str) -> "Vocab":
         tokens = tokenize(text, vocab_type)
-        itos = sorted(set(tokens)) if vocab_type == "char" else list(dict.fromkeys(tokens))
+        if vocab_type == "char":
+            itos = sorted(set(tokens))
+        else:  # by frequency; Counter keeps first-appearance order among equal counts
+            itos = [t for t, _ in Counter(tokens).most_common()]
         return cls(itos, vocab_type)
 
     def __len__(self) -> int:

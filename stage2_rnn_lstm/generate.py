@@ -61,6 +61,8 @@ def prompt_to_ids(vocab: Vocab, prompt: str) -> list[int]:
     ids = vocab.encode(prompt)
     if vocab.vocab_type == "word" and not prompt.endswith("\n"):
         ids = ids[:-1]  # tokenize closes every line with <eos>; a prompt in mid-line should not end its line
+    if not ids:
+        raise UserError(f"the prompt {prompt!r} holds no {vocab.vocab_type}s to continue from")
     return ids
 
 

@@ -38,6 +38,7 @@ from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel, detach_state
 
 STAGE = "stage2_rnn_lstm"
 QUICK_TRAIN, QUICK_EVAL = 20_000, 5_000  # --quick: tokens of train and of each evaluation split
+QUICK_LR, QUICK_WARMUP = 1e-2, 5         # --quick without --lr / --warmup-steps: a few dozen steps must learn
 EVAL_BATCH = 16                           # parallel streams when scoring val/test
 RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")  # flags a resumed run may change
 
@@ -56,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a recurrent language model (Stage 2).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="tiny_shakespeare", choices=list(DATASETS))
-    add_common_args(p, epochs=6, batch_size=32, lr=2e-3, out_dir="runs/stage2_rnn_lstm/{dataset}_{model_type}")
+    add_common_args(p, epochs=7, batch_size=16, lr=2e-3, out_dir="runs/stage2_rnn_lstm/{dataset}_{model_type}")
     p.add_argument("--vocab-type", "--vocab_type", choices=["char", "word"], default=None,
                    help="tokens: characters or words (default: char for tiny_shakespeare, word for wikitext2)")
     p.add_argument("--model-type", "--model_type", choices=["rnn", "lstm", "gru"], default="lstm")
@@ -77,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="result JSON path (default: stage2_rnn_lstm/results/<dataset>_<model-type>.json; "
                         "<out-dir>/result.json for --quick or --max-steps runs)")
     args = p.parse_args(argv)
+    given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
+    if args.quick:
+        args.lr = args.lr if "--lr" in given else QUICK_LR
+        args.warmup_steps = args.warmup_steps if "--warmup-steps" in given else QUICK_WARMUP
     args.vocab_type = args.vocab_type or dataset_info(args.dataset)["vocab_type"]
     if args.tie_weights and args.emb_dim != args.hidden_dim:
         p.error(f"--tie-weights needs --emb-dim == --hidden-dim (got {args.emb_dim} and {args.hidden_dim})")
@@ -165,7 +170,8 @@ def main(argv=None) -> None:
     log.info(f"model: {model.num_params():,} parameters, {config}")
     log.info(f"{len(windows)} steps per epoch ({args.batch_size} streams x {args.bptt} tokens), {total_steps} in all")
 
-    state = {"epoch": 0, "window": 0, "step": 0, "best_val_loss": math.inf, "best_step": 0, "train_seconds": 0.0,
+    state = {"epoch": 0, "window": 0, "step": 0, "tokens": 0, "best_val_loss": math.inf, "best_step": 0,
+             "train_seconds": 0.0,
              "history": {"train_loss": [], "val_loss": []}}  # lists of [step, value]
     hidden = None  # the carried recurrent state
     if ckpt:
@@ -211,6 +217,7 @@ def main(argv=None) -> None:
                 hidden = detach_state(hidden)  # truncated BPTT: keep the state's values, cut its graph
                 state["step"] += 1
                 state["window"] += 1
+                state["tokens"] += y.numel()
                 state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -269,8 +276,7 @@ def main(argv=None) -> None:
                  params=model.num_params(), command=command_line("stage2_rnn_lstm/train.py", argv),
                  extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
                         "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
-                        "tokens_per_second": round(state["step"] * args.batch_size * args.bptt
-                                                   / max(state["train_seconds"], 1e-9)),
+                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
                         "vocab_size": len(vocab), "config": config.to_dict(),
                         "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
                         "sizes": {k: len(v) for k, v in ids.items()}, "data_dir": str(data_dir)})

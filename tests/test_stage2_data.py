@@ -52,9 +52,9 @@ def test_char_vocab_unknown_is_an_error():
 
 
 def test_word_vocab_maps_unknown_to_unk():
-    v = Vocab.build(" the <unk> king \n", "word")
-    assert v.itos == ["the", "<unk>", "king", EOS]  # order of first appearance
-    assert v.encode("the queen") == [0, 1, 3]
+    v = Vocab.build(" the <unk> king \n the king \n", "word")
+    assert v.itos == ["the", "king", EOS, "<unk>"]  # most frequent first; ties in order of first appearance
+    assert v.encode("the queen") == [0, 3, 2]
     assert v.decode(v.encode("the king\nthe king")) == "the king\nthe king\n"
 
 

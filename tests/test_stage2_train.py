@@ -203,6 +203,22 @@ def test_generate_interactive_survives_a_bad_prompt(trained_char):
     assert "ROMEO" in proc.stdout and "JULIET" in proc.stdout
 
 
+def test_quick_uses_its_own_lr_and_warmup_unless_given():
+    """--quick has a few dozen steps: it raises the lr and shortens the warmup, unless the flags are given."""
+    assert (train.parse_args([]).lr, train.parse_args([]).warmup_steps) == (2e-3, 100)
+    quick = train.parse_args(["--quick"])
+    assert (quick.lr, quick.warmup_steps) == (train.QUICK_LR, train.QUICK_WARMUP)
+    given = train.parse_args(["--quick", "--lr=3e-3", "--warmup-steps", "7"])
+    assert (given.lr, given.warmup_steps) == (3e-3, 7)
+
+
+def test_word_prompt_without_words_is_an_error(tiny_lm_data_dir, tmp_path, capsys):
+    """A prompt of only spaces has no words to continue from: a one-line error, not a crash in the embedding."""
+    train.main(train_args(tiny_lm_data_dir, tmp_path, "--epochs", "1", "--bptt", "8", dataset="wikitext2"))
+    code, err = cli(generate.main, ["--checkpoint", str(tmp_path / "best.pt"), "--prompt", "   "], capsys)
+    assert_one_line_error(code, err, r"the prompt '   ' holds no words")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("script", [evaluate, generate])
