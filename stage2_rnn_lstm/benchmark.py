@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--emb-dim", type=positive_int, default=64)
     p.add_argument("--hidden-dim", type=positive_int, default=512)
     p.add_argument("--n-layers", type=positive_int, default=2)
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--bptt", type=positive_int, default=128)
     p.add_argument("--steps", type=positive_int, default=10, help="timed training steps per implementation")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")

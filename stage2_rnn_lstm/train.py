@@ -283,8 +283,7 @@ def main(argv=None) -> None:
     h = state["history"]
     plot_curves(result_path.with_suffix(".png"), {
         "loss (nats/token)": {"train (per step)": tuple(zip(*h["train_loss"])), "val": tuple(zip(*h["val_loss"]))},
-    }, title=f"Stage 2 {args.model_type.upper()} on {args.dataset}: "
-             + ", ".join(f"{k} {metrics[k]}" for k in metrics if k.endswith(("_loss", "_ppl")))[:90])
+    }, title=f"{args.model_type.upper()}, {args.dataset}\n{headline} {metrics[headline]}")
     log.info(f"wrote {result_path} and its plot")
 
 
