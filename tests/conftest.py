@@ -10,6 +10,8 @@ import csv
 import gzip
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +157,32 @@ def run_script(script: str, *args, data_dir: Path, module: bool = False, stdin: 
                 "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd + [str(a) for a in args], cwd=REPO_ROOT, env=full_env, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+    """Give pytest its own SIGINT and SIGTERM handlers back, whatever a test or a train.main did to them."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
+def cli(main, argv: list[str], capsys) -> tuple[int, str]:
+    """Run a script's main() the way its `__main__` block does; return the exit code and what went to stderr."""
+    from scripts.common import run_cli
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(argv))
+    return e.value.code, capsys.readouterr().err
+
+
+def assert_one_line_error(code, err: str, pattern: str) -> None:
+    """A non-zero exit, no traceback, and exactly one `error:` line (ours or argparse's) that matches pattern."""
+    assert code not in (0, None)
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if re.match(r"(\S+: )?error: ", line)]
+    assert len(errors) == 1, err
+    assert re.search(pattern, errors[0]), errors[0]
 
 
 def pytest_configure(config):

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -24,8 +23,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import N_TEST, N_TRAIN, REPO_ROOT, run_script
-from scripts.common import (UserError, load_checkpoint, rng_state, run_cli, save_checkpoint, set_rng_state)
+from conftest import N_TEST, N_TRAIN, REPO_ROOT, assert_one_line_error, cli, run_script
+from scripts.common import UserError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from stage1_mlp import evaluate, predict, train
 from stage1_mlp.data import Vocab, phrase_groups, train_val_split
 from stage1_mlp.evaluate import classification_metrics
@@ -35,35 +34,10 @@ RESULT_KEYS = {"stage", "dataset", "split", "metrics", "train_seconds", "device"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def restore_signal_handlers():
-    """Give pytest its own SIGINT and SIGTERM handlers back, whatever a test or train.main did to them."""
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in old.items():
-        signal.signal(s, handler)
-
-
 def train_args(data_dir: Path, out_dir: Path, *extra: str, dataset: str = "imdb") -> list[str]:
     """Flags for a short run on tiny data, with every output inside out_dir (later flags override earlier ones)."""
     return ["--dataset", dataset, "--data-dir", str(data_dir), "--out-dir", str(out_dir),
             "--result", str(out_dir / "result.json"), "--epochs", "4", "--batch-size", "32", "--lr", "0.01", *extra]
-
-
-def cli(main, argv: list[str], capsys) -> tuple[int, str]:
-    """Run a script's main() the way its `__main__` block does; return the exit code and what went to stderr."""
-    with pytest.raises(SystemExit) as e:
-        run_cli(lambda: main(argv))
-    return e.value.code, capsys.readouterr().err
-
-
-def assert_one_line_error(code, err: str, pattern: str) -> None:
-    """A non-zero exit, no traceback, and exactly one `error:` line (ours or argparse's) that matches pattern."""
-    assert code not in (0, None)
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if re.match(r"(\S+: )?error: ", line)]
-    assert len(errors) == 1, err
-    assert re.search(pattern, errors[0]), errors[0]
 
 
 def losses(ckpt: dict) -> list[float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,19 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_script
-from scripts.common import load_checkpoint, run_cli, save_checkpoint
+from conftest import REPO_ROOT, assert_one_line_error, cli, run_script
+from scripts.common import load_checkpoint, save_checkpoint
 from stage2_rnn_lstm import evaluate, generate, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def restore_signal_handlers():
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in old.items():
-        signal.signal(s, handler)
 
 
 def train_args(data_dir: Path, out_dir: Path, *extra: str, dataset: str = "tiny_shakespeare") -> list[str]:
@@ -39,20 +30,6 @@ def train_args(data_dir: Path, out_dir: Path, *extra: str, dataset: str = "tiny_
     return ["--dataset", dataset, "--data-dir", str(data_dir), "--out-dir", str(out_dir),
             "--result", str(out_dir / "result.json"), "--epochs", "3", "--batch-size", "4", "--bptt", "32",
             "--emb-dim", "16", "--hidden-dim", "32", "--n-layers", "2", "--lr", "1e-2", "--warmup-steps", "5", *extra]
-
-
-def cli(main, argv: list[str], capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as e:
-        run_cli(lambda: main(argv))
-    return e.value.code, capsys.readouterr().err
-
-
-def assert_one_line_error(code, err: str, pattern: str) -> None:
-    assert code not in (0, None)
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if re.match(r"(\S+: )?error: ", line)]
-    assert len(errors) == 1, err
-    assert re.search(pattern, errors[0]), errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""The Stage 1 notebook runs top to bottom, as a learner would run it, in quick mode.
+"""Every stage's notebook runs top to bottom, as a learner would run it, in quick mode.
 
-    MY_LLM_DATA=/path/to/data python -m pytest tests/test_stage1_notebook.py -q
+    MY_LLM_DATA=/path/to/data python -m pytest tests/test_notebooks.py -q
 
-Skipped unless $MY_LLM_DATA holds imdb/train.csv.gz (the notebook needs the real data). The kernel starts in
-stage1_mlp/, the notebook's own folder, so relative paths behave as in Jupyter. MY_LLM_NOTEBOOK_OUT sends the
-notebook's training run to a temporary folder, so the test leaves no files in the repo.
+A notebook needs its stage's real data, so its run is skipped unless $MY_LLM_DATA holds that data set. The kernel
+starts in the stage folder, the notebook's own, so relative paths behave as in Jupyter. MY_LLM_NOTEBOOK_OUT sends
+the notebook's training run to a temporary folder, so the test leaves no files in the repo.
 """
 from __future__ import annotations
 
@@ -15,41 +15,44 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_DIR = REPO / "stage1_mlp"
-NOTEBOOK = STAGE_DIR / "stage1_mlp.ipynb"
 DATA = os.environ.get("MY_LLM_DATA")
-HAS_IMDB = bool(DATA) and (Path(DATA).expanduser() / "imdb" / "train.csv.gz").is_file()
+# stage folder -> the data file its notebook reads
+NOTEBOOKS = {"stage1_mlp": "imdb/train.csv.gz", "stage2_rnn_lstm": "tiny_shakespeare/input.txt.gz"}
 
 
-def _stage_files() -> set[Path]:
-    """Files under stage1_mlp/ that a stray write could add; results/ is left out (only full runs write there)."""
-    return {p for p in STAGE_DIR.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and "results" not in p.relative_to(STAGE_DIR).parts}
+def _stage_files(stage_dir: Path) -> set[Path]:
+    """Files under the stage folder that a stray write could add; results/ is left out (only full runs write there)."""
+    return {p for p in stage_dir.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and "results" not in p.relative_to(stage_dir).parts}
 
 
-def test_notebook_is_committed_without_outputs():
-    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+@pytest.mark.parametrize("stage", NOTEBOOKS)
+def test_notebook_is_committed_without_outputs(stage):
+    nb = json.loads((REPO / stage / f"{stage}.ipynb").read_text(encoding="utf-8"))
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code, "the notebook has no code cells"
     dirty = [i for i, c in enumerate(code) if c.get("outputs") or c.get("execution_count") is not None]
     assert not dirty, f"code cells {dirty} keep outputs; clear them before committing"
 
 
-@pytest.mark.skipif(not HAS_IMDB, reason="set MY_LLM_DATA to a data folder with imdb/train.csv.gz")
-def test_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stage", NOTEBOOKS)
+def test_notebook_runs_in_quick_mode(stage, tmp_path, monkeypatch):
+    if not (DATA and (Path(DATA).expanduser() / NOTEBOOKS[stage]).is_file()):
+        pytest.skip(f"set MY_LLM_DATA to a data folder with {NOTEBOOKS[stage]}")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
+    stage_dir = REPO / stage
 
     out_dir = tmp_path / "run"
     monkeypatch.setenv("MY_LLM_QUICK", "1")
     monkeypatch.setenv("MY_LLM_NOTEBOOK_OUT", str(out_dir))
     default_run_dir = REPO / "runs" / "notebook"
     had_default_run_dir = default_run_dir.exists()
-    before = _stage_files()
+    before = _stage_files(stage_dir)
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(stage_dir / f"{stage}.ipynb", as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(STAGE_DIR)}})
+                                     resources={"metadata": {"path": str(stage_dir)}})
     client.execute()  # raises CellExecutionError, with the cell's traceback, at the first failing cell
 
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -65,5 +68,5 @@ def test_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
     assert json.loads((out_dir / "result.json").read_text(encoding="utf-8"))["quick"] is True
     if not had_default_run_dir:
         assert not default_run_dir.exists(), f"the notebook wrote into {default_run_dir} despite MY_LLM_NOTEBOOK_OUT"
-    new = sorted(str(p.relative_to(REPO)) for p in _stage_files() - before)
+    new = sorted(str(p.relative_to(REPO)) for p in _stage_files(stage_dir) - before)
     assert not new, f"the notebook left files in the repo: {new}"
