@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,31 @@ def assert_one_line_error(code, err: str, pattern: str) -> None:
     errors = [line for line in err.splitlines() if re.match(r"(\S+: )?error: ", line)]
     assert len(errors) == 1, err
     assert re.search(pattern, errors[0]), errors[0]
+
+
+def signal_mid_training(script: str, args: list, out_dir: Path, wait_for: str, sig: int,
+                        stderr_path: Path) -> subprocess.CompletedProcess:
+    """Start `script` (a train.py, from the repo root), send `sig` once `wait_for` appears in its train.log, wait.
+
+    Returns the finished process (returncode set); its stderr is in `stderr_path`.
+    """
+    with open(stderr_path, "w") as se:
+        proc = subprocess.Popen([sys.executable, script, *[str(a) for a in args]], cwd=REPO_ROOT,
+                                stdout=subprocess.DEVNULL, stderr=se, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            deadline = time.monotonic() + 120
+            log = out_dir / "train.log"
+            while not (log.exists() and wait_for in log.read_text()):
+                assert proc.poll() is None, stderr_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"{wait_for!r} not in {log} within 120 s"
+                time.sleep(0.05)
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc
 
 
 def pytest_configure(config):

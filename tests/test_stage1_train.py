@@ -13,9 +13,7 @@ import math
 import os
 import random
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import N_TEST, N_TRAIN, REPO_ROOT, assert_one_line_error, cli, run_script
+from conftest import N_TEST, N_TRAIN, assert_one_line_error, cli, run_script, signal_mid_training
 from scripts.common import UserError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from stage1_mlp import evaluate, predict, train
 from stage1_mlp.data import Vocab, phrase_groups, train_val_split
@@ -218,22 +216,7 @@ def test_signal_saves_checkpoint_and_resume_continues(tiny_data_dir, tmp_path, s
     """SIGINT (Ctrl-C) or SIGTERM during training: exit code 130, a loadable last.pt, and --resume carries on."""
     out = tmp_path / "run"
     args = train_args(tiny_data_dir, out, "--epochs", "100000", "--patience", "100000")  # runs until stopped
-    with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
-        proc = subprocess.Popen([sys.executable, "stage1_mlp/train.py", *args], cwd=REPO_ROOT, stdout=so, stderr=se,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            deadline = time.monotonic() + 120
-            log = out / "train.log"
-            while not (log.exists() and "epoch 2:" in log.read_text()):
-                assert proc.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
-                assert time.monotonic() < deadline, "no epoch finished within 120 s"
-                time.sleep(0.05)
-            proc.send_signal(sig)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    proc = signal_mid_training("stage1_mlp/train.py", args, out, "epoch 2:", sig, tmp_path / "stderr")
     err = (tmp_path / "stderr").read_text()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and f"stopped by {sig.name} at step" in err

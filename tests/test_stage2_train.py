@@ -11,14 +11,12 @@ import math
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, assert_one_line_error, cli, run_script
+from conftest import assert_one_line_error, cli, run_script, signal_mid_training
 from scripts.common import load_checkpoint, save_checkpoint
 from stage2_rnn_lstm import evaluate, generate, train
 
@@ -101,21 +99,8 @@ def test_sigterm_saves_and_resume_continues(tiny_lm_data_dir, tmp_path):
     """SIGTERM during training: exit 130, a loadable last.pt, and --resume carries on from its step."""
     out = tmp_path / "run"
     args = train_args(tiny_lm_data_dir, out, "--epochs", "100000")
-    with open(tmp_path / "stderr", "w") as se:
-        proc = subprocess.Popen([sys.executable, "stage2_rnn_lstm/train.py", *args], cwd=REPO_ROOT,
-                                stdout=subprocess.DEVNULL, stderr=se, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            deadline = time.monotonic() + 120
-            while not ((out / "train.log").exists() and "epoch 1:" in (out / "train.log").read_text()):
-                assert proc.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
-                assert time.monotonic() < deadline, "no epoch finished within 120 s"
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    proc = signal_mid_training("stage2_rnn_lstm/train.py", args, out, "epoch 1:", signal.SIGTERM,
+                               tmp_path / "stderr")
     err = (tmp_path / "stderr").read_text()
     assert proc.returncode == 130 and "Traceback" not in err and "stopped by SIGTERM" in err, err[-3000:]
     step = load_checkpoint(out / "last.pt", stage="stage2_rnn_lstm")["state"]["step"]
