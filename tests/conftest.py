@@ -214,3 +214,59 @@ def signal_mid_training(script: str, args: list, out_dir: Path, wait_for: str, s
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_data: trains on the real data sets in $MY_LLM_DATA "
                                        "(skipped when it is not set; CI sets it)")
+
+
+# Stage 3: a tiny Multi30k (and Tatoeba) whose "translations" follow a fixed dictionary, with the adjective
+# moved after the noun in French, so there is something for attention to align. Cased, with punctuation
+# attached to the last word as in the raw files, and French's no-break space before "!".
+EN_FR_DE = {"A": ("Un", "Ein"), "The": ("Le", "Der"), "dog": ("chien", "Hund"), "man": ("homme", "Mann"),
+            "cat": ("chat", "Katze"), "boy": ("garçon", "Junge"), "red": ("rouge", "roter"), "big": ("grand", "großer"),
+            "small": ("petit", "kleiner"), "runs": ("court", "läuft"), "sleeps": ("dort", "schläft"),
+            "eats": ("mange", "isst"), "outside": ("dehors", "draußen"), "today": ("aujourd'hui", "heute")}
+MULTI30K_SIZES = {"train": 240, "val": 30, "test_2016_flickr": 30, "test_2017_flickr": 20}
+
+
+def tiny_parallel(n: int, seed: str) -> list[tuple[str, str, str]]:
+    """(en, de, fr) triples from the dictionary above."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        det, noun = rng.choice(["A", "The"]), rng.choice(["dog", "man", "cat", "boy"])
+        adj, verb = rng.choice(["red", "big", "small"]), rng.choice(["runs", "sleeps", "eats"])
+        extra = rng.choice(["", " outside", " today"])
+        end = "!" if i % 5 == 0 else "."
+        en = f"{det} {adj} {noun} {verb}{extra}{end}"
+        t = lambda w, k: EN_FR_DE[w][k]  # noqa: E731
+        fr = f"{t(det, 0)} {t(noun, 0)} {t(adj, 0)} {t(verb, 0)}" + (f" {t(extra.strip(), 0)}" if extra else "") \
+            + ("\u00a0!" if end == "!" else ".")
+        de = f"{t(det, 1)} {t(adj, 1)} {t(noun, 1)} {t(verb, 1)}" + (f" {t(extra.strip(), 1)}" if extra else "") + end
+        out.append((en, de, fr))
+    return out
+
+
+def write_tiny_multi30k(root: Path) -> Path:
+    """Tiny Multi30k files (gzip, one sentence per line, line-aligned) and a tiny Tatoeba fra.txt.gz."""
+    (root / "multi30k").mkdir(parents=True, exist_ok=True)
+    for split, n in MULTI30K_SIZES.items():
+        triples = tiny_parallel(n, split)
+        for k, lang in enumerate(["en", "de", "fr"]):
+            with gzip.open(root / "multi30k" / f"{split}.{lang}.gz", "wt", encoding="utf-8", newline="") as f:
+                f.writelines(t[k] + "\n" for t in triples)
+    (root / "tatoeba_eng_fra").mkdir(parents=True, exist_ok=True)
+    with gzip.open(root / "tatoeba_eng_fra" / "fra.txt.gz", "wt", encoding="utf-8", newline="") as f:
+        f.writelines(f"{en}\t{fr}\n" for en, _, fr in tiny_parallel(600, "tatoeba"))
+    return root
+
+
+@pytest.fixture
+def tiny_mt_data_dir(tmp_path) -> Path:
+    return write_tiny_multi30k(tmp_path / "data")
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """$MY_LLM_DATA when it holds the real data sets (CI sets it); the test is skipped otherwise."""
+    root = os.environ.get("MY_LLM_DATA")
+    if not root or not (Path(root) / "multi30k" / "train.en.gz").is_file():
+        pytest.skip("MY_LLM_DATA does not point at the real data sets")
+    return Path(root).resolve()

@@ -17,7 +17,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("MY_LLM_DATA")
 # stage folder -> the data file its notebook reads
-NOTEBOOKS = {"stage1_mlp": "imdb/train.csv.gz", "stage2_rnn_lstm": "tiny_shakespeare/input.txt.gz"}
+NOTEBOOKS = {"stage1_mlp": "imdb/train.csv.gz", "stage2_rnn_lstm": "tiny_shakespeare/input.txt.gz",
+             "stage3_attention_seq2seq": "multi30k/train.en.gz"}
+# what the notebook's training run must leave in MY_LLM_NOTEBOOK_OUT (the vocabulary files differ by stage)
+RUN_FILES = {"stage3_attention_seq2seq": ("best.pt", "last.pt", "vocab_src.json", "vocab_tgt.json", "result.json")}
+DEFAULT_RUN_FILES = ("best.pt", "last.pt", "vocab.json", "result.json")
 
 
 def _stage_files(stage_dir: Path) -> set[Path]:
@@ -63,7 +67,7 @@ def test_notebook_runs_in_quick_mode(stage, tmp_path, monkeypatch):
     assert not blank, f"cells {blank} call plt.show() but display no figure"
 
     # the training run went to the temporary folder, and nothing was written into the repo
-    for name in ("best.pt", "last.pt", "vocab.json", "result.json"):
+    for name in RUN_FILES.get(stage, DEFAULT_RUN_FILES):
         assert (out_dir / name).is_file(), f"the notebook's run did not write {out_dir / name}"
     assert json.loads((out_dir / "result.json").read_text(encoding="utf-8"))["quick"] is True
     if not had_default_run_dir:
