@@ -133,8 +133,10 @@ class RNNLanguageModel(nn.Module):
         super().__init__()
         self.config = config
         V, E, H = config.vocab_size, config.emb_dim, config.hidden_dim
-        self.embedding = nn.Embedding(V, E)
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        self.tied_adaptive = bool(config.tie_weights and config.adaptive_cutoffs)
+        if not self.tied_adaptive:
+            self.embedding = nn.Embedding(V, E)
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         self.drop = nn.Dropout(config.dropout)
         self.rnn = make_recurrent(config)
         if config.adaptive_cutoffs:
@@ -146,13 +148,27 @@ class RNNLanguageModel(nn.Module):
             if config.tie_weights:
                 self.head.weight = self.embedding.weight  # one matrix to read and write words (Press & Wolf, 2017)
 
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token vectors (B, T, E). Tied with an adaptive softmax, a word's input vector is its own output vector:
+        a head word's row of the head matrix, a tail word's small row times its cluster's projection
+        (the tied "adaptive input" of Baevski & Auli, 2019)."""
+        if not self.tied_adaptive:
+            return self.embedding(idx)
+        head = self.head
+        x = F.embedding(idx.clamp(max=head.shortlist_size - 1), head.head.weight)   # right for head words only
+        for i, (lo, hi) in enumerate(zip(head.cutoffs[:-1], head.cutoffs[1:])):
+            proj, words = head.tail[i][0].weight, head.tail[i][1].weight          # (h_i, H), (n_i, h_i)
+            vec = F.embedding((idx - lo).clamp(0, hi - lo - 1), words) @ proj       # (B, T, H)
+            x = torch.where(((idx >= lo) & (idx < hi)).unsqueeze(-1), vec, x)
+        return x
+
     def forward(self, idx: torch.Tensor, state=None, targets: torch.Tensor | None = None):
         """Returns (log-probabilities or logits (B, T, V), mean loss or None, new state).
 
         With an adaptive softmax and targets, only the loss is computed (the full distribution is the
         expensive part it avoids), so the first value is None.
         """
-        x = self.drop(self.embedding(idx))  # (B, T, E)
+        x = self.drop(self.embed(idx))      # (B, T, E)
         out, state = self.rnn(x, state)     # (B, T, H)
         out = self.drop(out)
         B, T, H = out.shape

@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bptt", type=positive_int, default=128, help="tokens per window (truncated BPTT length)")
     p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
+                   help="sgd is the classic recipe for word-level LSTMs (lr around 20, --clip 0.25)")
     p.add_argument("--warmup-steps", type=int, default=100, help="linear warmup, then cosine decay to lr/10")
     p.add_argument("--result", default=None,
                    help="result JSON path (default: stage2_rnn_lstm/results/<dataset>_<model-type>.json; "
@@ -85,8 +87,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.vocab_type = args.vocab_type or dataset_info(args.dataset)["vocab_type"]
     if args.tie_weights and args.emb_dim != args.hidden_dim:
         p.error(f"--tie-weights needs --emb-dim == --hidden-dim (got {args.emb_dim} and {args.hidden_dim})")
-    if args.tie_weights and args.adaptive_cutoffs:
-        p.error("--tie-weights and --adaptive-cutoffs do not combine here: the adaptive softmax has its own matrices")
     if args.warmup_steps < 0 or args.weight_decay < 0:
         p.error("--warmup-steps and --weight-decay must be >= 0")
     return args
@@ -165,8 +165,11 @@ def main(argv=None) -> None:
     if config.adaptive_cutoffs and config.adaptive_cutoffs[-1] >= len(vocab):
         raise UserError(f"--adaptive-cutoffs must stay below the vocabulary size {len(vocab):,}")
     model = RNNLanguageModel(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                      fused=device.type in ("cpu", "cuda"))
     log.info(f"model: {model.num_params():,} parameters, {config}")
     log.info(f"{len(windows)} steps per epoch ({args.batch_size} streams x {args.bptt} tokens), {total_steps} in all")
 

@@ -136,3 +136,24 @@ def test_a_few_steps_lower_the_loss(mode):
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_tied_adaptive_softmax_reads_words_from_the_output_layer():
+    """Tied with an adaptive softmax, a head word's input vector is its row of the head matrix and a tail word's
+    is its cluster row times the cluster's projection; there is no separate embedding table."""
+    V, H, cutoffs = 40, 16, [10, 25]
+    m = RNNLanguageModel(LMConfig(vocab_size=V, emb_dim=H, hidden_dim=H, tie_weights=True, adaptive_cutoffs=cutoffs))
+    untied = RNNLanguageModel(LMConfig(vocab_size=V, emb_dim=H, hidden_dim=H, adaptive_cutoffs=cutoffs))
+    assert not hasattr(m, "embedding") and m.num_params() == untied.num_params() - V * H
+    idx = torch.tensor([[0, 9, 10, 24], [25, 39, 3, 30]])
+    x = m.embed(idx)  # (B, T, H)
+    head, tail = m.head.head.weight, m.head.tail
+    expected = {0: head[0], 9: head[9], 3: head[3],
+                10: tail[0][1].weight[0] @ tail[0][0].weight, 24: tail[0][1].weight[14] @ tail[0][0].weight,
+                25: tail[1][1].weight[0] @ tail[1][0].weight, 39: tail[1][1].weight[14] @ tail[1][0].weight,
+                30: tail[1][1].weight[5] @ tail[1][0].weight}
+    for (b, t), i in zip([(b, t) for b in range(2) for t in range(4)], idx.flatten().tolist()):
+        assert torch.allclose(x[b, t], expected[i], atol=1e-6), i
+    _, loss, _ = m(idx, targets=idx.roll(1, dims=1))
+    loss.backward()
+    assert m.head.tail[1][1].weight.grad[14].abs().sum() > 0  # gradients reach the tied rows

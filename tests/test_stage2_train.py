@@ -73,6 +73,16 @@ def test_word_level_adaptive_softmax(tiny_lm_data_dir, tmp_path):
     assert r["metrics"]["test_ppl"] < r["vocab_size"] / 2
 
 
+def test_tied_adaptive_softmax_with_sgd(tiny_lm_data_dir, tmp_path):
+    """The classic word-level recipe: plain SGD with a large learning rate, here with a tied adaptive softmax."""
+    train.main(train_args(tiny_lm_data_dir, tmp_path, "--adaptive-cutoffs", "5,10", "--bptt", "8", "--tie-weights",
+                          "--emb-dim", "32", "--hidden-dim", "32", "--optimizer", "sgd", "--lr", "5", "--clip", "0.25",
+                          dataset="wikitext2"))
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["hparams"]["optimizer"] == "sgd" and r["config"]["tie_weights"] is True
+    assert r["metrics"]["test_ppl"] < r["vocab_size"] / 2
+
+
 def test_tied_weights_run(tiny_lm_data_dir, tmp_path):
     train.main(train_args(tiny_lm_data_dir, tmp_path, "--tie-weights", "--emb-dim", "32", "--epochs", "1"))
     ckpt = load_checkpoint(tmp_path / "best.pt")
