@@ -1,0 +1,203 @@
+"""Stage 4 data: Multi30k sentence pairs -> reversible tokens -> one joint vocabulary -> batches of about N tokens.
+
+The task and the test sets are Stage 3's, so the two stages compare on equal terms; two things differ:
+
+- **one joint vocabulary** for both languages (names, numbers and punctuation are shared between English and French),
+  so the encoder's and the decoder's embeddings and the output layer can be one matrix (three-way tying);
+- **batches by tokens**, not by sentences: a Transformer step costs about the same per token whatever the sentence
+  lengths, so a fixed token budget per batch keeps every step's cost and gradient noise alike.
+
+As in Stage 3, BLEU is computed on plain text against the raw references, so the tokeniser must be undone exactly:
+`detokenize(tokenize(x)) == normalize(x)`.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+import re
+import sys
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from scripts.common import UserError
+
+LANGS = ("en", "de", "fr")
+SPLITS = {"train": "train", "val": "val", "test2016": "test_2016_flickr", "test2017": "test_2017_flickr"}
+URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}.gz"
+
+
+def check_pair(src: str, tgt: str) -> None:
+    if src not in LANGS or tgt not in LANGS or src == tgt:
+        raise UserError(f"Multi30k needs two different languages from {', '.join(LANGS)} (got --src {src} --tgt {tgt})")
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+            return f.read().split("\n")[:-1]  # every file ends with a newline
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (is the file truncated or in another format? "
+                        f"see {path.parent / 'SOURCE.md'} for the expected one)") from None
+
+
+def load_pairs(data_dir: str | Path, split: str, src: str, tgt: str) -> list[tuple[str, str]]:
+    """Raw (source, target) pairs of one Multi30k split, downloading the data set first if it is missing."""
+    check_pair(src, tgt)
+    if split not in SPLITS:
+        raise UserError(f"Multi30k has no {split!r} split; it has: {', '.join(SPLITS)}")
+    folder = Path(data_dir) / "multi30k"
+    paths = {lang: folder / f"{SPLITS[split]}.{lang}.gz" for lang in (src, tgt)}
+    if not all(p.is_file() for p in paths.values()):
+        download(folder)
+    lines = {lang: read_lines(p) for lang, p in paths.items()}
+    if len(lines[src]) != len(lines[tgt]):
+        raise UserError(f"{paths[src]} and {paths[tgt]} have different numbers of lines: they must be line-aligned")
+    return list(zip(lines[src], lines[tgt]))
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read()
+
+
+def download(folder: Path) -> None:
+    """The original raw files of github.com/multi30k/dataset (gzip, stored unchanged), every split and language."""
+    print(f"Multi30k not found in {folder}; downloading it from github.com/multi30k/dataset ...", file=sys.stderr)
+    names = [f"{split}.{lang}" for split in SPLITS.values() for lang in LANGS]
+    try:
+        blobs = {name: fetch(URL.format(name=name)) for name in names}
+    except Exception as e:  # no internet, 404, timeout: all end the same way for the user
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"data set 'multi30k' not found in {folder} (expected train.en.gz, val.fr.gz, ...), and the "
+                        f"download failed ({reason}). Set --data-dir or MY_LLM_DATA to a folder that has it, or run "
+                        f"with internet access.") from None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in blobs.items():
+            tmp = folder / f"{name}.gz.part"
+            tmp.write_bytes(data)
+            tmp.replace(folder / f"{name}.gz")
+    except OSError as e:
+        raise UserError(f"downloaded Multi30k but cannot write it to {folder}: {e.strerror or e}") from None
+
+
+# ----------------------------------------------------------------------------- reversible tokens, one vocabulary
+
+SPACE = "\u2581"  # "▁": a space (or the start of the sentence) came before this token
+TOKEN_RE = re.compile(r"(\s*)(\w+|[^\w\s])")
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.replace(SPACE, " ").split())
+
+
+def tokenize(text: str) -> list[str]:
+    """'Un homme, assis.' -> ['▁Un', '▁homme', ',', '▁assis', '.']"""
+    return [(SPACE if spaces or i == 0 else "") + piece
+            for i, (spaces, piece) in enumerate(TOKEN_RE.findall(normalize(text)))]
+
+
+def detokenize(tokens: list[str]) -> str:
+    return "".join(tokens).replace(SPACE, " ").strip()
+
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIALS = [PAD, UNK, BOS, EOS]
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+
+
+class Vocab:
+    """token <-> id over the training sentences of both languages (or one), stored as JSON."""
+
+    def __init__(self, itos: list[str]):
+        if itos[:4] != SPECIALS:
+            raise UserError(f"a vocabulary must start with {SPECIALS}")
+        self.itos = itos
+        self.stoi = {s: i for i, s in enumerate(itos)}
+
+    @classmethod
+    def build(cls, sentences: list[str], min_freq: int = 2) -> "Vocab":
+        counts = Counter(t for s in sentences for t in tokenize(s))
+        return cls(SPECIALS + [t for t, c in counts.most_common() if c >= min_freq])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi.get(t, UNK_ID) for t in tokenize(text)] + [EOS_ID]
+
+    def unknown(self, text: str) -> list[str]:
+        return [t.lstrip(SPACE) for t in tokenize(text) if t not in self.stoi]
+
+    def decode(self, ids: list[int]) -> str:
+        tokens = []
+        for i in ids:
+            if i == EOS_ID:
+                break
+            if i not in (PAD_ID, BOS_ID):
+                tokens.append(self.itos[i] if i != UNK_ID else SPACE + UNK)
+        return detokenize(tokens)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"itos": self.itos}, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        try:
+            return cls(json.loads(Path(path).read_text(encoding="utf-8"))["itos"])
+        except FileNotFoundError:
+            raise UserError(f"vocabulary not found: {path} (train.py writes it next to the checkpoint)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read vocabulary {path}: {type(e).__name__}: {e}") from None
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(self.itos).encode("utf-8")).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- batches of about N tokens
+
+def pad(seqs: list[list[int]]) -> torch.Tensor:
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def make_batch(src: list[list[int]], tgt: list[list[int]] | None = None) -> dict:
+    """src (B, S); tgt_in = <bos> y1 .. yn and tgt_out = y1 .. yn <eos>, both (B, T)."""
+    batch = {"src": pad(src)}
+    if tgt is not None:
+        batch["tgt_in"] = pad([[BOS_ID] + t[:-1] for t in tgt])
+        batch["tgt_out"] = pad(tgt)
+    return batch
+
+
+def token_batches(lengths: list[int], max_tokens: int, seed: int, shuffle: bool = True) -> list[list[int]]:
+    """Example indices grouped into batches whose padded size (sentences x longest length) stays <= max_tokens.
+
+    Sort by length inside shuffled pools (so batches hold similar lengths and little padding), cut greedily by the
+    token budget, shuffle the batches. Depends only on `seed` (train.py passes seed + epoch): resume replays it.
+    """
+    rng = random.Random(seed)
+    idx = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(idx)
+    batches, pool = [], 4096
+    for p in range(0, len(idx), pool):
+        batch, longest = [], 0
+        for i in sorted(idx[p:p + pool], key=lambda i: lengths[i]):
+            if batch and max(longest, lengths[i]) * (len(batch) + 1) > max_tokens:
+                batches.append(batch)
+                batch, longest = [], 0
+            batch.append(i)
+            longest = max(longest, lengths[i])
+        if batch:
+            batches.append(batch)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
