@@ -1,0 +1,332 @@
+"""Train the Transformer translator on Multi30k (the task, test sets and BLEU of Stage 3).
+
+    python stage4_transformer/train.py                         # en -> fr, pre-norm, 3+3 layers, d_model 256
+    python stage4_transformer/train.py --src de --tgt en       # any pair of en / de / fr
+    python stage4_transformer/train.py --norm post             # the paper's post-norm layers
+    python stage4_transformer/train.py --quick                 # a smoke run on small slices
+    python stage4_transformer/train.py --resume                # continue an interrupted run exactly
+
+A step sees about --batch-tokens source+target tokens (--accum-steps batches per optimizer step); the learning rate
+warms up linearly for --warmup-steps, then falls as 1/sqrt(step) (the paper's schedule) or along a cosine. Each epoch
+ends with the validation loss and BLEU (greedy); best.pt is the best validation BLEU, and the final report scores it
+on test2016 and test2017 with beam search. On CUDA, --amp runs the forward pass in bf16 (or fp16 with loss scaling).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python stage4_transformer/train.py`: put the repo root on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch
+from tqdm import tqdm
+
+from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
+                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from stage4_transformer.data import Vocab, check_pair, load_pairs, make_batch, token_batches
+from stage4_transformer.decoding import bleu, translate
+from stage4_transformer.model import Transformer, TransformerConfig
+
+STAGE = "stage4_transformer"
+TEST_SPLITS = ["test2016", "test2017"]
+QUICK_TRAIN, QUICK_EVAL = 2_000, 100
+QUICK_LR, QUICK_WARMUP = 1e-3, 20
+RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a Transformer translator (Stage 4).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--src", default="en", help="source language: en, de or fr")
+    p.add_argument("--tgt", default="fr", help="target language")
+    add_common_args(p, epochs=10, batch_size=0, lr=1.5e-3, out_dir="runs/stage4_transformer/multi30k_{src}_{tgt}")
+    p.add_argument("--batch-tokens", type=positive_int, default=4096,
+                   help="tokens (source + target, padding included) per batch; --batch-size N batches N sentences instead")
+    p.add_argument("--accum-steps", type=positive_int, default=1, help="batches whose gradients make one optimizer step")
+    p.add_argument("--d-model", type=positive_int, default=256)
+    p.add_argument("--n-heads", type=positive_int, default=8)
+    p.add_argument("--layers", type=positive_int, default=3, help="encoder layers = decoder layers")
+    p.add_argument("--d-ff", type=positive_int, default=512, help="feed-forward hidden size")
+    p.add_argument("--dropout", type=probability, default=0.1)
+    p.add_argument("--norm", choices=["pre", "post"], default="pre", help="LayerNorm before (pre) or after (post) each sub-layer")
+    p.add_argument("--pos", choices=["sinusoidal", "learned"], default="sinusoidal", help="positional encoding")
+    p.add_argument("--share-embeddings", action=argparse.BooleanOptionalAction, default=True,
+                   help="one embedding table for both languages (and the output layer)")
+    p.add_argument("--min-freq", type=positive_int, default=2, help="rarer training words become <unk>")
+    p.add_argument("--label-smoothing", type=probability, default=0.1)
+    p.add_argument("--schedule", choices=["invsqrt", "cosine"], default="invsqrt",
+                   help="after warmup: lr * sqrt(warmup / step), or a cosine decay to lr/10")
+    p.add_argument("--warmup-steps", type=positive_int, default=300)
+    p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU")
+    p.add_argument("--beam-size", type=positive_int, default=5, help="beam width for the final test scores")
+    p.add_argument("--length-penalty", type=float, default=0.6, help="alpha in ((5 + length) / 6) ** alpha")
+    p.add_argument("--max-len", type=positive_int, default=100, help="training pairs longer than this are skipped")
+    p.add_argument("--result", default=None, help="result JSON path (default: stage4_transformer/results/"
+                                                  "multi30k_<src>_<tgt>.json; <out-dir>/result.json for smoke runs)")
+    args = p.parse_args(argv)
+    given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
+    if args.quick:
+        args.lr = args.lr if "--lr" in given else QUICK_LR
+        args.warmup_steps = args.warmup_steps if "--warmup-steps" in given else QUICK_WARMUP
+    if args.d_model % args.n_heads:
+        p.error(f"--d-model {args.d_model} must be divisible by --n-heads {args.n_heads}")
+    if args.max_len + 1 > 256:
+        p.error("--max-len must stay below 256 (the positional table's length)")
+    return args
+
+
+def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
+    """Raw pairs of every split, one joint vocabulary (train only), the encoded training pairs."""
+    check_pair(args.src, args.tgt)
+    splits = ["train", "val"] + TEST_SPLITS
+    pairs = {s: load_pairs(data_dir, s, args.src, args.tgt) for s in splits}
+    if args.quick:
+        pairs = {s: v[: QUICK_TRAIN if s == "train" else QUICK_EVAL] for s, v in pairs.items()}
+    vocab = vocab or Vocab.build([x for pair in pairs["train"] for x in pair], args.min_freq)
+    train = [(vocab.encode(s), vocab.encode(t)) for s, t in pairs["train"]]
+    train = [(s, t) for s, t in train if len(s) <= args.max_len and len(t) <= args.max_len]
+    log.info(f"multi30k {args.src}->{args.tgt}: " + " / ".join(f"{len(v):,} {s}" for s, v in pairs.items())
+             + f" pairs | joint vocabulary {len(vocab):,} (min freq {args.min_freq}) | {len(train):,} training pairs")
+    return pairs, vocab, train
+
+
+def epoch_batches(train, args, epoch: int) -> list[list[int]]:
+    """The epoch's batches, fixed by (seed, epoch): by token budget, or --batch-size sentences of similar length."""
+    lengths = [len(s) + len(t) for s, t in train]
+    if args.batch_size:
+        return token_batches(lengths, 10 ** 9, args.seed + epoch, max_sentences=args.batch_size)
+    return token_batches(lengths, args.batch_tokens, args.seed + epoch)
+
+
+@torch.no_grad()
+def evaluate_loss(model, vocab: Vocab, pairs, device) -> float:
+    model.eval()
+    data = [(vocab.encode(s), vocab.encode(t)) for s, t in pairs]
+    total, count = 0.0, 0
+    for idx in token_batches([len(s) + len(t) for s, t in data], 4096, seed=0, shuffle=False):
+        b = {k: v.to(device) for k, v in make_batch([data[i][0] for i in idx], [data[i][1] for i in idx]).items()}
+        _, loss = model(b["src"], b["tgt_in"], b["tgt_out"])
+        n = int((b["tgt_out"] != 0).sum())
+        total, count = total + loss.item() * n, count + n
+    return total / count
+
+
+def score(model, vocab, pairs, device, beam_size: int = 1, alpha: float = 0.6) -> dict:
+    hyps = [h["text"] for h in translate(model, vocab, [s for s, _ in pairs], device, beam_size, alpha)]
+    refs = [t for _, t in pairs]
+    cased, signature = bleu(hyps, refs)
+    lower, signature_lc = bleu(hyps, refs, lowercase=True)
+    return {"bleu": cased, "bleu_lc": lower, "signature": signature, "signature_lc": signature_lc, "hypotheses": hyps}
+
+
+def lr_at(step: int, args, total_steps: int) -> float:
+    """Linear warmup to --lr over --warmup-steps, then lr * sqrt(warmup / step) (Vaswani et al.) or a cosine to lr/10."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    if args.schedule == "invsqrt":
+        return args.lr * math.sqrt(args.warmup_steps / (step + 1))
+    progress = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA only: bf16 where the GPU has it (no loss scaling needed), else fp16."""
+    if not (enabled and device.type == "cuda"):
+        return contextlib.nullcontext(), None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.out_dir = args.out_dir.format(src=args.src, tgt=args.tgt)
+    out_dir = Path(args.out_dir)
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
+        saved = ckpt["args"]
+        if (saved["src"], saved["tgt"]) != (args.src, args.tgt):
+            raise UserError(f"{out_dir / 'last.pt'} is a {saved['src']}->{saved['tgt']} run, not {args.src}->{args.tgt}")
+        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
+    log = get_logger(STAGE, out_dir / "train.log")
+    log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    device = get_device(args.device)
+    set_seed(args.seed)
+    t_start = time.time()
+
+    # ---- data
+    data_dir = resolve_data_dir(args.data_dir)
+    vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
+    if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
+        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
+    pairs, vocab, train = prepare_data(args, data_dir, vocab, log)
+    if not ckpt:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        vocab.save(out_dir / "vocab.json")
+    steps_per_epoch = math.ceil(len(epoch_batches(train, args, 0)) / args.accum_steps)
+    total_steps = args.epochs * steps_per_epoch
+
+    # ---- model and optimizer
+    config = TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), d_model=args.d_model,
+                               n_heads=args.n_heads, n_enc_layers=args.layers, n_dec_layers=args.layers, d_ff=args.d_ff,
+                               dropout=args.dropout, norm=args.norm, pos=args.pos,
+                               share_embeddings=args.share_embeddings)
+    model = Transformer(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
+    autocast, scaler = autocast_for(device, args.amp)
+    log.info(f"model: {model.num_params():,} parameters, {config}")
+    log.info(f"about {steps_per_epoch} optimizer steps per epoch (~{args.batch_tokens} tokens x {args.accum_steps}), "
+             f"{total_steps} in all")
+
+    state = {"epoch": 0, "batch": 0, "step": 0, "tokens": 0, "best_val_bleu": -1.0, "best_step": 0,
+             "train_seconds": 0.0, "history": {"train_loss": [], "val_loss": [], "val_bleu": []}}
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        state = ckpt["state"]
+        set_rng_state(ckpt["rng"])
+        log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
+
+    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
+        obj = {"stage": STAGE, "dataset": "multi30k", "config": config.to_dict(), "args": vars(args),
+               "model": model.state_dict(), "state": state, "rng": rng_state(),
+               "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}}
+        if with_optimizer:
+            obj["optimizer"] = optimizer.state_dict()
+            obj["scaler"] = scaler.state_dict() if scaler is not None else None
+        save_checkpoint(obj, path)
+
+    stop = {"by": None}
+
+    def request_stop(signum, frame):
+        stop["by"] = signal.Signals(signum).name
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    t_loop = time.time() - state["train_seconds"]
+    try:
+        while state["epoch"] < args.epochs and not stop["by"]:
+            model.train()
+            batches = epoch_batches(train, args, state["epoch"])
+            # an optimizer step = --accum-steps batches; a resumed run restarts at a step boundary
+            groups = [batches[i:i + args.accum_steps] for i in range(0, len(batches), args.accum_steps)]
+            bar = tqdm(total=len(groups), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
+                       leave=False, disable=None)
+            for group in groups[state["batch"]:]:
+                for g in optimizer.param_groups:
+                    g["lr"] = lr_at(state["step"], args, total_steps)
+                optimizer.zero_grad(set_to_none=True)
+                n_tgt = sum(sum(len(train[i][1]) for i in idx) for idx in group)
+                step_loss = 0.0
+                for idx in group:  # gradient accumulation: each batch weighted by its share of the target tokens
+                    b = make_batch([train[i][0] for i in idx], [train[i][1] for i in idx])
+                    b = {k: v.to(device) for k, v in b.items()}
+                    with autocast:
+                        _, loss = model(b["src"], b["tgt_in"], b["tgt_out"], label_smoothing=args.label_smoothing)
+                    if not torch.isfinite(loss):
+                        raise UserError(f"the loss became {loss.item()} at step {state['step'] + 1}; "
+                                        f"try a lower --lr (now {args.lr}) or a longer --warmup-steps")
+                    share = sum(len(train[i][1]) for i in idx) / n_tgt
+                    (scaler.scale(loss * share) if scaler else loss * share).backward()
+                    step_loss += loss.item() * share
+                    state["tokens"] += int(b["src"].ne(0).sum() + b["tgt_out"].ne(0).sum())
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                state["step"] += 1
+                state["batch"] += 1
+                state["history"]["train_loss"].append([state["step"], round(step_loss, 5)])
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
+                if args.max_steps and state["step"] >= args.max_steps:
+                    stop["by"] = "max_steps"
+                if stop["by"]:
+                    break
+            bar.close()
+            if stop["by"]:
+                break
+            state["train_seconds"] = time.time() - t_loop
+            val_loss = evaluate_loss(model, vocab, pairs["val"], device)
+            val_bleu = score(model, vocab, pairs["val"], device)["bleu"]
+            t_loop = time.time() - state["train_seconds"]  # validation time is not training time
+            h = state["history"]
+            h["val_loss"].append([state["step"], round(val_loss, 5)])
+            h["val_bleu"].append([state["step"], val_bleu])
+            recent = [v for _, v in h["train_loss"][-len(groups):]]
+            state["epoch"] += 1
+            state["batch"] = 0
+            log.info(f"epoch {state['epoch']}: train loss {sum(recent) / len(recent):.4f} | val loss {val_loss:.4f} "
+                     f"| val BLEU {val_bleu:.2f} | {state['train_seconds']:.0f}s")
+            if val_bleu >= state["best_val_bleu"]:
+                state["best_val_bleu"], state["best_step"] = val_bleu, state["step"]
+                checkpoint(out_dir / "best.pt", with_optimizer=False)
+            checkpoint(out_dir / "last.pt")
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+    if stop["by"]:
+        state["train_seconds"] = time.time() - t_loop
+        checkpoint(out_dir / "last.pt")
+        log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
+                 f"python stage4_transformer/train.py --src {args.src} --tgt {args.tgt} --out-dir {out_dir} --resume")
+        if stop["by"] != "max_steps":
+            sys.exit(130)
+    if not state["history"]["val_bleu"]:
+        return
+
+    # ---- final report: the best checkpoint (by val BLEU), beam search on both test sets
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE)["model"])
+    metrics, signature = {}, None
+    for split in TEST_SPLITS + ["val"]:
+        s = score(model, vocab, pairs[split], device, args.beam_size, args.length_penalty)
+        prefix = "" if split == TEST_SPLITS[0] else f"{split}_"
+        metrics.update({f"{prefix}bleu": s["bleu"], f"{prefix}bleu_lc": s["bleu_lc"]})
+        signature = {"cased": s["signature"], "lowercased": s["signature_lc"]}
+        (out_dir / f"{split}.hyp.txt").write_text("\n".join(s["hypotheses"]) + "\n", encoding="utf-8")
+    log.info(f"best checkpoint (step {state['best_step']}, beam {args.beam_size}): "
+             + " | ".join(f"{k} {v}" for k, v in metrics.items()))
+    smoke = args.quick or args.max_steps is not None
+    result_path = Path(args.result) if args.result else (
+        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"multi30k_{args.src}_{args.tgt}.json")
+    headline = "bleu" if args.src != "de" else "bleu_lc"
+    write_result(result_path, stage=STAGE, dataset=f"multi30k {args.src}-{args.tgt}", split=TEST_SPLITS[0],
+                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
+                 params=model.num_params(), command=command_line("stage4_transformer/train.py", argv),
+                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
+                        "sacrebleu_signature": signature,
+                        "decoding": {"beam_size": args.beam_size, "length_penalty": args.length_penalty},
+                        "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
+                        "best_val_bleu_greedy": state["best_val_bleu"],
+                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
+                        "vocab_size": len(vocab), "config": config.to_dict(),
+                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
+                        "sizes": {k: len(v) for k, v in pairs.items()}, "data_dir": str(data_dir)})
+    h = state["history"]
+    plot_curves(result_path.with_suffix(".png"), {
+        "loss (nats/token)": {"train (per step, smoothed labels)": tuple(zip(*h["train_loss"])),
+                              "val": tuple(zip(*h["val_loss"]))},
+        "val BLEU (greedy)": {"val": tuple(zip(*h["val_bleu"]))},
+    }, title=f"Transformer ({args.norm}-norm), multi30k {args.src}->{args.tgt}\n{headline} {metrics[headline]}")
+    log.info(f"wrote {result_path} and its plot")
+
+
+if __name__ == "__main__":
+    run_cli(main)
