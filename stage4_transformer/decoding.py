@@ -15,10 +15,12 @@ from stage4_transformer.data import BOS_ID, EOS_ID, PAD_ID, Vocab, make_batch
 from stage4_transformer.model import Transformer
 
 
-def length_limits(src: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
-    """Each sentence's budget (B,): 1.5x its own source length + 10, never the batch's, so batching changes nothing."""
+def length_limits(src: torch.Tensor, max_len: int | None = None, positions: int = 256) -> torch.Tensor:
+    """Each sentence's budget (B,): 1.5x its own source length + 10, never the batch's, so batching changes nothing;
+    never past the positional table (`positions` - 1 generated tokens after <bos>)."""
     src_len = (src != PAD_ID).sum(1)
-    return torch.full_like(src_len, max_len) if max_len is not None else src_len * 3 // 2 + 10
+    limits = torch.full_like(src_len, max_len) if max_len is not None else src_len * 3 // 2 + 10
+    return limits.clamp(max=positions - 1)
 
 
 class Stepper:
@@ -56,7 +58,7 @@ class Stepper:
 @torch.no_grad()
 def greedy_decode(model: Transformer, src: torch.Tensor, max_len: int | None = None, use_cache: bool = True):
     """-> token ids (B, L) padded after <eos>, last-layer cross-attention averaged over heads (B, L, S)."""
-    limits = length_limits(src, max_len)
+    limits = length_limits(src, max_len, model.cfg.max_len)
     stepper = Stepper(model, src, use_cache)
     done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
     tokens, attn = [], []
@@ -81,7 +83,7 @@ def beam_search(model: Transformer, src: torch.Tensor, beam_size: int = 5, alpha
                 max_len: int | None = None, use_cache: bool = True) -> list[dict]:
     """For every sentence, the best finished hypothesis: {"ids", "score", "attn" (L, S)}. K = 1 is greedy search."""
     B, K = src.shape[0], beam_size
-    limits = length_limits(src, max_len).tolist()
+    limits = length_limits(src, max_len, model.cfg.max_len).tolist()
     rows = torch.arange(B, device=src.device).repeat_interleave(K)      # row b*K + k: beam k of sentence b
     stepper = Stepper(model, src.index_select(0, rows), use_cache)
     scores = torch.full((B, K), float("-inf"), device=src.device)

@@ -109,6 +109,8 @@ class Embedding(nn.Module):
         self.scale = math.sqrt(cfg.d_model)
         self.tokens = nn.Embedding(vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         nn.init.normal_(self.tokens.weight, std=cfg.d_model ** -0.5)
+        with torch.no_grad():
+            self.tokens.weight[cfg.pad_id].zero_()  # <pad> adds nothing (it is masked anyway)
         if cfg.pos == "learned":
             self.positions = nn.Embedding(cfg.max_len, cfg.d_model)
         else:
@@ -125,7 +127,8 @@ class Embedding(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """The same two-layer MLP applied to every position on its own: where most of the parameters live."""
+    """The same two-layer MLP applied to every position on its own: the layer's per-token computation, where attention
+    only mixes positions. At the paper's width (d_ff = 4 d_model) it holds two thirds of an encoder layer's weights."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()

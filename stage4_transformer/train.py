@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--src", default="en", help="source language: en, de or fr")
     p.add_argument("--tgt", default="fr", help="target language")
-    add_common_args(p, epochs=10, batch_size=0, lr=1.5e-3, out_dir="runs/stage4_transformer/multi30k_{src}_{tgt}")
+    add_common_args(p, epochs=10, batch_size=0, lr=1.5e-3, out_dir="runs/stage4_transformer/{name}")
     p.add_argument("--batch-tokens", type=positive_int, default=4096,
                    help="tokens (source + target, padding included) per batch; --batch-size N batches N sentences instead")
     p.add_argument("--accum-steps", type=positive_int, default=1, help="batches whose gradients make one optimizer step")
@@ -72,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--length-penalty", type=float, default=0.6, help="alpha in ((5 + length) / 6) ** alpha")
     p.add_argument("--max-len", type=positive_int, default=100, help="training pairs longer than this are skipped")
     p.add_argument("--result", default=None, help="result JSON path (default: stage4_transformer/results/"
-                                                  "multi30k_<src>_<tgt>.json; <out-dir>/result.json for smoke runs)")
+                                                  "multi30k_<src>_<tgt>[_postnorm][_learnedpos].json; "
+                                                  "<out-dir>/result.json for smoke runs)")
     args = p.parse_args(argv)
     given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
     if args.quick:
@@ -83,6 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.max_len + 1 > 256:
         p.error("--max-len must stay below 256 (the positional table's length)")
     return args
+
+
+def run_name(args) -> str:
+    """multi30k_en_fr for the defaults; _postnorm / _learnedpos mark the variants, so they never overwrite it."""
+    return (f"multi30k_{args.src}_{args.tgt}" + ("_postnorm" if args.norm == "post" else "")
+            + ("_learnedpos" if args.pos == "learned" else ""))
 
 
 def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
@@ -150,14 +157,14 @@ def autocast_for(device: torch.device, enabled: bool):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    args.out_dir = args.out_dir.format(src=args.src, tgt=args.tgt)
+    args.out_dir = args.out_dir.format(name=run_name(args))
     out_dir = Path(args.out_dir)
     ckpt = None
     if args.resume:
         ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
         saved = ckpt["args"]
-        if (saved["src"], saved["tgt"]) != (args.src, args.tgt):
-            raise UserError(f"{out_dir / 'last.pt'} is a {saved['src']}->{saved['tgt']} run, not {args.src}->{args.tgt}")
+        if run_name(argparse.Namespace(**saved)) != run_name(args):
+            raise UserError(f"{out_dir / 'last.pt'} is a {run_name(argparse.Namespace(**saved))} run, not {run_name(args)}")
         args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
     log = get_logger(STAGE, out_dir / "train.log")
     log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
@@ -305,7 +312,7 @@ def main(argv=None) -> None:
              + " | ".join(f"{k} {v}" for k, v in metrics.items()))
     smoke = args.quick or args.max_steps is not None
     result_path = Path(args.result) if args.result else (
-        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"multi30k_{args.src}_{args.tgt}.json")
+        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{run_name(args)}.json")
     headline = "bleu" if args.src != "de" else "bleu_lc"
     write_result(result_path, stage=STAGE, dataset=f"multi30k {args.src}-{args.tgt}", split=TEST_SPLITS[0],
                  metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,

@@ -19,11 +19,12 @@ if __package__ in (None, ""):  # run as `python stage4_transformer/translate.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from scripts.common import UserError, get_device, positive_int, run_cli
-from stage4_transformer.data import normalize
+from stage4_transformer.data import normalize, tokenize
 from stage4_transformer.decoding import translate
 from stage4_transformer.evaluate import attention_maps, load_model, plot_maps
 
-MAX_CHARS = 1000  # the model was trained on captions of a few dozen words, and its positions stop at 256 tokens
+MAX_CHARS = 1000  # the model was trained on captions of a few dozen words
+MAX_TOKENS = 200  # and its positional table stops at 256
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +48,8 @@ def check_sentence(text: str) -> str:
         raise UserError("empty sentence: give some text to translate")
     if len(text) > MAX_CHARS:
         raise UserError(f"sentence of {len(text)} characters; the limit is {MAX_CHARS} (translate one sentence at a time)")
+    if len(tokenize(text)) > MAX_TOKENS:
+        raise UserError(f"sentence of {len(tokenize(text))} tokens; the limit is {MAX_TOKENS} (translate one sentence at a time)")
     return text
 
 
