@@ -177,10 +177,10 @@ def make_batch(src: list[list[int]], tgt: list[list[int]] | None = None) -> dict
     return batch
 
 
-def token_batches(lengths: list[int], max_tokens: int, seed: int, shuffle: bool = True,
+def token_batches(lengths: list[tuple[int, int]], max_tokens: int, seed: int, shuffle: bool = True,
                   max_sentences: int | None = None) -> list[list[int]]:
-    """Example indices grouped into batches whose padded size (sentences x longest length) stays <= max_tokens
-    (and, with max_sentences, that hold at most that many sentences).
+    """Example indices grouped into batches whose padded size, sentences x (longest source + longest target), stays
+    <= max_tokens (and, with max_sentences, that hold at most that many sentences). `lengths`: (source, target) pairs.
 
     Sort by length inside shuffled pools (so batches hold similar lengths and little padding), cut greedily by the
     token budget, shuffle the batches. Depends only on `seed` (train.py passes seed + epoch): resume replays it.
@@ -191,13 +191,15 @@ def token_batches(lengths: list[int], max_tokens: int, seed: int, shuffle: bool 
         rng.shuffle(idx)
     batches, pool = [], 4096
     for p in range(0, len(idx), pool):
-        batch, longest = [], 0
+        batch, src_max, tgt_max = [], 0, 0
         for i in sorted(idx[p:p + pool], key=lambda i: lengths[i]):
-            if batch and (max(longest, lengths[i]) * (len(batch) + 1) > max_tokens or len(batch) == max_sentences):
+            s, t = lengths[i]
+            grown = (max(src_max, s) + max(tgt_max, t)) * (len(batch) + 1)
+            if batch and (grown > max_tokens or len(batch) == max_sentences):
                 batches.append(batch)
-                batch, longest = [], 0
+                batch, src_max, tgt_max = [], 0, 0
             batch.append(i)
-            longest = max(longest, lengths[i])
+            src_max, tgt_max = max(src_max, s), max(tgt_max, t)
         if batch:
             batches.append(batch)
     if shuffle:

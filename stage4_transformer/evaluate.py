@@ -46,6 +46,7 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[Transforme
 def attention_maps(model: Transformer, vocab: Vocab, source: str, translation_ids: list[int], kind: str, device):
     """Every layer's and head's weights (L, h, rows, cols) for one sentence and its translation, with row and
     column labels: the translation is fed back with teacher forcing, which reproduces decoding's weights."""
+    model.eval()  # no dropout in the maps
     src_ids = vocab.encode(source)
     src = torch.tensor([src_ids], device=device)
     tgt_in = torch.tensor([[BOS_ID] + translation_ids[:-1]], device=device)

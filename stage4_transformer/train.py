@@ -109,7 +109,7 @@ def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
 
 def epoch_batches(train, args, epoch: int) -> list[list[int]]:
     """The epoch's batches, fixed by (seed, epoch): by token budget, or --batch-size sentences of similar length."""
-    lengths = [len(s) + len(t) for s, t in train]
+    lengths = [(len(s), len(t)) for s, t in train]
     if args.batch_size:
         return token_batches(lengths, 10 ** 9, args.seed + epoch, max_sentences=args.batch_size)
     return token_batches(lengths, args.batch_tokens, args.seed + epoch)
@@ -120,7 +120,7 @@ def evaluate_loss(model, vocab: Vocab, pairs, device) -> float:
     model.eval()
     data = [(vocab.encode(s), vocab.encode(t)) for s, t in pairs]
     total, count = 0.0, 0
-    for idx in token_batches([len(s) + len(t) for s, t in data], 4096, seed=0, shuffle=False):
+    for idx in token_batches([(len(s), len(t)) for s, t in data], 4096, seed=0, shuffle=False):
         b = {k: v.to(device) for k, v in make_batch([data[i][0] for i in idx], [data[i][1] for i in idx]).items()}
         _, loss = model(b["src"], b["tgt_in"], b["tgt_out"])
         n = int((b["tgt_out"] != 0).sum())

@@ -48,10 +48,10 @@ def test_run_writes_all_outputs_and_learns(trained):
 
 
 def test_token_batches_respect_the_budget():
-    lengths = [(i * 7) % 23 + 2 for i in range(500)]
+    lengths = [((i * 7) % 23 + 2, (i * 5) % 19 + 2) for i in range(500)]
     batches = token_batches(lengths, 120, seed=1)
     assert sorted(i for b in batches for i in b) == list(range(500))
-    assert all(len(b) * max(lengths[i] for i in b) <= 120 for b in batches)
+    assert all(len(b) * (max(lengths[i][0] for i in b) + max(lengths[i][1] for i in b)) <= 120 for b in batches)
     assert batches == token_batches(lengths, 120, seed=1)
     assert all(len(b) <= 5 for b in token_batches(lengths, 10 ** 9, seed=1, max_sentences=5))
 
