@@ -186,6 +186,18 @@ def assert_one_line_error(code, err: str, pattern: str) -> None:
     assert re.search(pattern, errors[0]), errors[0]
 
 
+def assert_bad_checkpoints_rejected(main, good: Path, tmp_path: Path, capsys, stage: str, extra: list[str] = ()) -> None:
+    """A script's main() given a truncated checkpoint, one from another stage, and a missing one: one clear line each."""
+    from scripts.common import save_checkpoint
+    (tmp_path / "corrupt.pt").write_bytes(good.read_bytes()[:500])
+    save_checkpoint({"stage": "some_other_stage", "model": {}, "config": {}}, tmp_path / "other.pt")
+    for name, pattern in [("corrupt.pt", r"cannot read checkpoint .*corrupt"),
+                          ("other.pt", rf"written by some_other_stage, not {stage}"),
+                          ("missing.pt", r"checkpoint not found")]:
+        code, err = cli(main, ["--checkpoint", str(tmp_path / name), *extra], capsys)
+        assert_one_line_error(code, err, pattern)
+
+
 def signal_mid_training(script: str, args: list, out_dir: Path, wait_for: str, sig: int,
                         stderr_path: Path) -> subprocess.CompletedProcess:
     """Start `script` (a train.py, from the repo root), send `sig` once `wait_for` appears in its train.log, wait.

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, cli, run_script, signal_mid_training
-from scripts.common import load_checkpoint, save_checkpoint
+from conftest import assert_bad_checkpoints_rejected, assert_one_line_error, cli, run_script, signal_mid_training
+from scripts.common import load_checkpoint
 from stage2_rnn_lstm import evaluate, generate, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -195,14 +195,8 @@ def test_word_prompt_without_words_is_an_error(tiny_lm_data_dir, tmp_path, capsy
 
 @pytest.mark.parametrize("script", [evaluate, generate])
 def test_bad_checkpoints(trained_char, tmp_path, capsys, script):
-    (tmp_path / "corrupt.pt").write_bytes((trained_char / "best.pt").read_bytes()[:500])
-    code, err = cli(script.main, ["--checkpoint", str(tmp_path / "corrupt.pt")], capsys)
-    assert_one_line_error(code, err, r"cannot read checkpoint .*corrupt")
-    save_checkpoint({"stage": "stage1_mlp", "model": {}, "config": {}}, tmp_path / "other.pt")
-    code, err = cli(script.main, ["--checkpoint", str(tmp_path / "other.pt")], capsys)
-    assert_one_line_error(code, err, r"written by stage1_mlp, not stage2_rnn_lstm")
-    code, err = cli(script.main, ["--checkpoint", str(tmp_path / "missing.pt")], capsys)
-    assert_one_line_error(code, err, r"checkpoint not found")
+    assert_bad_checkpoints_rejected(script.main, trained_char / "best.pt", tmp_path, capsys, "stage2_rnn_lstm",
+                                    [])
 
 
 @pytest.mark.parametrize("flags,pattern", [

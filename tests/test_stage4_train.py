@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, cli, run_script, signal_mid_training, write_tiny_multi30k
-from scripts.common import load_checkpoint, save_checkpoint
+from conftest import (assert_bad_checkpoints_rejected, assert_one_line_error, cli, run_script, signal_mid_training,
+                      write_tiny_multi30k)
+from scripts.common import load_checkpoint
 from stage4_transformer import evaluate, train, translate
 from stage4_transformer.data import token_batches
 
@@ -118,13 +119,8 @@ def test_translate_arguments_stdin_interactive(trained, tmp_path):
 
 @pytest.mark.parametrize("script", [evaluate, translate])
 def test_bad_checkpoints(trained, tmp_path, capsys, script):
-    (tmp_path / "corrupt.pt").write_bytes((trained / "best.pt").read_bytes()[:500])
-    extra = ["A dog."] if script is translate else []
-    code, err = cli(script.main, ["--checkpoint", str(tmp_path / "corrupt.pt"), *extra], capsys)
-    assert_one_line_error(code, err, r"cannot read checkpoint .*corrupt")
-    save_checkpoint({"stage": "stage3_attention_seq2seq", "model": {}, "config": {}}, tmp_path / "other.pt")
-    code, err = cli(script.main, ["--checkpoint", str(tmp_path / "other.pt"), *extra], capsys)
-    assert_one_line_error(code, err, r"written by stage3_attention_seq2seq, not stage4_transformer")
+    assert_bad_checkpoints_rejected(script.main, trained / "best.pt", tmp_path, capsys, "stage4_transformer",
+                                    ["A dog."] if script is translate else [])
 
 
 @pytest.mark.parametrize("flags,pattern", [
