@@ -49,6 +49,7 @@ def test_notebook_runs_in_quick_mode(stage, tmp_path, monkeypatch):
 
     out_dir = tmp_path / "run"
     monkeypatch.setenv("MY_LLM_QUICK", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is faster, and never oversubscribes a busy CPU
     monkeypatch.setenv("MY_LLM_NOTEBOOK_OUT", str(out_dir))
     default_run_dir = REPO / "runs" / "notebook"
     had_default_run_dir = default_run_dir.exists()
