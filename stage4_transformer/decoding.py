@@ -45,13 +45,11 @@ class Stepper:
 
     def append(self, tokens: torch.Tensor, parent: torch.Tensor | None = None) -> None:
         """Extend every row by a token; with `parent` (beam search), row i continues row parent[i]."""
-        if parent is not None:
+        if parent is not None:  # a beam's parent is a beam of the same sentence: the source side stays as it is
             self.prefix = self.prefix.index_select(0, parent)
-            self.memory, self.src_mask = self.memory.index_select(0, parent), self.src_mask.index_select(0, parent)
             if self.cache is not None:
                 for layer in self.cache:
                     layer["self"] = tuple(x.index_select(0, parent) for x in layer["self"])
-                    layer["cross"] = tuple(x.index_select(0, parent) for x in layer["cross"])
         self.prefix = torch.cat([self.prefix, tokens.unsqueeze(1)], 1)
 
 
