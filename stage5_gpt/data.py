@@ -1,0 +1,274 @@
+"""Stage 5 data: a corpus becomes one long array of token ids on disk, and batches are random windows of it.
+
+    text file (or a download) -> tokenizer (characters, or our byte-level BPE) -> ids -> {train,val,test}.bin
+    training:   random windows  x = ids[i : i+T],  y = ids[i+1 : i+T+1]                  (B, T) each
+    evaluation: every token of a split once, in consecutive windows                       -> exact loss, perplexity
+
+The ids are written once as raw uint16 files and read back with `np.memmap`: the operating system pages in only the
+windows a batch touches, so the same code trains on a corpus larger than memory (nanoGPT does the same with
+OpenWebText's 9B tokens).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scripts.common import UserError
+from stage5_gpt.tokenizer import EOT, BPETokenizer
+
+# ----------------------------------------------------------------------------- the data sets
+
+# Tiny Shakespeare is one file; nanoGPT's split (first 90 % train, last 10 % val) makes val losses comparable with
+# nanoGPT's. WikiText-2: the tokenised v1 files (rare words already <unk>), the split Stage 2 uses, so per-word
+# perplexities compare.
+DATASETS = {
+    "tiny_shakespeare": {
+        "folder": "tiny_shakespeare", "files": {"all": "input.txt.gz"}, "splits": ["train", "val"],
+        "tokenizer": "char",
+        "url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    },
+    "wikitext2": {
+        "folder": "wikitext-2", "splits": ["train", "val", "test"], "tokenizer": "bpe",
+        "files": {"train": "wiki.train.tokens.gz", "val": "wiki.valid.tokens.gz", "test": "wiki.test.tokens.gz"},
+        "hub": ("Salesforce/wikitext", "wikitext-2-v1"),
+        "hub_splits": {"train": "train", "val": "validation", "test": "test"},
+    },
+}
+TRAIN_FRACTION = 0.9  # Tiny Shakespeare: nanoGPT's split
+
+
+def dataset_info(name: str) -> dict:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_text(name: str, data_dir: str | Path, split: str) -> str:
+    """The raw text of one split, downloading the data set first if its files are missing."""
+    info = dataset_info(name)
+    if split not in info["splits"]:
+        raise UserError(f"{name} has no {split!r} split; it has: {', '.join(info['splits'])}")
+    folder = Path(data_dir) / info["folder"]
+    path = folder / info["files"]["all" if "all" in info["files"] else split]
+    if not path.is_file():
+        download(name, data_dir)
+    try:
+        text = gzip.open(path, "rt", encoding="utf-8", newline="").read()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (is the file truncated or in another "
+                        f"format? see {folder / 'SOURCE.md'} for the expected one)") from None
+    if "all" in info["files"]:  # one file, split by position
+        cut = int(len(text) * TRAIN_FRACTION)
+        text = text[:cut] if split == "train" else text[cut:]
+    return text
+
+
+def download(name: str, data_dir: str | Path) -> None:
+    """Fetch a data set from its original source and store it in the same format as the offline copy."""
+    info = dataset_info(name)
+    folder = Path(data_dir) / info["folder"]
+    expected = ", ".join(info["files"].values())
+    source = info.get("url") or info["hub"][0]
+    print(f"data set {name!r} not found in {folder}; downloading it from {source} ...", file=sys.stderr)
+    try:
+        if "url" in info:
+            with urllib.request.urlopen(info["url"], timeout=60) as response:
+                texts = {"all": response.read().decode("utf-8")}
+        else:
+            import datasets
+            datasets.logging.set_verbosity_error()
+            hub = datasets.load_dataset(*info["hub"])
+            # each hub row is one line of the original file, newline included; blank lines became ""
+            texts = {split: "".join(r["text"] or " \n" for r in hub[hub_split])
+                     for split, hub_split in info["hub_splits"].items()}
+    except Exception as e:  # no internet, hub down, datasets missing: all end the same way for the user
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(
+            f"data set {name!r} not found in {folder} (expected {expected}), and downloading {source} failed "
+            f"({reason}). Set --data-dir or MY_LLM_DATA to a folder that has it, or run with internet access."
+        ) from None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, text in texts.items():
+            path = folder / info["files"][split]
+            tmp = path.with_name(path.name + ".part")
+            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
+                f.write(text)
+            tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"downloaded {source} but cannot write it to {folder}: {e.strerror or e}") from None
+
+
+def count_words(text: str) -> int:
+    """Words as Stage 2 counts them: whitespace-separated tokens plus one <eos> per line (WikiText's convention).
+
+    A per-word perplexity divides the total loss over all BPE tokens by this count, so it does not depend on how
+    finely a tokenizer cuts the text, and it compares with Stage 2's word-level models.
+    """
+    return sum(len(line.split()) + 1 for line in text.splitlines())
+
+
+# ----------------------------------------------------------------------------- character tokenizer
+
+class CharTokenizer:
+    """One id per character of the training text, sorted as nanoGPT's (65 for Tiny Shakespeare); same interface as
+    BPETokenizer, so the rest of the stage does not care which one it holds."""
+
+    def __init__(self, chars: list[str]):
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def train(cls, text: str) -> "CharTokenizer":
+        return cls(sorted(set(text)))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def unknown(self, text: str) -> list[str]:
+        return sorted({c for c in text if c not in self.stoi})
+
+    def encode(self, text: str, allowed_special=()) -> list[int]:
+        missing = self.unknown(text)
+        if missing:
+            shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            raise UserError(f"{len(missing)} character(s) not in the vocabulary: {shown}")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False), encoding="utf-8")
+
+
+def load_tokenizer(path: str | Path):
+    """A CharTokenizer or a BPETokenizer, whichever the JSON file holds."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"tokenizer not found: {path} (train.py writes it next to the checkpoint)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read tokenizer {path}: {type(e).__name__}: {e}") from None
+    if isinstance(obj, dict) and obj.get("type") == "char":
+        return CharTokenizer(obj["chars"])
+    return BPETokenizer.load(path)
+
+
+def tokenizer_fingerprint(path: str | Path) -> str:
+    """A short hash of the tokenizer file: a checkpoint keeps it, so a tokenizer from another run is caught."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- ids on disk
+
+def prepare(name: str, data_dir: str | Path, out_dir: str | Path, vocab_size: int, log=print,
+            tokenizer_file: str | Path | None = None, max_chars: int | None = None) -> dict:
+    """Tokenize every split once into <out_dir>/<split>.bin (uint16) and describe them in <out_dir>/data.json.
+
+    BPE is trained on the training split only (or read from `tokenizer_file`); characters come from every split. Each split starts with
+    <|endoftext|> when the tokenizer has it, so the first real token is predicted too. A second call finds the files
+    and reuses them. `max_chars` keeps the first characters of each split (smoke runs).
+    """
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "data.json"
+    key = {"dataset": name, "vocab_size": vocab_size, "tokenizer_file": str(tokenizer_file or ""), "max_chars": max_chars}
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key and all((out_dir / f"{s}.bin").is_file() for s in meta["splits"]):
+            return meta
+    info = dataset_info(name)
+    texts = {s: load_text(name, data_dir, s) for s in info["splits"]}
+    if max_chars:
+        texts = {s: t[:max_chars] for s, t in texts.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer_file:
+        tok = load_tokenizer(tokenizer_file)
+    elif info["tokenizer"] == "char":  # nanoGPT's character set: the whole file's (65 characters), not train's only
+        tok = CharTokenizer.train("".join(texts.values()))
+    else:
+        log(f"training a byte-level BPE tokenizer ({vocab_size:,} tokens) on {name} train ...")
+        tok = BPETokenizer.train(texts["train"], vocab_size)
+    tok.save(out_dir / "tokenizer.json")
+    if len(tok) > 2 ** 16:
+        raise UserError(f"vocabulary of {len(tok):,} does not fit the uint16 token files (at most 65,536)")
+    meta = {"key": key, "dataset": name, "splits": info["splits"], "vocab_size": len(tok),
+            "tokenizer": "char" if isinstance(tok, CharTokenizer) else "bpe",
+            "fingerprint": tokenizer_fingerprint(out_dir / "tokenizer.json"), "tokens": {}, "chars": {}, "words": {}}
+    for split, text in texts.items():
+        ids = np.array(encode_split(tok, text), dtype=np.uint16)
+        tmp = out_dir / f"{split}.bin.part"
+        ids.tofile(tmp)
+        tmp.replace(out_dir / f"{split}.bin")
+        meta["tokens"][split], meta["chars"][split], meta["words"][split] = len(ids), len(text), count_words(text)
+        log(f"{name} {split}: {len(text):,} characters -> {len(ids):,} tokens "
+            f"({len(text.encode('utf-8')) / max(len(ids), 1):.2f} bytes per token)")
+    tmp = meta_path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(meta_path)
+    return meta
+
+
+def encode_split(tok, text: str) -> list[int]:
+    """A whole split as ids, led by <|endoftext|> when the tokenizer has it (so its first real token is predicted)."""
+    bos = [tok.token_to_id(EOT)] if isinstance(tok, BPETokenizer) else []
+    return bos + tok.encode(text)
+
+
+def load_split(out_dir: str | Path, split: str) -> np.memmap:
+    """The ids of one split, (N,) uint16, mapped from disk rather than read into memory."""
+    path = Path(out_dir) / f"{split}.bin"
+    if not path.is_file():
+        raise UserError(f"token file not found: {path} (train.py writes it when it prepares the data)")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+# ----------------------------------------------------------------------------- batches
+
+def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,
+              rank: int = 0, world_size: int = 1):
+    """Random windows for one step: x (b, T) and y (b, T) = x shifted by one token.
+
+    The whole batch of `batch_size` windows is drawn from one generator that every process seeds alike, and process
+    `rank` keeps its own slice of it. Two processes therefore see exactly the windows one process would see in the
+    same step, which is what makes distributed training reproduce single-process losses.
+    """
+    if len(data) <= block_size + 1:
+        raise UserError(f"the split has {len(data):,} tokens, too few for windows of {block_size} (+1)")
+    starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)  # (B,)
+    per_rank = batch_size // world_size
+    starts = starts[rank * per_rank:(rank + 1) * per_rank]                                      # (b,)
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in starts.tolist()])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in starts.tolist()])
+    return x, y  # (b, T), (b, T)
+
+
+def eval_windows(data: np.ndarray, block_size: int, batch_size: int):
+    """Consecutive windows that predict every token of the split after the first exactly once.
+
+    Yields (x, y) batches of shape (b, T); the last window may be shorter and comes alone. Each token sees the context
+    from the start of its window (on average T/2 tokens), which is also what nanoGPT's random evaluation windows give.
+    """
+    n = len(data) - 1  # targets to predict
+    starts = list(range(0, n, block_size))
+    full = [s for s in starts if s + block_size <= n]
+    for i in range(0, len(full), batch_size):
+        chunk = full[i:i + batch_size]
+        x = torch.stack([torch.from_numpy(data[s:s + block_size].astype(np.int64)) for s in chunk])
+        y = torch.stack([torch.from_numpy(data[s + 1:s + 1 + block_size].astype(np.int64)) for s in chunk])
+        yield x, y
+    if len(full) < len(starts):  # the remainder
+        s = starts[-1]
+        yield (torch.from_numpy(data[s:n].astype(np.int64))[None],
+               torch.from_numpy(data[s + 1:n + 1].astype(np.int64))[None])

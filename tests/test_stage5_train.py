@@ -1,0 +1,201 @@
+"""Stage 5 training end to end on tiny files: the run's outputs, exact resume, SIGTERM, the time budget, two
+processes under torchrun = one process, the token files on disk, and bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT, assert_one_line_error, cli, run_script, signal_mid_training, write_tiny_lm_data
+from scripts.common import load_checkpoint
+from stage5_gpt import train
+from stage5_gpt.data import count_words, eval_windows, get_batch, load_tokenizer, prepare
+
+STAGE = "stage5_gpt"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def train_args(data_dir, out_dir, *extra: str) -> list[str]:
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--result", str(out_dir / "result.json"),
+            "--epochs", "2", "--batch-size", "8", "--block-size", "32", "--n-layer", "2", "--n-head", "2",
+            "--n-embd", "32", "--lr", "3e-3", "--warmup-steps", "5", *extra]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return write_tiny_lm_data(tmp_path / "data")
+
+
+def history(out_dir):
+    return load_checkpoint(out_dir / "last.pt", stage=STAGE)["state"]["history"]
+
+
+def test_char_run_writes_outputs_and_learns(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(train_args(data_dir, out, "--epochs", "6"))
+    for name in ["best.pt", "last.pt", "tokenizer.json", "data.json", "train.bin", "val.bin", "train.log"]:
+        assert (out / name).is_file(), name
+    assert (out / "result.png").read_bytes()[:8] == PNG_MAGIC
+    r = json.loads((out / "result.json").read_text())
+    assert r["stage"] == STAGE and r["headline_metric"] == "val_loss" and r["sample"]
+    h = history(out)
+    assert h["train_loss"][-1][1] < h["train_loss"][0][1] - 1.0  # from ~ln(vocab) down: it learns
+    assert r["metrics"]["val_loss"] == pytest.approx(min(v for _, v in h["val_loss"]), abs=1e-3)
+
+
+def test_bpe_run_reports_per_word_perplexity(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(train_args(data_dir, out, "--dataset", "wikitext2", "--vocab-size", "300", "--epochs", "3"))
+    r = json.loads((out / "result.json").read_text())
+    m = r["metrics"]
+    assert r["headline_metric"] == "test_ppl_word"
+    meta = json.loads((out / "data.json").read_text())
+    # the same total loss over fewer units: per word = exp(loss * tokens_predicted / words)
+    n_pred = meta["tokens"]["test"] - 1
+    assert m["test_ppl_word"] == pytest.approx(np.exp(m["test_loss"] * n_pred / meta["words"]["test"]), rel=1e-3)
+    assert m["test_ppl_word"] > m["test_ppl"]  # a word is one or more tokens
+
+
+def test_token_files_round_trip_and_windows(data_dir, tmp_path):
+    meta = prepare("wikitext2", data_dir, tmp_path, 300, log=lambda *a: None)
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    ids = np.fromfile(tmp_path / "test.bin", dtype=np.uint16)
+    text = (data_dir / "wikitext-2").joinpath("wiki.test.tokens.gz")
+    import gzip
+    raw = gzip.open(text, "rt", encoding="utf-8", newline="").read()
+    assert tok.decode(ids[1:].tolist()) == raw  # after the leading <|endoftext|>
+    assert meta["words"]["test"] == count_words(raw) == sum(len(l.split()) + 1 for l in raw.splitlines())
+    # evaluation windows predict every token after the first exactly once, in order
+    targets = torch.cat([y.flatten() for _, y in eval_windows(ids, 16, 3)])
+    assert torch.equal(targets, torch.from_numpy(ids[1:].astype(np.int64)))
+    # a batch split over two processes is the one-process batch, cut in two
+    g1, g2, g3 = (torch.Generator().manual_seed(5) for _ in range(3))
+    x, y = get_batch(ids, 6, 8, g1)
+    x0, _ = get_batch(ids, 6, 8, g2, rank=0, world_size=2)
+    x1, _ = get_batch(ids, 6, 8, g3, rank=1, world_size=2)
+    assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(x[:, 1:], y[:, :-1])
+    assert prepare("wikitext2", data_dir, tmp_path, 300, log=lambda *a: None) == meta  # reused, not redone
+
+
+def test_resume_is_exact(data_dir, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["--dropout", "0.1", "--accum-steps", "2", "--eval-interval", "4"]
+    train.main(train_args(data_dir, a, *args))
+    train.main(train_args(data_dir, b, *args, "--max-steps", "3"))
+    train.main(train_args(data_dir, b, *args, "--resume"))
+    ckpt_a, ckpt_b = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ckpt_b["state"]["history"] == ckpt_a["state"]["history"]
+    for name in ckpt_a["model"]:
+        assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
+
+
+def test_sigterm_saves_and_resume_continues(data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(data_dir, out, "--epochs", "100000", "--eval-interval", "3")
+    proc = signal_mid_training(f"{STAGE}/train.py", args, out, "step 3:", signal.SIGTERM, tmp_path / "stderr")
+    err = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 130 and "Traceback" not in err and "stopped by SIGTERM" in err, err[-3000:]
+    step = load_checkpoint(out / "last.pt", stage=STAGE)["state"]["step"]
+    train.main(train_args(data_dir, out, "--resume", "--max-steps", str(step + 2)))
+    assert load_checkpoint(out / "last.pt")["state"]["step"] == step + 2
+
+
+def test_time_budget_stops_and_ends_the_schedule(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(train_args(data_dir, out, "--epochs", "100000", "--time-budget", "0.05"))
+    ckpt = load_checkpoint(out / "last.pt")
+    assert 0.05 * 60 <= ckpt["state"]["train_seconds"] < 0.05 * 60 + 30
+    assert ckpt["state"]["step"] < 100000
+    args = train.parse_args(train_args(data_dir, out, "--time-budget", "1"))
+    assert train.lr_at(10 ** 6, 0, args, 10 ** 9) == pytest.approx(args.lr, rel=0.01)  # steps barely used...
+    assert train.lr_at(10, 60, args, 10 ** 9) == pytest.approx(args.min_lr)             # ...but the budget is
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
+def test_two_processes_match_one(data_dir, tmp_path):
+    """Distributed data parallel: each process takes half of the same global batch; DDP averages the gradients, so
+    the losses equal a one-process run's (dropout off, the same global batch)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--epochs", "1", "--max-steps", "5", "--eval-interval", "5"]
+    train.main(train_args(data_dir, one, *args))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MY_LLM_DATA": str(data_dir)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           f"{STAGE}/train.py", *train_args(data_dir, two, *args)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses_one = [v for _, v in history(one)["train_loss"]]
+    losses_two = [v for _, v in history(two)["train_loss"]]
+    assert len(losses_one) == 5 and losses_two == pytest.approx(losses_one, abs=1e-4)
+    assert [v for _, v in history(two)["val_loss"]] == pytest.approx([v for _, v in history(one)["val_loss"]], abs=1e-4)
+
+
+def test_bad_input_gives_one_line(data_dir, tmp_path, capsys):
+    code, err = cli(train.main, train_args(tmp_path / "nowhere", tmp_path / "r"), capsys)
+    assert_one_line_error(code, err, r"data set 'tiny_shakespeare' not found")
+    code, err = cli(train.main, train_args(data_dir, tmp_path / "r2", "--resume"), capsys)
+    assert_one_line_error(code, err, r"checkpoint not found")
+    code, err = cli(train.main, train_args(data_dir, tmp_path / "r3", "--batch-size", "6", "--accum-steps", "4"), capsys)
+    assert_one_line_error(code, err, r"multiple of --accum-steps")
+    code, err = cli(train.main, train_args(data_dir, tmp_path / "r4", "--block-size", "6000"), capsys)
+    assert_one_line_error(code, err, r"too few for windows")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--n-embd", "30", "--n-head", "4"])
+
+
+def test_help_and_module_form():
+    for cmd in ([sys.executable, f"{STAGE}/train.py", "--help"], [sys.executable, "-m", f"{STAGE}.train", "--help"]):
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "--time-budget" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data_dir = write_tiny_lm_data(tmp_path_factory.mktemp("lm") / "data")
+    out = tmp_path_factory.mktemp("run")
+    train.main(train_args(data_dir, out, "--epochs", "4"))
+    return data_dir, out
+
+
+def test_evaluate_matches_training(trained, capsys):
+    from stage5_gpt import evaluate
+    data_dir, out = trained
+    evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(data_dir), "--json"])
+    got = json.loads(capsys.readouterr().out)["metrics"]
+    r = json.loads((out / "result.json").read_text())["metrics"]
+    assert got["val"]["loss"] == pytest.approx(r["val_loss"], abs=1e-4)
+    assert got["train"]["loss"] == pytest.approx(r["train_loss"], abs=1e-4)
+    code, err = cli(evaluate.main, ["--checkpoint", str(out / "best.pt"), "--data-dir", str(data_dir),
+                                    "--splits", "test"], capsys)
+    assert_one_line_error(code, err, r"has no 'test' split")
+
+
+def test_generate_streams_and_cache_changes_nothing(trained):
+    data_dir, out = trained
+    common = ["--checkpoint", out / "best.pt", "--prompt", "ROMEO", "--max-new-tokens", "40", "--temperature", "0"]
+    cached = run_script("generate", *common, data_dir=data_dir, stage=STAGE)
+    uncached = run_script("generate", *common, "--no-kv-cache", data_dir=data_dir, stage=STAGE)
+    assert cached.returncode == 0 and uncached.returncode == 0, cached.stderr + uncached.stderr
+    assert cached.stdout.startswith("ROMEO") and len(cached.stdout) == len("ROMEO") + 40 + 1
+    assert cached.stdout == uncached.stdout and "no KV cache" in uncached.stderr
+    sampled = run_script("generate", *common[:-2], "--top-k", "5", "--top-p", "0.9", "--repetition-penalty", "1.3",
+                         "--seed", "3", "--no-stream", data_dir=data_dir, stage=STAGE, module=True)
+    assert sampled.returncode == 0 and sampled.stdout.startswith("ROMEO"), sampled.stderr
+
+
+def test_generate_bad_prompts_and_interactive(trained, tmp_path):
+    data_dir, out = trained
+    bad = run_script("generate", "--checkpoint", out / "best.pt", "--prompt", "Zürich 東京", data_dir=data_dir, stage=STAGE)
+    assert bad.returncode == 2 and bad.stdout == "" and "Traceback" not in bad.stderr
+    assert "characters; the prompt has" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    loop = run_script("generate", "--checkpoint", out / "best.pt", "--interactive", "--max-new-tokens", "5",
+                      stdin="JULIET\n東京\nBut soft\n\n", data_dir=data_dir, stage=STAGE)
+    assert loop.returncode == 0 and loop.stdout.count("JULIET") == 1 and "But soft" in loop.stdout, loop.stderr
+    assert "error: the model knows" in loop.stderr  # the bad prompt is reported, the loop goes on
+    missing = run_script("generate", "--checkpoint", tmp_path / "none.pt", data_dir=data_dir, stage=STAGE)
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
