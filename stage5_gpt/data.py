@@ -10,6 +10,7 @@ OpenWebText's 9B tokens).
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import json
@@ -272,3 +273,53 @@ def eval_windows(data: np.ndarray, block_size: int, batch_size: int):
         s = starts[-1]
         yield (torch.from_numpy(data[s:n].astype(np.int64))[None],
                torch.from_numpy(data[s + 1:n + 1].astype(np.int64))[None])
+
+
+# ----------------------------------------------------------------------------- SST-2, for fine-tuning
+
+SST2 = {"folder": "glue/sst2", "files": {"train": "train.tsv.gz", "dev": "dev.tsv.gz"},
+        "hub": ("nyu-mll/glue", "sst2"), "hub_splits": {"train": "train", "dev": "validation"}}
+
+
+def load_sst2(data_dir: str | Path, split: str) -> tuple[list[str], list[int]]:
+    """SST-2 sentences and labels (0 negative, 1 positive) of `train` or `dev`, downloaded first when missing.
+
+    The GLUE files are TSV with a header `sentence<TAB>label`; sentences hold bare quotes, so CSV quoting must be off.
+    """
+    if split not in SST2["files"]:
+        raise UserError(f"SST-2 has no {split!r} split here; it has: {', '.join(SST2['files'])}")
+    folder = Path(data_dir) / SST2["folder"]
+    path = folder / SST2["files"][split]
+    if not path.is_file():
+        download_sst2(folder)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return [r["sentence"] for r in rows], [int(r["label"]) for r in rows]
+    except (OSError, EOFError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (expected a gzipped TSV with the header "
+                        f"sentence<TAB>label; see {folder / 'SOURCE.md'})") from None
+
+
+def download_sst2(folder: Path) -> None:
+    hub_id, config = SST2["hub"]
+    print(f"SST-2 not found in {folder}; downloading {hub_id} ({config}) from the Hugging Face hub ...", file=sys.stderr)
+    try:
+        import datasets
+        datasets.logging.set_verbosity_error()
+        hub = datasets.load_dataset(hub_id, config)
+    except Exception as e:  # no internet, hub down, datasets missing: all end the same way for the user
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"SST-2 not found in {folder} (expected {', '.join(SST2['files'].values())}), and downloading "
+                        f"{hub_id} failed ({reason}). Set --data-dir or MY_LLM_DATA, or run with internet access.") from None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, hub_split in SST2["hub_splits"].items():
+            path = folder / SST2["files"][split]
+            tmp = path.with_name(path.name + ".part")
+            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
+                f.write("sentence\tlabel\n")
+                f.writelines(f"{r['sentence']}\t{int(r['label'])}\n" for r in hub[hub_split])
+            tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"downloaded {hub_id} but cannot write it to {folder}: {e.strerror or e}") from None

@@ -295,9 +295,7 @@ def split_on(text: str, specials: list[str]) -> list[str]:
 
 # ----------------------------------------------------------------------------- command line
 
-# name -> (folder in the data directory, training file, held-out file); Tiny Shakespeare is one file: first 90 % train
-DATASETS = {"wikitext2": ("wikitext-2", "wiki.train.tokens.gz", "wiki.test.tokens.gz"),
-            "tiny_shakespeare": ("tiny_shakespeare", "input.txt.gz", None)}
+DATASETS = {"wikitext2": "test", "tiny_shakespeare": "val"}  # data set -> the split the CLI reports on
 
 
 def read_text(path: Path) -> str:
@@ -312,16 +310,9 @@ def read_text(path: Path) -> str:
 
 
 def dataset_texts(name: str, data_dir: Path) -> tuple[str, str]:
-    """(training text, held-out text) of a data set in the offline format (see its SOURCE.md)."""
-    folder, train_file, test_file = DATASETS[name]
-    if not (data_dir / folder / train_file).is_file():
-        raise UserError(f"data set {name!r} not found in {data_dir / folder} (expected {train_file}). Set --data-dir "
-                        f"or MY_LLM_DATA to the folder that holds it (Stage 2's train.py can download it).")
-    text = read_text(data_dir / folder / train_file)
-    if test_file is None:
-        cut = int(len(text) * 0.9)
-        return text[:cut], text[cut:]
-    return text, read_text(data_dir / folder / test_file)
+    """(training text, held-out text) of a data set, read by Stage 5's loader (which downloads it when missing)."""
+    from stage5_gpt.data import load_text  # imported here: data.py imports this module
+    return load_text(name, data_dir, "train"), load_text(name, data_dir, DATASETS[name])
 
 
 def parse_args(argv=None) -> argparse.Namespace:

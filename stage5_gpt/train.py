@@ -277,7 +277,8 @@ def main(argv=None) -> None:
                 optimizer.step()
             # one small all-reduce a step: the mean loss over processes, and whether any process must stop
             over_budget = bool(args.time_budget and time.time() - t_loop[0] >= 60 * args.time_budget)
-            flags = torch.tensor([step_loss.item(), float(stop["by"] is not None), float(over_budget)])
+            flags = torch.tensor([step_loss.item(), float(stop["by"] is not None), float(over_budget)],
+                                 device=device)  # nccl reduces CUDA tensors only
             if world > 1:
                 dist.all_reduce(flags)
                 flags[0] /= world

@@ -286,7 +286,12 @@ def test_round_trip_on_real_data(tok, relative):
 
 # ----------------------------------------------------------------------------- command line
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import datasets
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("no network in tests")
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
     code, err = cli(tk.main, ["--input", str(tmp_path / "missing.txt")], capsys)
     assert code == 2
     assert_one_line_error(code, err, r"input file not found: .*missing\.txt")

@@ -199,3 +199,21 @@ def test_generate_bad_prompts_and_interactive(trained, tmp_path):
     assert "error: the model knows" in loop.stderr  # the bad prompt is reported, the loop goes on
     missing = run_script("generate", "--checkpoint", tmp_path / "none.pt", data_dir=data_dir, stage=STAGE)
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+
+
+def test_benchmark_runs_and_checks_the_cache(tmp_path):
+    proc = run_script("benchmark", "--vocab-size", "50", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                      "--block-size", "16", "--batch-size", "2", "--steps", "1", "--rounds", "1", "--warmup", "0",
+                      "--new-tokens", "20", "--prompt-tokens", "3", "--json", tmp_path / "b.json",
+                      data_dir=tmp_path, stage=STAGE)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert r["train_tokens_per_second"]["ours"] > 0 and r["train_ratio_ours_over_hf"] > 0
+    assert r["identical_greedy_output"] is True and r["kv_cache_speedup"] > 0
+
+
+@pytest.mark.parametrize("script", ["evaluate", "generate", "finetune", "benchmark", "tokenizer"])
+def test_every_script_has_help(script):
+    proc = subprocess.run([sys.executable, f"{STAGE}/{script}.py", "--help"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr

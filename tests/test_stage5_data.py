@@ -1,0 +1,155 @@
+"""Stage 5 data: the readers on files in the offline formats, the downloads (patched to serve data shaped like the
+real sources), the character tokenizer, SST-2, and fine-tuning end to end on tiny files."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import urllib.request
+
+import pytest
+import torch
+
+from conftest import TINY_PLAY, TINY_WIKI, assert_one_line_error, cli, write_tiny_data, write_tiny_lm_data
+from scripts.common import UserError, load_checkpoint
+from stage5_gpt import data, finetune, train
+
+
+def test_tiny_shakespeare_split_is_nanogpts(tmp_path):
+    root = write_tiny_lm_data(tmp_path)
+    train_text, val_text = data.load_text("tiny_shakespeare", root, "train"), data.load_text("tiny_shakespeare", root, "val")
+    cut = int(len(TINY_PLAY) * 0.9)
+    assert train_text == TINY_PLAY[:cut] and val_text == TINY_PLAY[cut:]
+    with pytest.raises(UserError, match="has no 'test' split"):
+        data.load_text("tiny_shakespeare", root, "test")
+
+
+def test_download_tiny_shakespeare_from_the_original_url(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_urlopen(url, timeout=None):
+        calls.append(url)
+        return io.BytesIO(TINY_PLAY.encode("utf-8"))
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    text = data.load_text("tiny_shakespeare", tmp_path, "val")
+    assert calls == [data.DATASETS["tiny_shakespeare"]["url"]]
+    stored = gzip.open(tmp_path / "tiny_shakespeare" / "input.txt.gz", "rt", encoding="utf-8", newline="").read()
+    assert stored == TINY_PLAY and text == TINY_PLAY[int(len(TINY_PLAY) * 0.9):]
+    data.load_text("tiny_shakespeare", tmp_path, "train")
+    assert len(calls) == 1  # the second read is local
+
+
+def test_download_wikitext2_from_the_hub(tmp_path, monkeypatch):
+    """The hub has one row per line, newline included; whitespace-only lines became ""."""
+    import datasets
+
+    def hub_rows(text):
+        return [{"text": "" if not line.strip() else line} for line in text.splitlines(keepends=True)]
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        assert (path, name) == ("Salesforce/wikitext", "wikitext-2-v1")
+        return {"train": hub_rows(TINY_WIKI["train"]), "validation": hub_rows(TINY_WIKI["valid"]),
+                "test": hub_rows(TINY_WIKI["test"])}
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    for split, name in (("train", "train"), ("val", "valid"), ("test", "test")):
+        assert data.load_text("wikitext2", tmp_path, split) == TINY_WIKI[name]
+    assert (tmp_path / "wikitext-2" / "wiki.valid.tokens.gz").is_file()
+
+
+def test_missing_data_without_network_is_one_clear_error(tmp_path, monkeypatch):
+    import datasets
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the hub")
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    with pytest.raises(UserError, match=r"not found in .*wikitext-2 \(expected .*\).*Couldn't reach"):
+        data.load_text("wikitext2", tmp_path, "train")
+    with pytest.raises(UserError, match=r"SST-2 not found in .*sst2.*Couldn't reach"):
+        data.load_sst2(tmp_path, "train")
+
+
+def test_sst2_reader_and_download(tmp_path, monkeypatch):
+    root = write_tiny_data(tmp_path / "local")
+    sentences, labels = data.load_sst2(root, "dev")
+    assert len(sentences) == len(labels) == 60 and set(labels) == {0, 1}
+    assert any(s.startswith('" ') for s in sentences)  # a bare quote does not swallow the next rows
+    import datasets
+    rows = {"train": [{"sentence": 'a " great film', "label": 1}, {"sentence": "dull", "label": 0}],
+            "validation": [{"sentence": "loved it", "label": 1}]}
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, **kw: rows)
+    assert data.load_sst2(tmp_path / "dl", "train") == (['a " great film', "dull"], [1, 0])
+    assert data.load_sst2(tmp_path / "dl", "dev") == (["loved it"], [1])
+
+
+def test_char_tokenizer_round_trip_and_errors(tmp_path):
+    tok = data.CharTokenizer.train("hello world\n")
+    assert tok.decode(tok.encode("hello")) == "hello" and len(tok) == len(set("hello world\n"))
+    assert tok.chars == sorted(tok.chars)
+    with pytest.raises(UserError, match=r"character\(s\) not in the vocabulary: 'z'"):
+        tok.encode("zoo")
+    tok.save(tmp_path / "t.json")
+    assert data.load_tokenizer(tmp_path / "t.json").chars == tok.chars
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read tokenizer"):
+        data.load_tokenizer(tmp_path / "bad.json")
+    with pytest.raises(UserError, match="tokenizer not found"):
+        data.load_tokenizer(tmp_path / "none.json")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    lm = write_tiny_lm_data(root / "data")
+    write_tiny_data(root / "data")
+    out = root / "lm"
+    train.main(["--data-dir", str(lm), "--out-dir", str(out), "--result", str(out / "result.json"),
+                "--dataset", "wikitext2", "--vocab-size", "300", "--epochs", "2", "--batch-size", "8",
+                "--block-size", "32", "--n-layer", "2", "--n-head", "2", "--n-embd", "32"])
+    return root / "data", out / "best.pt"
+
+
+def ft_args(data_dir, ckpt, out, *extra):
+    return ["--checkpoint", str(ckpt), "--data-dir", str(data_dir), "--out-dir", str(out),
+            "--result", str(out / "result.json"), "--epochs", "3", "--batch-size", "16", "--lr", "3e-3",
+            "--warmup-steps", "5", "--dropout", "0.0", *extra]
+
+
+def test_finetune_learns_sst2_and_records_the_run(pretrained, tmp_path):
+    data_dir, ckpt = pretrained
+    finetune.main(ft_args(data_dir, ckpt, tmp_path / "ft", "--epochs", "10"))
+    r = json.loads((tmp_path / "ft" / "result.json").read_text())
+    assert r["headline_metric"] == "accuracy" and r["split"] == "dev" and r["pretrained"] == str(ckpt)
+    assert r["metrics"]["accuracy"] >= 0.7  # well above chance (0.5): the tiny SST-2 has cue words to find
+    finetune.main(ft_args(data_dir, ckpt, tmp_path / "scratch", "--from-scratch", "--epochs", "1"))
+    assert json.loads((tmp_path / "scratch" / "result.json").read_text())["pretrained"] is None
+
+
+def test_finetune_freeze_trains_only_the_head(pretrained, tmp_path):
+    data_dir, ckpt = pretrained
+    finetune.main(ft_args(data_dir, ckpt, tmp_path / "probe", "--freeze", "--epochs", "1"))
+    before = load_checkpoint(ckpt)["model"]
+    after = load_checkpoint(tmp_path / "probe" / "last.pt")["model"]
+    assert all(torch.equal(before[k], after["gpt." + k]) for k in before)
+    assert not torch.equal(after["head.weight"], torch.zeros_like(after["head.weight"]))
+
+
+def test_finetune_resume_is_exact(pretrained, tmp_path):
+    data_dir, ckpt = pretrained
+    a, b = tmp_path / "a", tmp_path / "b"
+    finetune.main(ft_args(data_dir, ckpt, a, "--epochs", "2", "--dropout", "0.1"))
+    finetune.main(ft_args(data_dir, ckpt, b, "--epochs", "2", "--dropout", "0.1", "--max-steps", "5"))
+    finetune.main(ft_args(data_dir, ckpt, b, "--epochs", "2", "--dropout", "0.1", "--resume"))
+    ha, hb = load_checkpoint(a / "last.pt")["state"]["history"], load_checkpoint(b / "last.pt")["state"]["history"]
+    assert ha == hb
+
+
+def test_finetune_bad_input(pretrained, tmp_path, capsys, monkeypatch):
+    import datasets
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
+    data_dir, ckpt = pretrained
+    code, err = cli(finetune.main, ft_args(data_dir, tmp_path / "none.pt", tmp_path / "x"), capsys)
+    assert_one_line_error(code, err, "checkpoint not found")
+    code, err = cli(finetune.main, ft_args(tmp_path / "empty", ckpt, tmp_path / "y"), capsys)
+    assert_one_line_error(code, err, "SST-2 not found")
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--from-scratch", "--freeze"])
