@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from scripts.common import UserError
-from stage5_gpt.tokenizer import EOT, BPETokenizer
+from stage5_gpt.tokenizer import EOT, BPETokenizer, read_json
 
 # ----------------------------------------------------------------------------- the data sets
 
@@ -156,15 +156,10 @@ class CharTokenizer:
 
 def load_tokenizer(path: str | Path):
     """A CharTokenizer or a BPETokenizer, whichever the JSON file holds."""
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"tokenizer not found: {path} (train.py writes it next to the checkpoint)") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read tokenizer {path}: {type(e).__name__}: {e}") from None
+    obj = read_json(path)
     if isinstance(obj, dict) and obj.get("type") == "char":
         return CharTokenizer(obj["chars"])
-    return BPETokenizer.load(path)
+    return BPETokenizer.from_dict(obj, path)
 
 
 def tokenizer_fingerprint(path: str | Path) -> str:

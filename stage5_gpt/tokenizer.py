@@ -259,12 +259,11 @@ class BPETokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "BPETokenizer":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"tokenizer file not found: {path} (stage5_gpt/tokenizer.py writes one)") from None
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read tokenizer {path}: {type(e).__name__}: {e}") from None
+        return cls.from_dict(read_json(path), path)
+
+    @classmethod
+    def from_dict(cls, data, path: str | Path = "<dict>") -> "BPETokenizer":
+        """The tokenizer a saved file holds, from its parsed JSON (`path` only names it in errors)."""
         if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
             raise UserError(f"{path} is not a {FORMAT} version {VERSION} tokenizer file")
         try:
@@ -283,6 +282,17 @@ class BPETokenizer:
         hf.decoder = decoders.ByteLevel()
         hf.add_special_tokens(list(self.special_tokens))  # they are in the vocabulary, so they keep our ids
         return hf
+
+
+def read_json(path: str | Path):
+    """A tokenizer file's parsed JSON; a missing or unreadable file is a one-line UserError."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"tokenizer file not found: {path} (stage5_gpt/train.py writes one next to each checkpoint, "
+                        f"stage5_gpt/tokenizer.py on request)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read tokenizer {path}: {type(e).__name__}: {e}") from None
 
 
 def split_on(text: str, specials: list[str]) -> list[str]:

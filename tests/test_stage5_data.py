@@ -92,7 +92,7 @@ def test_char_tokenizer_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot read tokenizer"):
         data.load_tokenizer(tmp_path / "bad.json")
-    with pytest.raises(UserError, match="tokenizer not found"):
+    with pytest.raises(UserError, match="tokenizer file not found"):
         data.load_tokenizer(tmp_path / "none.json")
 
 
