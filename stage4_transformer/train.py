@@ -5,11 +5,15 @@
     python stage4_transformer/train.py --norm post             # the paper's post-norm layers
     python stage4_transformer/train.py --quick                 # a smoke run on small slices
     python stage4_transformer/train.py --resume                # continue an interrupted run exactly
+    python stage4_transformer/train.py --time-budget 55 --average-last 5   # the reference recipe: see the README
 
 A step sees about --batch-tokens source+target tokens (--accum-steps batches per optimizer step); the learning rate
 warms up linearly for --warmup-steps, then falls as 1/sqrt(step) (the paper's schedule) or along a cosine. Each epoch
 ends with the validation loss and BLEU (greedy); best.pt is the best validation BLEU, and the final report scores it
 on test2016 and test2017 with beam search. On CUDA, --amp runs the forward pass in bf16 (or fp16 with loss scaling).
+--time-budget stops training after that many minutes (the cosine schedule then counts progress in time, so it
+reaches its end as the budget runs out). --average-last K keeps the weights of the last K epochs and, if their
+average scores better on validation than best.pt, reports the average (checkpoint averaging, Vaswani et al. 2017).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ STAGE = "stage4_transformer"
 TEST_SPLITS = ["test2016", "test2017"]
 QUICK_TRAIN, QUICK_EVAL = 2_000, 100
 QUICK_LR, QUICK_WARMUP = 1e-3, 20
-RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")
+RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,6 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--schedule", choices=["invsqrt", "cosine"], default="invsqrt",
                    help="after warmup: lr * sqrt(warmup / step), or a cosine decay to lr/10")
     p.add_argument("--warmup-steps", type=positive_int, default=300)
+    p.add_argument("--time-budget", type=positive_float, default=None,
+                   help="minutes of training (validation not counted); stops after the step that uses them up")
+    p.add_argument("--average-last", type=int, default=0,
+                   help="keep the last K epochs' weights; report their average if it beats best.pt on val (0: off)")
     p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
@@ -79,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.lr = args.lr if "--lr" in given else QUICK_LR
         args.warmup_steps = args.warmup_steps if "--warmup-steps" in given else QUICK_WARMUP
+    if args.average_last < 0 or args.average_last == 1:
+        p.error(f"--average-last must be 0 (off) or at least 2, got {args.average_last}")
     if args.d_model % args.n_heads:
         p.error(f"--d-model {args.d_model} must be divisible by --n-heads {args.n_heads}")
     if args.max_len + 1 > 256:
@@ -136,14 +146,36 @@ def score(model, vocab, pairs, device, beam_size: int = 1, alpha: float = 0.6) -
     return {"bleu": cased, "bleu_lc": lower, "signature": signature, "signature_lc": signature_lc, "hypotheses": hyps}
 
 
-def lr_at(step: int, args, total_steps: int) -> float:
-    """Linear warmup to --lr over --warmup-steps, then lr * sqrt(warmup / step) (Vaswani et al.) or a cosine to lr/10."""
+def lr_at(step: int, args, total_steps: int, elapsed: float = 0.0) -> float:
+    """Linear warmup to --lr over --warmup-steps, then lr * sqrt(warmup / step) (Vaswani et al.) or a cosine to lr/10.
+    With --time-budget the cosine's progress is the larger of steps done and minutes used (elapsed, in seconds)."""
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
     if args.schedule == "invsqrt":
         return args.lr * math.sqrt(args.warmup_steps / (step + 1))
-    progress = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
+    progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
+    if args.time_budget:
+        progress = max(progress, elapsed / (60 * args.time_budget))
+    progress = min(1.0, progress)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def keep_epoch_weights(model, folder: Path, epoch: int, keep: int) -> None:
+    """Save this epoch's weights as folder/epochNNN.pt and delete all but the newest `keep` of them."""
+    save_checkpoint({"stage": STAGE, "epoch": epoch, "config": model.cfg.to_dict(), "model": model.state_dict()},
+                    folder / f"epoch{epoch:03d}.pt")
+    for old in sorted(folder.glob("epoch*.pt"))[:-keep]:
+        old.unlink()
+
+
+def average_weights(files: list[Path]) -> dict:
+    """The element-wise mean of several checkpoints' weights. Late in training the weights wander around a minimum
+    (the learning rate is never 0); their mean sits nearer its centre than any one of them, and is often better."""
+    total = None
+    for f in files:
+        weights = load_checkpoint(f, stage=STAGE)["model"]
+        total = weights if total is None else {k: total[k] + v for k, v in weights.items()}
+    return {k: v / len(files) for k, v in total.items()}
 
 
 def autocast_for(device: torch.device, enabled: bool):
@@ -224,6 +256,7 @@ def main(argv=None) -> None:
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     t_loop = time.time() - state["train_seconds"]
+    out_of_time = False
     try:
         while state["epoch"] < args.epochs and not stop["by"]:
             model.train()
@@ -234,7 +267,7 @@ def main(argv=None) -> None:
                        leave=False, disable=None)
             for group in groups[state["batch"]:]:
                 for g in optimizer.param_groups:
-                    g["lr"] = lr_at(state["step"], args, total_steps)
+                    g["lr"] = lr_at(state["step"], args, total_steps, time.time() - t_loop)
                 optimizer.zero_grad(set_to_none=True)
                 n_tgt = sum(sum(len(train[i][1]) for i in idx) for idx in group)
                 step_loss = 0.0
@@ -265,7 +298,9 @@ def main(argv=None) -> None:
                 bar.set_postfix(loss=f"{step_loss:.4f}")
                 if args.max_steps and state["step"] >= args.max_steps:
                     stop["by"] = "max_steps"
-                if stop["by"]:
+                if args.time_budget and time.time() - t_loop >= 60 * args.time_budget:
+                    out_of_time = True  # this (partial) epoch still ends with validation, then training stops
+                if stop["by"] or out_of_time:
                     break
             bar.close()
             if stop["by"]:
@@ -285,7 +320,12 @@ def main(argv=None) -> None:
             if val_bleu >= state["best_val_bleu"]:
                 state["best_val_bleu"], state["best_step"] = val_bleu, state["step"]
                 checkpoint(out_dir / "best.pt", with_optimizer=False)
+            if args.average_last:  # the last K epochs' weights, for averaging at the end
+                keep_epoch_weights(model, out_dir / "epochs", state["epoch"], args.average_last)
             checkpoint(out_dir / "last.pt")
+            if out_of_time:
+                log.info(f"time budget of {args.time_budget} minutes used up at step {state['step']}")
+                break
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
@@ -299,8 +339,21 @@ def main(argv=None) -> None:
     if not state["history"]["val_bleu"]:
         return
 
-    # ---- final report: the best checkpoint (by val BLEU), beam search on both test sets
+    # ---- final report: the best checkpoint (by val BLEU), or the average of the last epochs if it scores better
     model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE)["model"])
+    final = {"weights": "best.pt", "val_bleu_greedy": state["best_val_bleu"]}
+    epoch_files = sorted((out_dir / "epochs").glob("epoch*.pt")) if args.average_last else []
+    if len(epoch_files) >= 2:
+        best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(average_weights(epoch_files))
+        avg_bleu = score(model, vocab, pairs["val"], device)["bleu"]
+        log.info(f"average of the last {len(epoch_files)} epochs: val BLEU {avg_bleu:.2f} "
+                 f"(best single epoch {state['best_val_bleu']:.2f})")
+        if avg_bleu > state["best_val_bleu"]:
+            checkpoint(out_dir / "averaged.pt", with_optimizer=False)
+            final = {"weights": "averaged.pt", "epochs": [f.stem for f in epoch_files], "val_bleu_greedy": avg_bleu}
+        else:
+            model.load_state_dict(best_weights)
     metrics, signature = {}, None
     for split in TEST_SPLITS + ["val"]:
         s = score(model, vocab, pairs[split], device, args.beam_size, args.length_penalty)
@@ -308,7 +361,7 @@ def main(argv=None) -> None:
         metrics.update({f"{prefix}bleu": s["bleu"], f"{prefix}bleu_lc": s["bleu_lc"]})
         signature = {"cased": s["signature"], "lowercased": s["signature_lc"]}
         (out_dir / f"{split}.hyp.txt").write_text("\n".join(s["hypotheses"]) + "\n", encoding="utf-8")
-    log.info(f"best checkpoint (step {state['best_step']}, beam {args.beam_size}): "
+    log.info(f"{final['weights']} (beam {args.beam_size}): "
              + " | ".join(f"{k} {v}" for k, v in metrics.items()))
     smoke = args.quick or args.max_steps is not None
     result_path = Path(args.result) if args.result else (
@@ -321,7 +374,7 @@ def main(argv=None) -> None:
                         "sacrebleu_signature": signature,
                         "decoding": {"beam_size": args.beam_size, "length_penalty": args.length_penalty},
                         "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
-                        "best_val_bleu_greedy": state["best_val_bleu"],
+                        "best_val_bleu_greedy": state["best_val_bleu"], "final_weights": final,
                         "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
                         "vocab_size": len(vocab), "config": config.to_dict(),
                         "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},

@@ -82,6 +82,32 @@ def test_resume_is_exact(tiny_mt_data_dir, tmp_path):
         assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
 
 
+def test_average_last_keeps_k_epochs_and_reports_the_better(tiny_mt_data_dir, tmp_path):
+    train.main(train_args(tiny_mt_data_dir, tmp_path, "--epochs", "4", "--average-last", "3"))
+    kept = sorted(f.name for f in (tmp_path / "epochs").glob("*.pt"))
+    assert kept == ["epoch002.pt", "epoch003.pt", "epoch004.pt"]
+    final = json.loads((tmp_path / "result.json").read_text())["final_weights"]
+    best = load_checkpoint(tmp_path / "last.pt")["state"]["best_val_bleu"]
+    if final["weights"] == "averaged.pt":  # chosen only when it beats the best single epoch on val
+        assert final["val_bleu_greedy"] > best and (tmp_path / "averaged.pt").is_file()
+        assert final["epochs"] == ["epoch002", "epoch003", "epoch004"]
+    else:
+        assert final == {"weights": "best.pt", "val_bleu_greedy": best}
+    weights = [load_checkpoint(tmp_path / "epochs" / k)["model"] for k in kept]
+    mean = train.average_weights(sorted((tmp_path / "epochs").glob("*.pt")))
+    name = next(iter(mean))
+    assert torch.allclose(mean[name], sum(w[name] for w in weights) / 3)
+
+
+def test_time_budget_stops_with_a_validated_checkpoint(tiny_mt_data_dir, tmp_path):
+    train.main(train_args(tiny_mt_data_dir, tmp_path, "--epochs", "50", "--time-budget", "0.0001",
+                          "--schedule", "cosine"))
+    state = load_checkpoint(tmp_path / "last.pt")["state"]
+    assert state["step"] == 1 and state["epoch"] == 1 and len(state["history"]["val_bleu"]) == 1
+    assert "time budget of 0.0001 minutes used up at step 1" in (tmp_path / "train.log").read_text()
+    assert (tmp_path / "result.json").is_file()
+
+
 def test_sigterm_saves_and_resume_continues(tiny_mt_data_dir, tmp_path):
     out = tmp_path / "run"
     args = train_args(tiny_mt_data_dir, out, "--epochs", "100000")
@@ -127,6 +153,7 @@ def test_bad_checkpoints(trained, tmp_path, capsys, script):
     (["--d-model", "30", "--n-heads", "4"], r"--d-model 30 must be divisible by --n-heads 4"),
     (["--norm", "sandwich"], r"argument --norm: invalid choice"),
     (["--src", "fr", "--tgt", "fr"], r"Multi30k needs two different languages"),
+    (["--average-last", "1"], r"--average-last must be 0 \(off\) or at least 2, got 1"),
 ])
 def test_train_bad_flags(tiny_mt_data_dir, tmp_path, capsys, flags, pattern):
     code, err = cli(train.main, train_args(tiny_mt_data_dir, tmp_path, *flags), capsys)
