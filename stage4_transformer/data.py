@@ -3,7 +3,9 @@
 The task and the test sets are Stage 3's, so the two stages compare on equal terms; two things differ:
 
 - **one joint vocabulary** for both languages (names, numbers and punctuation are shared between English and French),
-  so the encoder's and the decoder's embeddings and the output layer can be one matrix (three-way tying);
+  so the encoder's and the decoder's embeddings and the output layer can be one matrix (three-way tying). The tokens
+  that occur on the target side come first: the decoder only ever writes those, so the output layer scores only the
+  first `n_target` entries (about half of them for en -> fr; the output layer is the costliest part of a step);
 - **batches by tokens**, not by sentences: a Transformer step costs about the same per token whatever the sentence
   lengths, so a fixed token budget per batch keeps every step's cost and gradient noise alike.
 
@@ -114,22 +116,38 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 class Vocab:
     """token <-> id over the training sentences of both languages (or one), stored as JSON."""
 
-    def __init__(self, itos: list[str]):
+    def __init__(self, itos: list[str], n_target: int | None = None):
         if itos[:4] != SPECIALS:
             raise UserError(f"a vocabulary must start with {SPECIALS}")
         self.itos = itos
         self.stoi = {s: i for i, s in enumerate(itos)}
+        self.n_target = len(itos) if n_target is None else n_target  # ids 0 .. n_target-1 can be written
+        if not len(SPECIALS) <= self.n_target <= len(itos):
+            raise UserError(f"a vocabulary's n_target must be between {len(SPECIALS)} and {len(itos)}, got {n_target}")
 
     @classmethod
-    def build(cls, sentences: list[str], min_freq: int = 2) -> "Vocab":
+    def build(cls, sentences: list[str], min_freq: int = 2, targets: list[str] | None = None) -> "Vocab":
+        """The tokens seen at least min_freq times in `sentences`, most frequent first. With `targets` (the target-side
+        sentences, also among `sentences`), the tokens that occur in a target come first and n_target counts them
+        (specials included): '▁homme' before '▁man' for en -> fr, and the decoder's output stops at n_target."""
         counts = Counter(t for s in sentences for t in tokenize(s))
-        return cls(SPECIALS + [t for t, c in counts.most_common() if c >= min_freq])
+        kept = [t for t, c in counts.most_common() if c >= min_freq]
+        if targets is None:
+            return cls(SPECIALS + kept)
+        on_target = {t for s in targets for t in tokenize(s)}
+        first = [t for t in kept if t in on_target]
+        return cls(SPECIALS + first + [t for t in kept if t not in on_target], n_target=len(SPECIALS) + len(first))
 
     def __len__(self) -> int:
         return len(self.itos)
 
-    def encode(self, text: str) -> list[int]:
-        return [self.stoi.get(t, UNK_ID) for t in tokenize(text)] + [EOS_ID]
+    def encode(self, text: str, target: bool = False) -> list[int]:
+        """Token ids + <eos>. target=True: a sentence the decoder must write, so a token it cannot write (a source-side
+        entry, id >= n_target, e.g. an English name seen only in English captions) is <unk>, as an unseen word is."""
+        ids = [self.stoi.get(t, UNK_ID) for t in tokenize(text)]
+        if target:
+            ids = [i if i < self.n_target else UNK_ID for i in ids]
+        return ids + [EOS_ID]
 
     def unknown(self, text: str) -> list[str]:
         return [t.lstrip(SPACE) for t in tokenize(text) if t not in self.stoi]
@@ -144,19 +162,22 @@ class Vocab:
         return detokenize(tokens)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"itos": self.itos}, ensure_ascii=False), encoding="utf-8")
+        Path(path).write_text(json.dumps({"itos": self.itos, "n_target": self.n_target}, ensure_ascii=False),
+                              encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
         try:
-            return cls(json.loads(Path(path).read_text(encoding="utf-8"))["itos"])
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(data["itos"], data.get("n_target"))
         except FileNotFoundError:
             raise UserError(f"vocabulary not found: {path} (train.py writes it next to the checkpoint)") from None
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot read vocabulary {path}: {type(e).__name__}: {e}") from None
 
     def fingerprint(self) -> str:
-        return hashlib.sha256("\n".join(self.itos).encode("utf-8")).hexdigest()[:16]
+        text = "\n".join(self.itos) + (f"\n#{self.n_target}" if self.n_target != len(self.itos) else "")
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- batches of about N tokens

@@ -34,7 +34,7 @@ class TransformerConfig:
     dropout: float = 0.1
     norm: str = "pre"             # "pre" or "post" LayerNorm
     pos: str = "sinusoidal"       # "sinusoidal" or "learned" positions
-    share_embeddings: bool = False  # one table for source and target (needs one joint vocabulary)
+    share_embeddings: bool = False  # one table for source and target (needs one joint vocabulary, target tokens first)
     tie_output: bool = True       # the output layer reuses the target embedding (Press & Wolf 2017)
     max_len: int = 256
     pad_id: int = 0
@@ -44,8 +44,10 @@ class TransformerConfig:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.norm not in ("pre", "post") or self.pos not in ("sinusoidal", "learned"):
             raise ValueError(f"norm must be pre|post and pos sinusoidal|learned, got {self.norm!r}, {self.pos!r}")
-        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ValueError("share_embeddings needs one joint vocabulary (equal sizes)")
+        if self.share_embeddings and self.tgt_vocab_size > self.src_vocab_size:
+            raise ValueError("share_embeddings needs one joint vocabulary whose first tgt_vocab_size entries are the "
+                             f"target tokens; got tgt_vocab_size {self.tgt_vocab_size} > src_vocab_size "
+                             f"{self.src_vocab_size}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -207,6 +209,19 @@ def causal_mask(T: int, device=None, start: int = 0) -> torch.Tensor:
     return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(start)
 
 
+class TiedOutput(nn.Module):
+    """logits = h @ E[:n]^T (Press & Wolf 2017): a token's score is how well the state matches the vector that reads
+    it. With a joint table (target tokens first), only the n rows the decoder may write are scored: for en -> fr about
+    half the table, and the output layer is the costliest matmul of a training step."""
+
+    def __init__(self, embedding: nn.Embedding, n: int):
+        super().__init__()
+        self.weight, self.n = embedding.weight, n   # the same Parameter as the embedding's (saved under both names)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight[:self.n])    # (..., d) -> (..., n)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -220,9 +235,10 @@ class Transformer(nn.Module):
         # pre-norm leaves the last residual sum un-normalised: one final LayerNorm per stack (as nn.Transformer)
         self.enc_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
         self.dec_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
-        self.out = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
-        if cfg.tie_output:
-            self.out.weight = self.tgt_embed.tokens.weight
+        # tied, the output layer is the target embedding table: its first tgt_vocab_size rows (all of a shared joint
+        # table's target tokens, data.Vocab.n_target); untied, a matrix of its own
+        self.out = (TiedOutput(self.tgt_embed.tokens, cfg.tgt_vocab_size) if cfg.tie_output
+                    else nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False))
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
         """src (B, S) -> memory (B, S, d), src_mask (B, 1, 1, S), per-layer attention weights."""

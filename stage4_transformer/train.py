@@ -109,11 +109,13 @@ def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
     pairs = {s: load_pairs(data_dir, s, args.src, args.tgt) for s in splits}
     if args.quick:
         pairs = {s: v[: QUICK_TRAIN if s == "train" else QUICK_EVAL] for s, v in pairs.items()}
-    vocab = vocab or Vocab.build([x for pair in pairs["train"] for x in pair], args.min_freq)
-    train = [(vocab.encode(s), vocab.encode(t)) for s, t in pairs["train"]]
+    vocab = vocab or Vocab.build([x for pair in pairs["train"] for x in pair], args.min_freq,
+                                 targets=[t for _, t in pairs["train"]])
+    train = [(vocab.encode(s), vocab.encode(t, target=True)) for s, t in pairs["train"]]
     train = [(s, t) for s, t in train if len(s) <= args.max_len and len(t) <= args.max_len]
     log.info(f"multi30k {args.src}->{args.tgt}: " + " / ".join(f"{len(v):,} {s}" for s, v in pairs.items())
-             + f" pairs | joint vocabulary {len(vocab):,} (min freq {args.min_freq}) | {len(train):,} training pairs")
+             + f" pairs | joint vocabulary {len(vocab):,} (min freq {args.min_freq}), the first {vocab.n_target:,} on the "
+             f"{args.tgt} side | {len(train):,} training pairs")
     return pairs, vocab, train
 
 
@@ -128,7 +130,7 @@ def epoch_batches(train, args, epoch: int) -> list[list[int]]:
 @torch.no_grad()
 def evaluate_loss(model, vocab: Vocab, pairs, device) -> float:
     model.eval()
-    data = [(vocab.encode(s), vocab.encode(t)) for s, t in pairs]
+    data = [(vocab.encode(s), vocab.encode(t, target=True)) for s, t in pairs]
     total, count = 0.0, 0
     for idx in token_batches([(len(s), len(t)) for s, t in data], 4096, seed=0, shuffle=False):
         b = {k: v.to(device) for k, v in make_batch([data[i][0] for i in idx], [data[i][1] for i in idx]).items()}
@@ -217,7 +219,7 @@ def main(argv=None) -> None:
     total_steps = args.epochs * steps_per_epoch
 
     # ---- model and optimizer
-    config = TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), d_model=args.d_model,
+    config = TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=vocab.n_target, d_model=args.d_model,
                                n_heads=args.n_heads, n_enc_layers=args.layers, n_dec_layers=args.layers, d_ff=args.d_ff,
                                dropout=args.dropout, norm=args.norm, pos=args.pos,
                                share_embeddings=args.share_embeddings)

@@ -153,3 +153,33 @@ def test_shared_and_tied_embeddings():
     assert m.num_params() == untied.num_params() - 2 * 40 * D
     with pytest.raises(ValueError, match="joint vocabulary"):
         cfg(share_embeddings=True)
+
+
+def test_joint_table_scores_only_the_target_tokens():
+    """A shared joint table of 40 rows whose first 25 are the target side: the decoder scores those 25 only, with
+    exactly the rows of the embedding table, and gradients reach the table through both uses."""
+    m = Transformer(cfg(src_vocab_size=40, tgt_vocab_size=25, share_embeddings=True))
+    assert m.out.weight is m.src_embed.tokens.weight and m.out.weight.shape == (40, D)
+    src, tgt = torch.randint(4, 40, (2, 7)), torch.randint(4, 25, (2, 6))
+    logits, loss = m(src, tgt, tgt)
+    assert logits.shape == (2, 6, 25)
+    h = torch.randn(3, D)
+    assert torch.allclose(m.out(h), h @ m.src_embed.tokens.weight[:25].T, atol=1e-6)
+    loss.backward()
+    assert m.src_embed.tokens.weight.grad[25:].abs().sum() > 0  # source-only rows still learn (from the encoder)
+
+
+def test_vocab_puts_target_tokens_first(tmp_path):
+    from stage4_transformer.data import SPECIALS, Vocab
+    src = ["a man runs .", "a dog runs ."]
+    tgt = ["un homme court .", "un chien court ."]
+    v = Vocab.build(src + tgt, min_freq=1, targets=tgt)
+    written = v.itos[len(SPECIALS):v.n_target]
+    assert set(written) == {"▁un", "▁homme", "▁court", "▁.", "▁chien"}  # every target token, nothing else
+    assert set(v.itos[v.n_target:]) == {"▁a", "▁man", "▁runs", "▁dog"}
+    assert all(i < v.n_target for t in tgt for i in v.encode(t))
+    assert v.encode("un dog", target=True) == [v.stoi["▁un"], 1, 3]  # a source-side token is <unk> (1) for the decoder
+    v.save(tmp_path / "v.json")
+    again = Vocab.load(tmp_path / "v.json")
+    assert again.itos == v.itos and again.n_target == v.n_target and again.fingerprint() == v.fingerprint()
+    assert Vocab.build(src + tgt, min_freq=1).n_target == len(v)  # without targets: every entry can be written
