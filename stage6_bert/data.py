@@ -1,0 +1,463 @@
+"""Stage 6 pre-training data: documents -> WordPiece ids (encoded once, cached) -> BERT examples -> masked batches.
+
+    WikiText-2 train + IMDb unlabelled reviews (or the --corpus files)
+      -> documents (a Wikipedia article, a review, a block of lines) -> sentences
+      -> ids of every sentence, written once to <out-dir>/corpus_<fingerprint>.npz and read back by later runs
+      -> examples, one of two kinds:
+           packed (default, RoBERTa)   [CLS] 126 tokens of running text [SEP]               segment ids 0 ... 0
+           pairs  (--nsp, BERT)        [CLS] A [SEP] B [SEP], B the next segment or not     segment ids 0 ... 0 1 ... 1
+      -> a batch padded with [PAD] (id 0) -> mask_tokens: 15% of the real tokens become targets
+
+Why the IMDb reviews. The fine-tuning task the course aims at is SST-2, sentences from film reviews. WikiText-2 alone is
+2 million words of encyclopaedia; the 50,000 unlabelled IMDb reviews (imdb/unsup.csv.gz, about 12 million words) are
+text from the same domain, the "in-domain pre-training" that Gururangan et al. (2020) found to help downstream tasks.
+They carry no labels, so nothing of the test sets leaks in.
+
+Why dynamic masking. BERT masked its corpus once, before training (10 copies with different masks for 40 epochs).
+RoBERTa (Liu et al. 2019, section 4.1) draws a new mask every time an example is used: as good or slightly better,
+with no copies. Here `mask_tokens` runs on every batch as it is drawn, so each pass over the data sees new masks.
+
+Why packing without NSP. RoBERTa (section 4.2) found that dropping next-sentence prediction matches or slightly improves
+the downstream results, and that inputs filled with contiguous text (FULL-SENTENCES: across document borders, with a
+separator between documents) do as well as or better than pairs of segments, with more real tokens per example and no
+padding. Both recipes are here: `PackedWindows` (the default) and `SentencePairs` (--nsp).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import re
+import shutil
+import sys
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from scripts.common import UserError
+from stage6_bert.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, WordPieceTokenizer,
+                                   read_corpus_file)
+
+IS_NEXT, NOT_NEXT = 0, 1  # NSP labels, in BERT's (and the model's) order
+UNKNOWN_WORD = "<unk>"    # WikiText's mark for a rare word it replaced
+VAL_EVERY = 100           # one document in 100 is held out for validation
+
+# ----------------------------------------------------------------------------- the data sets (downloaded when missing)
+
+WIKITEXT = {"folder": "wikitext-2", "hub": ("Salesforce/wikitext", "wikitext-2-v1"),
+            "files": {"train": "wiki.train.tokens.gz", "validation": "wiki.valid.tokens.gz",
+                      "test": "wiki.test.tokens.gz"}}  # hub split -> file
+IMDB_UNSUP = {"folder": "imdb", "file": "unsup.csv.gz", "hub": ("stanfordnlp/imdb", None), "hub_split": "unsupervised"}
+
+
+def read_gzip_text(path: Path) -> str:
+    try:
+        return gzip.open(path, "rt", encoding="utf-8", newline="").read()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (is the file truncated or in another "
+                        f"format? see {path.parent / 'SOURCE.md'} for the expected one)") from None
+
+
+def load_wikitext_train(data_dir: str | Path, max_chars: int | None = None) -> str:
+    """WikiText-2 train (the tokenised v1 text), downloaded first if the file is missing."""
+    folder = Path(data_dir) / WIKITEXT["folder"]
+    path = folder / WIKITEXT["files"]["train"]
+    if not path.is_file():
+        download_wikitext(folder)
+    text = read_gzip_text(path)
+    return text[:max_chars] if max_chars else text
+
+
+def load_imdb_unsup(data_dir: str | Path, n: int) -> list[str]:
+    """The first n unlabelled IMDb reviews, with their HTML line breaks ("<br />") made spaces."""
+    folder = Path(data_dir) / IMDB_UNSUP["folder"]
+    path = folder / IMDB_UNSUP["file"]
+    if not path.is_file():
+        download_imdb_unsup(folder)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+            rows = csv.DictReader(f)  # header: text,label,id,rating
+            return [row["text"].replace("<br />", " ") for _, row in zip(range(n), rows)]
+    except (OSError, EOFError, UnicodeDecodeError, KeyError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (expected a gzipped CSV with the header "
+                        f"text,label,id,rating; see {folder / 'SOURCE.md'})") from None
+
+
+def fetch_from_hub(name: str, hub: tuple[str, str | None], folder: Path, expected: str):
+    """datasets.load_dataset(*hub); any failure (no internet, hub down, no `datasets`) is one line for the user."""
+    print(f"data set {name!r} not found in {folder}; downloading {hub[0]} from the Hugging Face hub ...",
+          file=sys.stderr)
+    try:
+        import datasets
+        datasets.logging.set_verbosity_error()  # the one-line error below says what went wrong
+        return datasets.load_dataset(*hub)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"data set {name!r} not found in {folder} (expected {expected}), and downloading {hub[0]} "
+                        f"failed ({reason}). Set --data-dir or MY_LLM_DATA to a folder that has it, or run with "
+                        f"internet access.") from None
+
+
+def write_gzip_text(path: Path, text: str) -> None:
+    """gzip'd UTF-8 written beside `path`, then renamed over it: an interrupted download never leaves half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
+            f.write(text)
+        tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"downloaded the data but cannot write {path}: {e.strerror or e}") from None
+
+
+def download_wikitext(folder: Path) -> None:
+    """All three splits, in the offline format: the hub has one row per line, newline included, and blank lines
+    became "" (they are " \\n" in the files)."""
+    hub = fetch_from_hub("wikitext-2", WIKITEXT["hub"], folder, ", ".join(WIKITEXT["files"].values()))
+    for hub_split, file in WIKITEXT["files"].items():
+        write_gzip_text(folder / file, "".join(r["text"] or " \n" for r in hub[hub_split]))
+
+
+def download_imdb_unsup(folder: Path) -> None:
+    """The 50,000 unlabelled reviews, as imdb/unsup.csv.gz (text,label,id,rating with label -1 and rating 0; the hub
+    has no review ids, so id is the row number)."""
+    hub = fetch_from_hub("imdb", IMDB_UNSUP["hub"], folder, IMDB_UNSUP["file"])
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["text", "label", "id", "rating"])
+    w.writerows([r["text"], -1, i, 0] for i, r in enumerate(hub[IMDB_UNSUP["hub_split"]]))
+    write_gzip_text(folder / IMDB_UNSUP["file"], out.getvalue())
+
+
+# ----------------------------------------------------------------------------- text -> documents -> sentences
+
+HEADING = re.compile(r"^ = [^=].* = $")          # " = Valkyria Chronicles III = " starts an article; " = = Plot = = " not
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")      # a space after . ! or ?
+
+
+def split_sentences(text: str) -> list[str]:
+    """Cut after ".", "!" or "?" and a space. Crude ("Mr. Smith" is cut too), but NSP only needs sentence-like pieces."""
+    return [s for s in SENTENCE_END.split(text.strip()) if s]
+
+
+def wikitext_documents(text: str) -> list[list[str]]:
+    """WikiText -> one document per article (an article starts at a top-level heading). A section heading becomes a
+    sentence of its own, without its "=" marks."""
+    docs: list[list[str]] = []
+    for line in text.split("\n"):
+        if HEADING.match(line) or not docs:
+            docs.append([])
+        if line.lstrip().startswith("="):
+            line = line.strip(" =")
+        docs[-1].extend(split_sentences(line))
+    return [d for d in docs if d]
+
+
+def text_documents(text: str) -> list[list[str]]:
+    """A plain text file -> documents. BERT's own input format: a blank line between documents (and, there, one sentence
+    per line). A file without a blank line is taken as one document per line (one review per line, say)."""
+    lines = text.splitlines()
+    if any(not line.strip() for line in lines):
+        blocks = re.split(r"\n[ \t\r]*\n", text)
+        docs = [[s for line in block.splitlines() for s in split_sentences(line)] for block in blocks]
+    else:
+        docs = [split_sentences(line) for line in lines]
+    return [d for d in docs if d]
+
+
+def load_documents(data_dir: str | Path, corpus: list[str] | None = None, imdb_unsup: int = 50_000,
+                   max_chars: int | None = None) -> list[list[str]]:
+    """The pre-training documents, each a list of sentences: the --corpus files if given, else the articles of
+    WikiText-2 train followed by the first `imdb_unsup` unlabelled IMDb reviews (one document each).
+    `max_chars` keeps the first characters of each text file (smoke runs)."""
+    if corpus:
+        docs = []
+        for name in corpus:
+            text = read_corpus_file(Path(name))
+            docs += text_documents(text[:max_chars] if max_chars else text)
+        return docs
+    docs = wikitext_documents(load_wikitext_train(data_dir, max_chars))
+    if imdb_unsup:
+        docs += [split_sentences(review) for review in load_imdb_unsup(data_dir, imdb_unsup)]
+    return [d for d in docs if d]
+
+
+def split_documents(n_docs: int) -> tuple[list[int], list[int]]:
+    """(train, validation) document indices: every 100th document is held out (1%), spread over the whole corpus so that
+    both sources are in it. A small corpus holds out more, never fewer than 2 documents (NSP's random B comes from
+    another document), and keeps at least half for training."""
+    if n_docs < 4:
+        raise UserError(f"the corpus has {n_docs} document(s); pre-training needs at least 4 (2 or more are held "
+                        f"out for validation). Separate documents with blank lines")
+    step = min(VAL_EVERY, n_docs // 2)
+    val = set(range(step // 2, n_docs, step))
+    return [d for d in range(n_docs) if d not in val], sorted(val)
+
+
+# ----------------------------------------------------------------------------- ids, encoded once
+
+@dataclass
+class Corpus:
+    """Every token of every document in one array, and where each sentence and each document starts in it."""
+    ids: np.ndarray              # (N,) all sentences one after another (uint16 when the vocabulary fits, else int32)
+    sentence_starts: np.ndarray  # (S + 1,) int64: sentence s is ids[sentence_starts[s] : sentence_starts[s + 1]]
+    doc_starts: np.ndarray       # (D + 1,) int64: document d is sentences doc_starts[d] .. doc_starts[d + 1] - 1
+
+    @classmethod
+    def from_token_lists(cls, documents: Iterable[list[list[int]]], vocab_size: int = 2 ** 16) -> "Corpus":
+        """documents[d][s] = the ids of sentence s of document d. Empty sentences are dropped (a document may end up
+        with none; it stays, so document numbers do not move)."""
+        ids, sentence_lengths, doc_lengths = array("i"), [], []
+        for doc in documents:
+            kept = [s for s in doc if len(s)]
+            for s in kept:
+                ids.extend(s)
+            sentence_lengths += [len(s) for s in kept]
+            doc_lengths.append(len(kept))
+        dtype = np.uint16 if vocab_size <= 2 ** 16 else np.int32
+        return cls(np.frombuffer(ids, dtype=np.int32).astype(dtype),
+                   np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)]).astype(np.int64),
+                   np.concatenate([[0], np.cumsum(doc_lengths, dtype=np.int64)]).astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.doc_starts) - 1
+
+    def doc_range(self, d: int) -> tuple[int, int]:
+        """(start, end) of document d in `ids`: its sentences are contiguous there."""
+        return int(self.sentence_starts[self.doc_starts[d]]), int(self.sentence_starts[self.doc_starts[d + 1]])
+
+    def sentence_ranges(self, d: int) -> list[tuple[int, int]]:
+        starts = self.sentence_starts[self.doc_starts[d]:self.doc_starts[d + 1] + 1].tolist()
+        return list(zip(starts, starts[1:]))
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".part")
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=self.ids, sentence_starts=self.sentence_starts, doc_starts=self.doc_starts)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Corpus":
+        with np.load(path) as f:
+            return cls(f["ids"], f["sentence_starts"], f["doc_starts"])
+
+
+def encode_sentence(tok: WordPieceTokenizer, sentence: str) -> list[int]:
+    """tok.encode, except that WikiText's "<unk>" (a word it dropped from its vocabulary) becomes one [UNK]: a special
+    token, never masked and never predicted, rather than three pieces "<", "unk", ">" that the model would learn to
+    predict like words."""
+    if UNKNOWN_WORD not in sentence:
+        return tok.encode(sentence)
+    ids = []
+    for k, part in enumerate(sentence.split(UNKNOWN_WORD)):
+        if k:
+            ids.append(UNK_ID)
+        ids += tok.encode(part)
+    return ids
+
+
+def encode_documents(tok: WordPieceTokenizer, documents: list[list[str]]) -> Corpus:
+    """One document at a time (a generator): ids as Python lists would take 20 times the memory of the array."""
+    return Corpus.from_token_lists(([encode_sentence(tok, s) for s in doc] for doc in documents), len(tok))
+
+
+def corpus_fingerprint(documents: list[list[str]], tokenizer_path: Path) -> str:
+    """A hash of the tokenizer file and of the text itself: the cache is reused only for the very same ids."""
+    h = hashlib.sha256(tokenizer_path.read_bytes())
+    for doc in documents:
+        h.update("\n".join(doc).encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def prepare(data_dir: str | Path, out_dir: str | Path, *, corpus: list[str] | None = None, imdb_unsup: int = 50_000,
+            vocab_size: int = 8000, tokenizer_file: str | Path | None = None, max_chars: int | None = None,
+            log=print) -> tuple[WordPieceTokenizer, Corpus, dict]:
+    """Read the documents, get a tokenizer, and encode the corpus, or find it encoded already.
+
+    The tokenizer is `tokenizer_file` (copied to <out_dir>/tokenizer.json), else <out_dir>/tokenizer.json if it is
+    there, else a new WordPiece vocabulary of `vocab_size` trained on the training documents (never the held-out
+    ones). The ids go to <out_dir>/corpus_<fingerprint>.npz; the next run with the same text and tokenizer loads them
+    in a fraction of a second instead of encoding again. -> (tokenizer, corpus, a summary for the log and result file).
+    """
+    out_dir = Path(out_dir)
+    documents = load_documents(data_dir, corpus, imdb_unsup, max_chars)
+    train_docs, _ = split_documents(len(documents))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok_path = out_dir / "tokenizer.json"
+    if tokenizer_file:
+        tok = WordPieceTokenizer.load(tokenizer_file)  # checks the file before it is copied
+        if not tok_path.is_file() or tok_path.read_bytes() != Path(tokenizer_file).read_bytes():
+            shutil.copyfile(tokenizer_file, tok_path)
+    elif tok_path.is_file():
+        tok = WordPieceTokenizer.load(tok_path)
+        log(f"using the tokenizer in {tok_path} ({len(tok):,} tokens)")
+    else:
+        log(f"training a WordPiece tokenizer ({vocab_size:,} tokens) on {len(train_docs):,} documents ...")
+        tok = WordPieceTokenizer.train((s.replace(UNKNOWN_WORD, " ") for d in train_docs for s in documents[d]),
+                                       vocab_size)
+        tok.save(tok_path)
+    fingerprint = corpus_fingerprint(documents, tok_path)
+    cache = out_dir / f"corpus_{fingerprint}.npz"
+    if cache.is_file():
+        encoded = Corpus.load(cache)
+    else:
+        log(f"encoding {len(documents):,} documents, {sum(map(len, documents)):,} sentences ...")
+        encoded = encode_documents(tok, documents)
+        encoded.save(cache)
+    summary = {"fingerprint": fingerprint, "documents": len(encoded), "sentences": len(encoded.sentence_starts) - 1,
+               "tokens": len(encoded.ids), "vocab_size": len(tok), "cache": cache.name}
+    log(f"corpus: {summary['documents']:,} documents, {summary['sentences']:,} sentences, {summary['tokens']:,} tokens "
+        f"({cache})")
+    return tok, encoded, summary
+
+
+# ----------------------------------------------------------------------------- examples
+
+class PackedWindows:
+    """Without NSP (RoBERTa's FULL-SENTENCES): the documents as one stream of ids with a [SEP] between documents, cut
+    into consecutive windows of max_len - 2 tokens. Example i is [CLS] window_i [SEP], all of it segment 0. Every
+    example is full (only the very last one is shorter), so no compute goes to padding."""
+
+    def __init__(self, corpus: Corpus, docs: list[int], max_len: int):
+        if max_len < 3:
+            raise ValueError(f"max_len {max_len} leaves no room for [CLS] and [SEP]")
+        pieces = []
+        for d in docs:
+            start, end = corpus.doc_range(d)
+            pieces += [corpus.ids[start:end], np.array([SEP_ID], dtype=corpus.ids.dtype)]
+        self.stream = np.concatenate(pieces[:-1])   # (N,): no [SEP] after the last document
+        self.width = max_len - 2
+
+    def __len__(self) -> int:
+        return -(-len(self.stream) // self.width)   # ceil
+
+    def example(self, i: int, generator: torch.Generator | None = None):
+        """-> (ids, segment ids, None): two (L,) int64 arrays, L <= max_len; no NSP label."""
+        window = self.stream[i * self.width:(i + 1) * self.width].astype(np.int64)
+        ids = np.concatenate([[CLS_ID], window, [SEP_ID]])
+        return ids, np.zeros_like(ids), None
+
+
+class SentencePairs:
+    """With NSP (BERT): each document is cut into segments of whole sentences, of at most (max_len - 3) // 2 tokens
+    (a longer sentence is cut into pieces) so that any two segments fit in one input, and of at most half the
+    document so that a short document of two sentences still gives a pair. Example i is [CLS] A [SEP] B [SEP]: A is
+    the i-th segment that has a successor in its document, and B is that successor (label 0, IsNext) or, half of the
+    time, a segment of another document (label 1, NotNext). The coin and the random segment are drawn from `generator`
+    each time the example is used, so, like the masks, the pairs change from epoch to epoch."""
+
+    def __init__(self, corpus: Corpus, docs: list[int], max_len: int):
+        if max_len < 5:
+            raise ValueError(f"max_len {max_len} leaves no room for [CLS] A [SEP] B [SEP]")
+        half = (max_len - 3) // 2
+        segments = []   # (start, end, n): corpus.ids[start:end] is a segment of document docs[n]
+        for n, d in enumerate(docs):
+            start, end = corpus.doc_range(d)
+            target = min(half, max(1, (end - start + 1) // 2))  # a segment grows up to this
+            seg = None  # (start, end) of the segment being filled
+            for s_start, s_end in corpus.sentence_ranges(d):
+                for a in range(s_start, s_end, half):   # a sentence in pieces of at most `half` tokens
+                    b = min(a + half, s_end)
+                    if seg is not None and b - seg[0] <= target:
+                        seg = (seg[0], b)               # the piece still fits: the segment grows
+                    else:
+                        if seg is not None:
+                            segments.append((*seg, n))
+                        seg = (a, b)
+            if seg is not None:
+                segments.append((*seg, n))
+        table = np.array(segments, dtype=np.int64).reshape(-1, 3)
+        self.corpus, self.max_len = corpus, max_len
+        self.starts, self.ends, self.owner = table[:, 0], table[:, 1], table[:, 2]   # (K,) each
+        self.first = np.searchsorted(self.owner, np.arange(len(docs) + 1))  # doc n: segments first[n] .. first[n+1]-1
+        self.heads = np.flatnonzero(self.owner[:-1] == self.owner[1:])       # segments followed by one of their doc
+        n_docs = len(np.unique(self.owner))
+        if len(self.heads) == 0 or n_docs < 2:
+            raise UserError(f"too little text for next-sentence pairs: {n_docs} document(s) with text, "
+                            f"{len(self.heads)} segment(s) followed by another; use longer documents or drop --nsp")
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def segment(self, k: int) -> np.ndarray:
+        return self.corpus.ids[self.starts[k]:self.ends[k]].astype(np.int64)
+
+    def example(self, i: int, generator: torch.Generator):
+        """-> (ids, segment ids, NSP label): [CLS] A [SEP] B [SEP] and 0 for "[CLS] A [SEP]", 1 for "B [SEP]"."""
+        a = int(self.heads[i])
+        if torch.rand(1, generator=generator).item() < 0.5:
+            b, label = a + 1, IS_NEXT
+        else:  # any segment outside A's document: draw among the others, then step over the document's own
+            lo, hi = int(self.first[self.owner[a]]), int(self.first[self.owner[a] + 1])
+            r = int(torch.randint(len(self.starts) - (hi - lo), (1,), generator=generator).item())
+            b, label = (r if r < lo else r + hi - lo), NOT_NEXT
+        ids_a, ids_b = self.segment(a), self.segment(b)
+        ids = np.concatenate([[CLS_ID], ids_a, [SEP_ID], ids_b, [SEP_ID]])
+        segments = np.concatenate([np.zeros(len(ids_a) + 2, np.int64), np.ones(len(ids_b) + 1, np.int64)])
+        return ids, segments, label
+
+
+# ----------------------------------------------------------------------------- batches and masking
+
+def collate(examples: list[tuple]) -> dict[str, torch.Tensor]:
+    """Examples -> one batch, right-padded with [PAD] (id 0) to the longest: input_ids, token_type_ids and
+    attention_mask (1 at real tokens, 0 at pads), each (B, T), and nsp_labels (B,) when the examples have them."""
+    B, T = len(examples), max(len(ids) for ids, _, _ in examples)
+    input_ids = torch.full((B, T), PAD_ID, dtype=torch.long)
+    token_type_ids = torch.zeros((B, T), dtype=torch.long)
+    attention_mask = torch.zeros((B, T), dtype=torch.long)
+    for row, (ids, segments, _) in enumerate(examples):
+        input_ids[row, :len(ids)] = torch.from_numpy(ids)
+        token_type_ids[row, :len(ids)] = torch.from_numpy(segments)
+        attention_mask[row, :len(ids)] = 1
+    batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+    if examples[0][2] is not None:
+        batch["nsp_labels"] = torch.tensor([label for _, _, label in examples])
+    return batch
+
+
+def mask_tokens(ids: torch.Tensor, special_mask: torch.Tensor, vocab_size: int, generator: torch.Generator,
+                mask_prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masked-LM corruption (Devlin et al. 2019, section 3.1 and appendix A.1), drawn afresh for every batch.
+
+    Each token where special_mask is False is chosen with probability mask_prob. A chosen token is a target: labels
+    holds its id there (-100 everywhere else: the loss ignores it). In the input, a chosen token becomes [MASK] 80% of
+    the time, a random token (never a special one) 10% of the time, and stays as it is 10% of the time. Why not always
+    [MASK]: fine-tuning inputs never hold [MASK]; if only [MASK] positions were ever predicted, the model would need no
+    good representation of the real tokens it sees. With the random 10% and the kept 10%, any input token may be a
+    target, and the model cannot trust a word just because it is not [MASK].
+
+    ids (B, T) int64; special_mask (B, T) bool, True where a token must never be chosen ([CLS], [SEP], [PAD], ...);
+    generator: a CPU torch.Generator. Pure: `ids` is not changed, and the same generator state gives the same result.
+    -> (input_ids (B, T), labels (B, T)).
+    """
+    chosen = (torch.rand(ids.shape, generator=generator) < mask_prob) & ~special_mask           # (B, T)
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    how = torch.rand(ids.shape, generator=generator)                                            # (B, T): which of 3
+    random_ids = torch.randint(len(SPECIAL_TOKENS), vocab_size, ids.shape, generator=generator)  # (B, T)
+    inputs = torch.where(chosen & (how < 0.8), torch.full_like(ids, MASK_ID), ids)               # 80%: [MASK]
+    inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, inputs)               # 10%: random
+    return inputs, labels                                                                       # 10%: unchanged
+
+
+def mask_batch(batch: dict, vocab_size: int, generator: torch.Generator, mask_prob: float = 0.15) -> dict:
+    """A collated batch with its input ids masked and mlm_labels (B, T) added. The special tokens (ids 0-4: [PAD],
+    [UNK], [CLS], [SEP], [MASK]) are never chosen; [UNK] neither, as in Hugging Face: predicting it teaches nothing."""
+    input_ids, labels = mask_tokens(batch["input_ids"], batch["input_ids"] < len(SPECIAL_TOKENS), vocab_size,
+                                    generator, mask_prob)
+    return {**batch, "input_ids": input_ids, "mlm_labels": labels}
+
+
+def fixed_batches(dataset, batch_size: int, vocab_size: int, mask_prob: float, seed: int):
+    """Every example of `dataset` once, in order, masked (and paired) by a generator seeded with `seed`: the same
+    batches at every call, so that validation scores from different steps compare."""
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(dataset), batch_size):
+        examples = [dataset.example(i, generator) for i in range(start, min(start + batch_size, len(dataset)))]
+        yield mask_batch(collate(examples), vocab_size, generator, mask_prob)

@@ -1,0 +1,358 @@
+"""GLUE for fine-tuning BERT: the six tasks we have offline, their TSV files, their metrics, and batches.
+
+    <data-dir>/glue/<task>/{train,dev,test}.tsv.gz    (a plain .tsv is read too)
+    -> rows (text a, text b or none, label) -> [CLS] a [SEP] (b [SEP]) ids + segment ids -> padded batches
+
+| task | input | labels | GLUE metric (headline first) |
+|---|---|---|---|
+| sst2 (SST-2) | one sentence: a film review phrase | 0 negative, 1 positive | accuracy |
+| cola (CoLA) | one sentence | 0 unacceptable, 1 acceptable English | Matthews correlation (+ accuracy) |
+| mrpc (MRPC) | two sentences | 1 = paraphrases | F1 of class 1 (+ accuracy) |
+| rte (RTE) | premise, hypothesis | entailment, not_entailment | accuracy |
+| stsb (STS-B) | two sentences | similarity 0.0 .. 5.0 (regression) | Pearson (+ Spearman) correlation |
+| wnli (WNLI) | premise, hypothesis | 1 entailment, 0 not | accuracy |
+
+Why these metrics. Accuracy hides a skewed task: 69% of CoLA dev is "acceptable", so always saying yes scores 0.69.
+Matthews correlation is the correlation between predicted and true labels: 0 for any constant or random guess, 1 for
+perfect, -1 for always wrong. MRPC is 68% paraphrases; F1 of the positive class asks how many paraphrases were found
+(recall) and how many found ones were right (precision). STS-B is a score, so it is judged by how well the predicted
+scores go up and down with the true ones: Pearson (linear) and Spearman (the same on ranks: only the order matters).
+
+Reading the files. Every TSV is read with csv.QUOTE_NONE: sentences hold bare `"` characters, and default CSV quoting
+would join rows up to the next quote (STS-B test shrinks from 1,379 rows to 1,120). CoLA's train and dev files have no
+header; MRPC's train and dev headers start with a UTF-8 byte order mark (read as utf-8-sig). Test files have an
+`index` column and no labels (GLUE keeps them private): fine-tuning writes predictions for them in the format the GLUE
+server takes, and scores itself on dev.
+
+When a task's files are missing, `load_split` downloads it with Hugging Face `datasets` (`nyu-mll/glue`, our dev is
+its `validation`) and writes the missing files in exactly the local layout; the next run reads them like the offline
+copy. The hub lacks some columns (CoLA's source, MRPC's sentence ids, STS-B's genre, ...): they are left empty.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scripts.common import UserError
+
+SPLITS = ("train", "dev", "test")
+HUB_ID = "nyu-mll/glue"
+HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str                      # GLUE's own name: the predictions file is <name>.tsv
+    columns: tuple[str, ...]       # the columns of train.tsv and dev.tsv, in order
+    test_columns: tuple[str, ...]  # the columns of test.tsv (an index, the texts, no label)
+    text: tuple[str, ...]          # one column (single sentence) or two (a pair), in the order BERT reads them
+    label: str                     # the column with the label or the score
+    labels: tuple[str, ...] | None  # label strings in class-id order, as written in the files; None: a float score
+    metrics: tuple[str, ...]       # what is reported; the first is the headline (and chooses the best epoch)
+    header: bool = True            # train/dev start with a header line (not CoLA)
+    bom: bool = False              # the train/dev header starts with a UTF-8 byte order mark (MRPC)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels) if self.labels else 1   # 1 output = regression
+
+    @property
+    def headline(self) -> str:
+        return self.metrics[0]
+
+
+STSB_COLUMNS = ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2")
+TASKS = {
+    "sst2": Task("SST-2", ("sentence", "label"), ("index", "sentence"), ("sentence",), "label", ("0", "1"),
+                 ("accuracy",)),
+    "cola": Task("CoLA", ("source", "label", "original_label", "sentence"), ("index", "sentence"), ("sentence",),
+                 "label", ("0", "1"), ("matthews_corr", "accuracy"), header=False),
+    "mrpc": Task("MRPC", ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
+                 ("index", "#1 ID", "#2 ID", "#1 String", "#2 String"), ("#1 String", "#2 String"), "Quality",
+                 ("0", "1"), ("f1", "accuracy"), bom=True),
+    "rte": Task("RTE", ("index", "sentence1", "sentence2", "label"), ("index", "sentence1", "sentence2"),
+                ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), ("accuracy",)),
+    "stsb": Task("STS-B", STSB_COLUMNS + ("score",), STSB_COLUMNS, ("sentence1", "sentence2"), "score", None,
+                 ("pearson", "spearman")),
+    "wnli": Task("WNLI", ("index", "sentence1", "sentence2", "label"), ("index", "sentence1", "sentence2"),
+                 ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",)),
+}
+# On the hub a label is an integer: the position of our label string in every task here (RTE: entailment = 0;
+# WNLI: not_entailment = 0), and the score itself for STS-B.
+HUB_TEXT = {"sst2": ("sentence",), "cola": ("sentence",)}   # the others: sentence1, sentence2
+FLATTEN = str.maketrans("\t\r\n", "   ")   # a tab or line break inside a hub text would break a TSV line
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown GLUE task {name!r}; choose one of: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+@dataclass
+class Split:
+    """One split as read from its file. b is None for single-sentence tasks; labels is None for test."""
+    a: list[str]
+    b: list[str] | None
+    labels: list[int] | list[float] | None   # class ids (positions in Task.labels), or scores for STS-B
+    index: list[str]                          # the test file's index column (row numbers elsewhere)
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def head(self, n: int) -> Split:
+        """The first n rows (quick runs)."""
+        return Split(self.a[:n], None if self.b is None else self.b[:n],
+                     None if self.labels is None else self.labels[:n], self.index[:n])
+
+
+# ----------------------------------------------------------------------------- reading the files
+
+def split_path(task: str, data_dir: str | Path, split: str) -> Path:
+    """<data-dir>/glue/<task>/<split>.tsv.gz, or <split>.tsv where only that exists."""
+    folder = Path(data_dir) / "glue" / task
+    plain = folder / f"{split}.tsv"
+    return plain if plain.is_file() and not (folder / f"{split}.tsv.gz").is_file() else folder / f"{split}.tsv.gz"
+
+
+def read_tsv(task: str, path: Path, split: str) -> Split:
+    """Parse one file of `task` (see the module docstring for the layouts). Any deviation is a UserError."""
+    t = get_task(task)
+    columns = t.test_columns if split == "test" else t.columns
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:   # utf-8-sig: drops MRPC's byte order mark
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)  # never quoting: `"` is a plain character
+        if t.header or split == "test":
+            header = next(rows, None)
+            if header is None or tuple(header) != columns:
+                raise ValueError(f"the header is {header}, expected {list(columns)}")
+        a, b, labels, index = [], [], [], []
+        for row in rows:
+            if not row:
+                continue  # a blank line (none in the real files)
+            if len(row) != len(columns):
+                raise ValueError(f"line {rows.line_num} has {len(row)} tab-separated fields, expected {len(columns)}")
+            row = dict(zip(columns, row))
+            a.append(row[t.text[0]])
+            if len(t.text) == 2:
+                b.append(row[t.text[1]])
+            index.append(row.get("index", str(len(index))))
+            if split != "test":
+                labels.append(parse_label(t, row[t.label], rows.line_num))
+    return Split(a, b if len(t.text) == 2 else None, None if split == "test" else labels, index)
+
+
+def parse_label(t: Task, value: str, line: int) -> int | float:
+    if t.labels is None:
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"line {line}: score {value!r} is not a number") from None
+    if value not in t.labels:
+        raise ValueError(f"line {line}: label {value!r} is not one of {list(t.labels)}")
+    return t.labels.index(value)
+
+
+def load_split(task: str, data_dir: str | Path, split: str) -> Split:
+    """One split of a GLUE task. If its file is missing, the task is downloaded first (every missing file of it)."""
+    get_task(task)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; GLUE splits are {', '.join(SPLITS)}")
+    path = split_path(task, data_dir, split)
+    if not path.is_file():
+        download(task, data_dir)
+        path = split_path(task, data_dir, split)
+    try:
+        return read_tsv(task, path, split)
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (is the file truncated or in another format? "
+                        f"see {path.parent / 'SOURCE.md'} for the expected one)") from None
+
+
+# ----------------------------------------------------------------------------- download when missing
+
+def download(task: str, data_dir: str | Path) -> None:
+    """Fetch `nyu-mll/glue` config `task` and write the missing split files in the local format (atomically)."""
+    t = get_task(task)
+    folder = Path(data_dir) / "glue" / task
+    print(f"GLUE task {task!r} not complete in {folder}; downloading {HUB_ID} ({task}) from the Hugging Face hub ...",
+          file=sys.stderr)
+    try:
+        import datasets
+        import huggingface_hub
+        datasets.logging.set_verbosity_error()       # keep failed retries from filling the screen:
+        huggingface_hub.logging.set_verbosity_error()  # the one-line error below says what went wrong
+        hub = datasets.load_dataset(HUB_ID, task)
+    except Exception as e:  # no internet, hub down, datasets missing: all end the same way for the user
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(
+            f"GLUE task {t.name} not found in {folder} (expected train.tsv.gz, dev.tsv.gz, test.tsv.gz), and "
+            f"downloading {HUB_ID} ({task}) failed ({reason}). Set --data-dir or MY_LLM_DATA to a folder that has it, "
+            f"or run with internet access.") from None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, hub_split in HUB_SPLITS.items():
+            if not split_path(task, data_dir, split).is_file():   # never overwrite a local file
+                write_split(task, folder / f"{split}.tsv.gz", split, hub[hub_split])
+    except OSError as e:
+        raise UserError(f"downloaded {HUB_ID} ({task}) but cannot write it to {folder}: {e.strerror or e}") from None
+
+
+def hub_row(task: str, split: str, record: dict, i: int) -> list[str]:
+    """One hub record -> the fields of one line of our file. Tabs and line breaks in a text become spaces."""
+    t = TASKS[task]
+    texts = [str(record[c]).translate(FLATTEN) for c in HUB_TEXT.get(task, ("sentence1", "sentence2"))]
+    fields = dict(zip(t.text, texts))
+    fields["index"] = str(record.get("idx", i))
+    if split != "test":
+        label = record["label"]
+        fields[t.label] = f"{float(label):.3f}" if t.labels is None else t.labels[int(label)]   # STS-B: "3.800"
+        if task == "cola":
+            fields["original_label"] = "" if label == 1 else "*"   # CoLA's own mark of an unacceptable sentence
+    columns = t.test_columns if split == "test" else t.columns
+    return [fields.get(c, "") for c in columns]   # columns the hub lacks stay empty
+
+
+def write_split(task: str, path: Path, split: str, records) -> None:
+    t = TASKS[task]
+    tmp = path.with_name(path.name + ".part")
+    with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
+        if split == "test" or t.header:
+            f.write(("\ufeff" if t.bom and split != "test" else "") + "\t".join(
+                t.test_columns if split == "test" else t.columns) + "\n")
+        f.writelines("\t".join(hub_row(task, split, r, i)) + "\n" for i, r in enumerate(records))
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- metrics, from scratch
+
+def accuracy(preds: list[int], labels: list[int]) -> float:
+    return sum(p == y for p, y in zip(preds, labels)) / len(labels)
+
+
+def confusion(preds: list[int], labels: list[int], n: int = 2) -> list[list[int]]:
+    """counts[true][predicted]."""
+    counts = [[0] * n for _ in range(n)]
+    for p, y in zip(preds, labels):
+        counts[y][p] += 1
+    return counts
+
+
+def f1_binary(preds: list[int], labels: list[int], positive: int = 1) -> float:
+    """F1 of the positive class: 2 precision recall / (precision + recall) = 2 TP / (2 TP + FP + FN); 0 when the
+    positive class is neither predicted nor present."""
+    tp = sum(p == positive and y == positive for p, y in zip(preds, labels))
+    fp = sum(p == positive and y != positive for p, y in zip(preds, labels))
+    fn = sum(p != positive and y == positive for p, y in zip(preds, labels))
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def matthews_corr(preds: list[int], labels: list[int]) -> float:
+    """(TP TN - FP FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) for 0/1 labels: Pearson's correlation of the two 0/1
+    columns. A factor of 0 in the root (one class never predicted, or never present) gives 0, as scikit-learn."""
+    (tn, fp), (fn, tp) = confusion(preds, labels, 2)
+    denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    """sum (x - mean x)(y - mean y) / sqrt(sum (x - mean x)^2 sum (y - mean y)^2). Undefined when x or y is constant
+    (a model that predicts one score for everything): reported as 0, no linear relationship."""
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+
+
+def average_ranks(x: list[float]) -> list[float]:
+    """Rank 1 for the smallest value; tied values share the mean of the ranks they span: [10, 20, 20, 5] ->
+    [2, 3.5, 3.5, 1]."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    ranks = [0.0] * len(x)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and x[order[end + 1]] == x[order[start]]:
+            end += 1                                       # order[start..end] hold one value
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2 + 1        # the mean of ranks start+1 .. end+1
+        start = end + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Pearson's correlation of the ranks: 1 when y rises whenever x does, however unevenly."""
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+METRICS = {"accuracy": accuracy, "f1": f1_binary, "matthews_corr": matthews_corr, "pearson": pearson,
+           "spearman": spearman}
+
+
+def compute_metrics(task: str, preds: list, labels: list) -> dict[str, float]:
+    """The task's metrics, headline first, rounded to 4 decimals."""
+    return {name: round(METRICS[name](preds, labels), 4) for name in get_task(task).metrics}
+
+
+# ----------------------------------------------------------------------------- ids and batches
+
+@dataclass
+class Encoded:
+    """A split as BERT input: per row the ids and segment ids of [CLS] a [SEP] (b [SEP]); labels as in Split."""
+    ids: list[list[int]]
+    segments: list[list[int]]
+    labels: list | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode(tok, split: Split, max_len: int) -> Encoded:
+    """Tokenise every row, cut to max_len tokens (a pair loses tokens from its longer text first)."""
+    if split.b is None:
+        pairs = [tok.encode_single(a, max_len) for a in split.a]
+    else:
+        pairs = [tok.encode_pair(a, b, max_len) for a, b in zip(split.a, split.b)]
+    return Encoded([p[0] for p in pairs], [p[1] for p in pairs], split.labels)
+
+
+def make_batch(enc: Encoded, idx: list[int], device, pad_id: int = 0):
+    """Rows idx of enc, right-padded to the longest -> ids, segments, attention mask (B, T) and labels (B,) or None."""
+    T = max(len(enc.ids[i]) for i in idx)
+    ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+    segments = torch.zeros((len(idx), T), dtype=torch.long)
+    mask = torch.zeros((len(idx), T), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(enc.ids[i])
+        ids[row, :n] = torch.tensor(enc.ids[i])
+        segments[row, :n] = torch.tensor(enc.segments[i])
+        mask[row, :n] = 1                                          # 1 = a real token, 0 = a pad
+    labels = None
+    if enc.labels is not None:
+        labels = torch.tensor([enc.labels[i] for i in idx])       # long class ids, or float scores (STS-B)
+        labels = labels.to(device)
+    return ids.to(device), segments.to(device), mask.to(device), labels
+
+
+def format_prediction(task: str, pred: int | float) -> str:
+    """A prediction as GLUE's server reads it: the label string of the task's files, or the score clipped to 0..5."""
+    t = get_task(task)
+    return f"{min(5.0, max(0.0, pred)):.3f}" if t.labels is None else t.labels[pred]
+
+
+def write_predictions(task: str, path: str | Path, index: list[str], preds: list) -> Path:
+    """GLUE's submission format: header `index<TAB>prediction`, one row per test example, in file order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write("index\tprediction\n")
+        f.writelines(f"{i}\t{format_prediction(task, p)}\n" for i, p in zip(index, preds))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,480 @@
+"""Pre-train the BERT of Stage 6: masked language modelling, and optionally next-sentence prediction.
+
+    python stage6_bert/pretrain.py                         # WikiText-2 train + 50,000 IMDb reviews, packed, MLM only
+    python stage6_bert/pretrain.py --nsp                   # BERT's original recipe: sentence pairs, MLM + NSP
+    python stage6_bert/pretrain.py --time-budget 60        # train for 60 minutes of wall-clock time
+    python stage6_bert/pretrain.py --corpus notes.txt      # any text files instead (blank lines between documents)
+    python stage6_bert/pretrain.py --quick                 # a smoke run on small slices
+    python stage6_bert/pretrain.py --resume                # continue an interrupted run exactly
+    torchrun --standalone --nproc_per_node=2 stage6_bert/pretrain.py   # distributed data parallel (gloo on CPU)
+
+An epoch is one pass over the training examples in a new shuffled order; each time an example is drawn it is masked
+afresh (and, with --nsp, paired afresh). A step takes --batch-size examples, split into --accum-steps micro-batches and
+over the processes of a torchrun launch. Its loss is the mean over all of the step's masked tokens, whichever
+micro-batch and process they sit in, so accumulation and DDP give exactly the gradient of one big batch. The learning
+rate warms up linearly over --warmup-steps, then decays linearly to 0 at the end of the run (BERT's schedule): the end
+of its steps, or of its minutes with --time-budget, whichever comes first. Every --eval-interval steps the held-out
+documents are scored (MLM loss and accuracy at the masked tokens; NSP accuracy) with the same masks each time, and a
+few fill-in-the-blank sentences show what the model guesses; best.pt is the lowest validation MLM loss.
+
+The checkpoints (what finetune.py reads): <out-dir>/last.pt and best.pt hold {"stage": "stage6_bert", "kind":
+"pretrain", "config": BertConfig.to_dict(), "model": BertPretrain's state dict, "tokenizer": "tokenizer.json" (the
+file beside the checkpoint), "args": the flags, "state": step, history, ...}; last.pt also holds the optimizer and the
+random-number states that --resume needs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python stage6_bert/pretrain.py`: put the repo root on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
+                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from stage6_bert.data import (PackedWindows, SentencePairs, collate, fixed_batches, mask_batch, prepare,
+                              split_documents)
+from stage6_bert.model import BertConfig, BertPretrain, configure_optimizer
+from stage6_bert.tokenizer import CLS_ID, MASK_ID, SEP_ID
+
+STAGE = "stage6_bert"
+QUICK_CHARS = 300_000  # --quick: the first characters of WikiText-2 train (or of each --corpus file)
+QUICK = {"epochs": 1, "imdb_unsup": 500, "vocab_size": 2000, "max_len": 64, "hidden": 64, "layers": 2, "heads": 2,
+         "warmup_steps": 20, "lr": 1e-3}
+RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "compile")
+FILL_IN = ["the movie was [MASK] .", "this is one of the [MASK] films i have ever seen .",
+           "the game was released in [MASK] ."]
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Pre-train BERT with masked language modelling (Stage 6).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(p, epochs=1, batch_size=32, lr=5e-4, out_dir="runs/stage6_bert/{name}")
+    p.add_argument("--corpus", nargs="+", metavar="FILE", default=None,
+                   help="pre-train on these text files (UTF-8, or .gz; blank lines between documents) instead of "
+                        "WikiText-2 train + IMDb unsup")
+    p.add_argument("--imdb-unsup", type=non_negative_int, default=50_000, metavar="N",
+                   help="how many unlabelled IMDb reviews join WikiText-2 (0: none; ignored with --corpus)")
+    p.add_argument("--time-budget", type=positive_float, default=None,
+                   help="minutes of training; the learning-rate schedule then ends at the budget")
+    p.add_argument("--vocab-size", type=positive_int, default=8000,
+                   help="WordPiece vocabulary, trained on the corpus when <out-dir>/tokenizer.json does not exist")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="use this WordPiece JSON (from stage6_bert/tokenizer.py train) instead")
+    p.add_argument("--max-len", type=positive_int, default=128, help="tokens per example, [CLS] and [SEP] included")
+    p.add_argument("--hidden", type=positive_int, default=256, help="model width (BERT-base: 768)")
+    p.add_argument("--layers", type=positive_int, default=4, help="encoder layers (BERT-base: 12)")
+    p.add_argument("--heads", type=positive_int, default=4, help="attention heads per layer")
+    p.add_argument("--intermediate", type=positive_int, default=None, help="feed-forward width (default: 4 x hidden)")
+    p.add_argument("--dropout", type=probability, default=0.1,
+                   help="on the embeddings, the residual branches and the attention weights")
+    p.add_argument("--mask-prob", type=probability, default=0.15, help="share of the tokens that become MLM targets")
+    p.add_argument("--nsp", action="store_true",
+                   help="BERT's sentence pairs and next-sentence prediction (default: RoBERTa's packed text, MLM only)")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=200)
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay on the weight matrices")
+    p.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
+    p.add_argument("--eval-interval", type=positive_int, default=None,
+                   help="steps between validations (default: 500, or one epoch if that is shorter)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
+    p.add_argument("--result", default=None, help="result JSON path (default: stage6_bert/results/<run name>.json; "
+                                                  "<out-dir>/result.json for smoke runs)")
+    args = p.parse_args(argv)
+    if args.quick:
+        given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
+        for flag, value in QUICK.items():
+            if "--" + flag.replace("_", "-") not in given:
+                setattr(args, flag, value)
+    if args.hidden % args.heads:
+        p.error(f"--hidden {args.hidden} must be divisible by --heads {args.heads}")
+    if args.mask_prob <= 0:
+        p.error("--mask-prob must be > 0: with nothing masked there is nothing to learn")
+    if args.max_len < 8:
+        p.error(f"--max-len {args.max_len} is too short; use at least 8")
+    return args
+
+
+def run_name(args) -> str:
+    """pretrain, or pretrain_nsp: the two recipes never overwrite each other's runs and results."""
+    return "pretrain_nsp" if args.nsp else "pretrain"
+
+
+def lr_at(step: int, elapsed: float, args, total_steps: int) -> float:
+    """Linear warmup to --lr, then linear decay to 0; progress is the larger of steps done and budget used."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
+    if args.time_budget:
+        progress = max(progress, elapsed / (60 * args.time_budget))
+    return args.lr * max(0.0, 1.0 - progress)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, args, vocab_size: int, device) -> dict[str, float]:
+    """MLM loss and accuracy over the masked tokens of the whole validation set (and NSP loss and accuracy). The masks
+    and pairs are the same at every call (fixed_batches), so scores from different steps compare."""
+    model.eval()
+    mlm_sum, mlm_right, n_masked, nsp_sum, nsp_right, n_pairs = 0.0, 0, 0, 0.0, 0, 0
+    for batch in fixed_batches(dataset, args.batch_size, vocab_size, args.mask_prob, args.seed):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                    attention_mask=batch["attention_mask"], mlm_labels=batch["mlm_labels"])
+        targets = batch["mlm_labels"][batch["mlm_labels"] != -100]   # (N,): the rows of out.mlm_logits (N, V)
+        mlm_sum += F.cross_entropy(out.mlm_logits.float(), targets, reduction="sum").item()
+        mlm_right += (out.mlm_logits.argmax(-1) == targets).sum().item()
+        n_masked += len(targets)
+        if "nsp_labels" in batch:
+            nsp_sum += F.cross_entropy(out.nsp_logits.float(), batch["nsp_labels"], reduction="sum").item()
+            nsp_right += (out.nsp_logits.argmax(-1) == batch["nsp_labels"]).sum().item()
+            n_pairs += len(batch["nsp_labels"])
+    model.train()
+    metrics = {"mlm_loss": mlm_sum / max(n_masked, 1), "mlm_acc": mlm_right / max(n_masked, 1)}
+    if n_pairs:
+        metrics["nsp_loss"], metrics["nsp_acc"] = nsp_sum / n_pairs, nsp_right / n_pairs
+    return metrics
+
+
+def encode_with_masks(tok, text: str) -> list[int]:
+    """[CLS] text [SEP], each "[MASK]" in the text the [MASK] id (tok.encode alone reads it as plain text)."""
+    ids = [CLS_ID]
+    for k, part in enumerate(text.split("[MASK]")):
+        if k:
+            ids.append(MASK_ID)
+        ids += tok.encode(part)
+    return ids + [SEP_ID]
+
+
+@torch.no_grad()
+def fill_in(model, tok, texts: list[str], device, k: int = 5) -> list[str]:
+    """The model's top k guesses for each [MASK]: "the movie was [MASK] . -> good / great / bad / ..."."""
+    model.eval()
+    lines = []
+    for text in texts:
+        ids = torch.tensor([encode_with_masks(tok, text)], device=device)        # (1, T)
+        logits = model(ids, masked_only=False).mlm_logits[ids == MASK_ID]         # (M, V): a row per [MASK]
+        guesses = [" / ".join(tok.vocab[i] for i in row.tolist()) for row in logits.topk(k, dim=-1).indices]
+        lines.append(f"{text} -> " + " ; ".join(guesses))
+    model.train()
+    return lines
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA only: bf16 where the GPU has it (no loss scaling needed), else fp16 with a scaler.
+    CPUs gain little from bf16 autocast for models this small, so it stays off there."""
+    if not (enabled and device.type == "cuda"):
+        return contextlib.nullcontext(), None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def setup_distributed(args):
+    """Under torchrun (RANK/WORLD_SIZE set): one process per device, gloo on CPU, nccl on GPU. -> rank, world, device."""
+    if "RANK" not in os.environ:
+        return 0, 1, get_device(args.device)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    device = get_device(args.device)
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise UserError(f"{world} processes on {torch.cuda.device_count()} GPU(s): start at most one per GPU "
+                            f"(--nproc_per_node), or use --device cpu")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if args.batch_size % (world * args.accum_steps):
+        raise UserError(f"--batch-size {args.batch_size} must divide evenly over {world} processes x "
+                        f"{args.accum_steps} accumulation steps")
+    if device.type == "cpu":  # the processes share the cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    return rank, world, device
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.batch_size % args.accum_steps:
+        raise UserError(f"--batch-size {args.batch_size} must be a multiple of --accum-steps {args.accum_steps}")
+    args.out_dir = args.out_dir.format(name=run_name(args))
+    out_dir = Path(args.out_dir)
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
+        if ckpt.get("kind") != "pretrain":
+            raise UserError(f"{out_dir / 'last.pt'} is a {ckpt.get('kind', 'unknown')} checkpoint, not a pre-training one")
+        saved = ckpt["args"]
+        if run_name(argparse.Namespace(**saved)) != run_name(args):
+            raise UserError(f"{out_dir / 'last.pt'} is a {run_name(argparse.Namespace(**saved))} run, not {run_name(args)}")
+        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
+    rank, world, device = setup_distributed(args)
+    master = rank == 0
+    log = get_logger(STAGE, out_dir / "train.log" if master else None)
+    if not master:
+        log.disabled = True
+    log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    set_seed(args.seed)
+    t_start = time.time()
+
+    # ---- data: the tokenizer and the encoded corpus in the run folder (rank 0 writes them, the others wait)
+    data_dir = resolve_data_dir(args.data_dir)
+
+    def prepare_data():
+        return prepare(data_dir, out_dir, corpus=args.corpus, imdb_unsup=args.imdb_unsup, vocab_size=args.vocab_size,
+                       tokenizer_file=args.tokenizer, max_chars=QUICK_CHARS if args.quick else None, log=log.info)
+    if master:
+        tok, corpus, summary = prepare_data()
+    if world > 1:
+        dist.barrier()
+    if not master:  # finds rank 0's files
+        tok, corpus, summary = prepare_data()
+    if ckpt and ckpt["data"]["fingerprint"] != summary["fingerprint"]:
+        raise UserError(f"the corpus or {out_dir / 'tokenizer.json'} changed since {out_dir / 'last.pt'} was written "
+                        f"(fingerprints differ); resume with the same data, or start a new --out-dir")
+    train_docs, val_docs = split_documents(len(corpus))
+    kind = SentencePairs if args.nsp else PackedWindows
+    train_set, val_set = kind(corpus, train_docs, args.max_len), kind(corpus, val_docs, args.max_len)
+    if len(train_set) < args.batch_size:
+        raise UserError(f"only {len(train_set)} training examples, fewer than --batch-size {args.batch_size}; "
+                        f"lower it or give more text")
+    steps_per_epoch = len(train_set) // args.batch_size
+    total_steps = args.epochs * steps_per_epoch
+    eval_interval = args.eval_interval or min(500, steps_per_epoch)
+    vocab_size = len(tok)
+
+    # ---- model and optimizer
+    config = BertConfig(vocab_size=vocab_size, max_position=args.max_len, hidden=args.hidden, n_layer=args.layers,
+                        n_head=args.heads, intermediate=args.intermediate, dropout=args.dropout,
+                        attn_dropout=args.dropout)
+    model = BertPretrain(config).to(device)
+    if not args.nsp:  # nothing trains the pooler and the NSP head without NSP (and DDP wants a gradient for every
+        for module in (model.bert.pooler, model.nsp):  # trainable parameter): they keep their init; fine-tuning
+            module.requires_grad_(False)               # trains the pooler, as for RoBERTa
+    optimizer = configure_optimizer(model, args.lr, args.weight_decay)
+    autocast, scaler = autocast_for(device, args.amp)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(f"model: {n_params:,} parameters, {config}")
+    log.info(f"{len(train_set):,} training and {len(val_set):,} validation examples "
+             f"({'sentence pairs, MLM + NSP' if args.nsp else 'packed text, MLM only'}); {steps_per_epoch} steps per "
+             f"epoch of {args.batch_size}{f' over {world} processes' if world > 1 else ''}, {total_steps} in all"
+             + (f", or {args.time_budget} minutes" if args.time_budget else ""))
+
+    state = {"step": 0, "tokens": 0, "best_val_loss": math.inf, "best_step": 0, "train_seconds": 0.0,
+             "history": {"train_loss": [], "val_mlm_loss": [], "val_mlm_acc": [], "val_nsp_acc": []}}
+    batch_gen = torch.Generator().manual_seed(args.seed)  # masks and pairs: the same stream in every process
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        state = ckpt["state"]
+        batch_gen.set_state(ckpt["batch_generator"])
+        set_rng_state(ckpt["rng"])  # rank 0's generators: a one-process run resumes exactly, dropout included
+        log.info(f"resumed at step {state['step']}")
+    if rank > 0 or not ckpt:  # dropout: a different stream in each process
+        torch.manual_seed(args.seed + rank + state["step"])
+    train_model = model
+    if args.compile:
+        train_model = torch.compile(model)
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
+        if not master:
+            return
+        obj = {"stage": STAGE, "kind": "pretrain", "config": config.to_dict(), "model": model.state_dict(),
+               "tokenizer": "tokenizer.json", "args": vars(args), "state": state, "rng": rng_state(),
+               "batch_generator": batch_gen.get_state(), "data": {"fingerprint": summary["fingerprint"]}}
+        if with_optimizer:
+            obj["optimizer"] = optimizer.state_dict()
+            obj["scaler"] = scaler.state_dict() if scaler is not None else None
+        save_checkpoint(obj, path)
+
+    order_cache = {}
+
+    def draw_step(step: int) -> tuple[list[dict], int, int]:
+        """This process's micro-batches for one step, and the numbers of masked tokens and of real (not [PAD]) tokens
+        in the whole step, all processes together.
+
+        Every process draws, pads and masks the whole step (the same generator, the same stream), then keeps its own
+        rows of each micro-batch: two processes see exactly the examples and masks that one process would."""
+        epoch, k = divmod(step, steps_per_epoch)
+        if epoch not in order_cache:  # a new order each epoch, the same in every process and after a resume
+            order_cache.clear()
+            order_cache[epoch] = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed + epoch))
+        idx = order_cache[epoch][k * args.batch_size:(k + 1) * args.batch_size].tolist()
+        micro, per = args.batch_size // args.accum_steps, args.batch_size // args.accum_steps // world
+        batches = []
+        for j in range(args.accum_steps):
+            examples = [train_set.example(i, batch_gen) for i in idx[j * micro:(j + 1) * micro]]
+            batches.append(mask_batch(collate(examples), vocab_size, batch_gen, args.mask_prob))   # (micro, T) each
+        n_masked = sum(int((b["mlm_labels"] != -100).sum()) for b in batches)
+        n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        return [{name: t[rank * per:(rank + 1) * per] for name, t in b.items()} for b in batches], n_masked, n_tokens
+
+    def validate() -> None:
+        state["train_seconds"] = time.time() - t_loop[0]
+        val = evaluate(model, val_set, args, vocab_size, device)
+        examples = fill_in(model, tok, FILL_IN, device)
+        t_loop[0] = time.time() - state["train_seconds"]  # validation time is not training time
+        h, step = state["history"], state["step"]
+        h["val_mlm_loss"].append([step, round(val["mlm_loss"], 5)])
+        h["val_mlm_acc"].append([step, round(val["mlm_acc"], 5)])
+        if args.nsp:
+            h["val_nsp_acc"].append([step, round(val["nsp_acc"], 5)])
+        recent = [v for _, v in h["train_loss"][-eval_interval:]]
+        log.info(f"step {step}: train loss {sum(recent) / len(recent):.4f} | val MLM loss {val['mlm_loss']:.4f} "
+                 f"acc {val['mlm_acc']:.3f}" + (f" | val NSP acc {val['nsp_acc']:.3f}" if args.nsp else "")
+                 + f" | {state['tokens'] / max(state['train_seconds'], 1e-9):,.0f} tokens/s | "
+                   f"{state['train_seconds']:.0f}s\n    " + "\n    ".join(examples))
+        if val["mlm_loss"] < state["best_val_loss"]:
+            state["best_val_loss"], state["best_step"] = val["mlm_loss"], step
+            checkpoint(out_dir / "best.pt", with_optimizer=False)
+        checkpoint(out_dir / "last.pt")
+
+    # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
+    stop = {"by": None}
+
+    def request_stop(signum, frame):
+        stop["by"] = signal.Signals(signum).name
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    t_loop = [time.time() - state["train_seconds"]]
+    bar = tqdm(total=total_steps, initial=state["step"], desc="pretrain", disable=None if master else True)
+    try:
+        model.train()
+        while state["step"] < total_steps:
+            elapsed = time.time() - t_loop[0]
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(state["step"], elapsed, args, total_steps)
+            optimizer.zero_grad(set_to_none=True)
+            batches, n_masked, n_tokens = draw_step(state["step"])
+            step_loss = torch.zeros((), device=device)
+            for j, b in enumerate(batches):
+                b = {name: t.to(device) for name, t in b.items()}
+                sync = j == len(batches) - 1 or world == 1  # DDP: average gradients on the last micro-step only
+                with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast:
+                    out = train_model(b["input_ids"], token_type_ids=b["token_type_ids"],
+                                      attention_mask=b["attention_mask"], mlm_labels=b["mlm_labels"])
+                targets = b["mlm_labels"][b["mlm_labels"] != -100]   # (N,): the rows of out.mlm_logits (N, V)
+                # sums over this process's rows / counts of the whole step; x world because DDP averages the
+                # processes' gradients: together, the mean over every masked token (and every pair) of the step
+                loss = F.cross_entropy(out.mlm_logits.float(), targets, reduction="sum") * world / max(n_masked, 1)
+                if args.nsp:
+                    loss = loss + F.cross_entropy(out.nsp_logits.float(), b["nsp_labels"],
+                                                  reduction="sum") * world / args.batch_size
+                (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += loss.detach()
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            # one small all-reduce a step: the loss summed over processes, and whether any process must stop
+            over_budget = bool(args.time_budget and time.time() - t_loop[0] >= 60 * args.time_budget)
+            flags = torch.tensor([step_loss.item(), float(stop["by"] is not None), float(over_budget)],
+                                 device=device)  # nccl reduces CUDA tensors only
+            if world > 1:
+                dist.all_reduce(flags)
+            loss_value = flags[0].item() / world
+            if not math.isfinite(loss_value):
+                raise UserError(f"the loss became {loss_value} at step {state['step'] + 1}; "
+                                f"try a lower --lr (now {args.lr}) or a longer --warmup-steps")
+            state["step"] += 1
+            state["tokens"] += n_tokens
+            state["history"]["train_loss"].append([state["step"], round(loss_value, 5)])
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if state["step"] % eval_interval == 0 or state["step"] == total_steps or flags[2] > 0:
+                validate()
+            if flags[2] > 0:
+                log.info(f"time budget of {args.time_budget} minutes used up at step {state['step']}")
+                break
+            if flags[1] > 0:
+                stop["by"] = stop["by"] or "a signal in another process"
+            if args.max_steps and state["step"] >= args.max_steps and not stop["by"]:
+                stop["by"] = "max_steps"
+            if stop["by"]:
+                break
+    finally:
+        bar.close()
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+    if stop["by"]:
+        state["train_seconds"] = time.time() - t_loop[0]
+        checkpoint(out_dir / "last.pt")
+        log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
+                 f"python stage6_bert/pretrain.py --out-dir {out_dir} --resume")
+        if world > 1:
+            dist.destroy_process_group()
+        if stop["by"] != "max_steps":
+            sys.exit(130)
+        return
+    if world > 1:
+        dist.destroy_process_group()
+    if not master:
+        return
+
+    # ---- final report: the best checkpoint on the validation documents, its guesses, the result file
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE)["model"])
+    val = evaluate(model, val_set, args, vocab_size, device)
+    metrics = {"val_mlm_loss": round(val["mlm_loss"], 4), "val_mlm_ppl": round(math.exp(val["mlm_loss"]), 2),
+               "val_mlm_acc": round(val["mlm_acc"], 4)}
+    if args.nsp:
+        metrics["val_nsp_loss"], metrics["val_nsp_acc"] = round(val["nsp_loss"], 4), round(val["nsp_acc"], 4)
+    examples = fill_in(model, tok, FILL_IN, device)
+    tokens_per_second = round(state["tokens"] / max(state["train_seconds"], 1e-9))
+    log.info("best checkpoint (step %d): %s | %s tokens/s\n    %s", state["best_step"],
+             " | ".join(f"{k} {v}" for k, v in metrics.items()), f"{tokens_per_second:,}", "\n    ".join(examples))
+    smoke = args.quick or args.max_steps is not None
+    result_path = Path(args.result) if args.result else (
+        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{run_name(args)}.json")
+    dataset = "+".join(Path(f).name for f in args.corpus) if args.corpus else (
+        "wikitext2+imdb_unsup" if args.imdb_unsup else "wikitext2")
+    write_result(result_path, stage=STAGE, dataset=dataset, split="val", metrics=metrics, headline="val_mlm_loss",
+                 train_seconds=state["train_seconds"], device=device, params=n_params,
+                 command=command_line("stage6_bert/pretrain.py", argv),
+                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick, "processes": world,
+                        "steps": state["step"], "best_step": state["best_step"], "tokens_per_second": tokens_per_second,
+                        "tokens_seen": state["tokens"], "examples": {"train": len(train_set), "val": len(val_set)},
+                        "corpus": summary, "config": config.to_dict(),
+                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
+                        "fill_in": examples, "data_dir": str(data_dir)})
+    h = state["history"]
+    panels = {"loss (nats/token)": {"train (per step)": tuple(zip(*h["train_loss"])),
+                                    "val MLM": tuple(zip(*h["val_mlm_loss"]))},
+              "accuracy (val)": {"MLM, masked tokens": tuple(zip(*h["val_mlm_acc"]))}}
+    if args.nsp:
+        panels["accuracy (val)"]["NSP"] = tuple(zip(*h["val_nsp_acc"]))
+    plot_curves(result_path.with_suffix(".png"), panels, title=f"BERT pre-training ({run_name(args)}): "
+                                                              f"val MLM loss {metrics['val_mlm_loss']}")
+    log.info(f"wrote {result_path} and its plot")
+
+
+if __name__ == "__main__":
+    run_cli(main)
