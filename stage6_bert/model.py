@@ -47,6 +47,7 @@ class BertConfig:
     pad_id: int = 0                   # the [PAD] token: its embedding row starts at 0; by default it is not attended to
     initializer_range: float = 0.02   # std of the normal init of every matrix
     attn: str = "sdpa"                # "sdpa" fused kernel or "manual" written-out attention; same results
+    norm: str = "post"                # "post": LayerNorm after each residual sum (BERT); "pre": before each branch
 
     def __post_init__(self):
         if self.intermediate is None:
@@ -63,6 +64,8 @@ class BertConfig:
             raise ValueError(f"pad_id {self.pad_id} is not a token id (vocab_size {self.vocab_size})")
         if self.attn not in ("sdpa", "manual"):
             raise ValueError(f"attn must be sdpa or manual, got {self.attn!r}")
+        if self.norm not in ("post", "pre"):
+            raise ValueError(f"norm must be post or pre, got {self.norm!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,10 +121,12 @@ class SelfAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """Post-norm layer (Vaswani et al. 2017; BERT): x = LN(x + drop(attn(x))), then x = LN(x + drop(ffn(x))). The norm
     sits on the residual stream itself, which makes early training fragile without learning-rate warmup (Xiong et al.
-    2020): later models moved it before each branch (pre-norm, Stage 5)."""
+    2020): later models moved it before each branch (pre-norm, Stage 5): x = x + drop(attn(LN(x))), then
+    x = x + drop(ffn(LN(x))), the layout of Megatron-BERT (Shoeybi et al. 2019) and of the "Cramming" recipe."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
+        self.pre = cfg.norm == "pre"
         self.attn = SelfAttention(cfg)
         self.attn_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.ffn_in = nn.Linear(cfg.hidden, cfg.intermediate)    # per position: C -> 4C, GELU, -> C
@@ -129,13 +134,21 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_out(F.gelu(self.ffn_in(x)))   # (B, T, C) -> (B, T, 4C) -> (B, T, C); exact erf GELU
+
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        if self.pre:  # the residual stream is never normalised; each branch reads a normalised copy
+            x = x + self.dropout(self.attn(self.attn_norm(x), keep))               # (B, T, C)
+            return x + self.dropout(self.ffn(self.ffn_norm(x)))
         x = self.attn_norm(x + self.dropout(self.attn(x, keep)))                  # (B, T, C)
-        return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))  # exact erf GELU
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
 class Bert(nn.Module):
-    """The encoder: embeddings, n_layer post-norm layers and the pooler. What pre-training and fine-tuning share."""
+    """The encoder: embeddings, n_layer layers and the pooler. What pre-training and fine-tuning share. Post-norm
+    normalises the embeddings; pre-norm instead normalises the output of the last layer (its residual stream is never
+    normalised otherwise), as Megatron-BERT does."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -143,9 +156,11 @@ class Bert(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.hidden, padding_idx=cfg.pad_id)
         self.pos_emb = nn.Embedding(cfg.max_position, cfg.hidden)      # one learned vector per position
         self.seg_emb = nn.Embedding(cfg.type_vocab_size, cfg.hidden)   # one learned vector per segment (A or B)
-        self.emb_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        post = cfg.norm == "post"
+        self.emb_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps) if post else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layer))
+        self.final_norm = nn.Identity() if post else nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.pooler = nn.Linear(cfg.hidden, cfg.hidden)
         self.apply(lambda m: init_weights(m, cfg.initializer_range))
 
@@ -168,6 +183,7 @@ class Bert(nn.Module):
         x = self.dropout(self.emb_norm(x))
         for layer in self.layers:
             x = layer(x, keep)
+        x = self.final_norm(x)
         pooled = torch.tanh(self.pooler(x[:, 0]))   # (B, C): [CLS] is at position 0 and has read the whole input
         return x, pooled
 
@@ -292,38 +308,46 @@ HF_LAYER_NAMES = {"attn.qkv": "attention.self.{}", "attn.proj": "attention.outpu
                   "attn_norm": "attention.output.LayerNorm", "ffn_in": "intermediate.dense", "ffn_out": "output.dense",
                   "ffn_norm": "output.LayerNorm"}
 QKV = ("query", "key", "value")  # Hugging Face keeps three Linears where we have one fused qkv
+# norm="pre" has the layout of transformers' MegatronBert* models: the same names, except for the LayerNorms
+HF_NAMES_PRE = {**HF_NAMES, "final_norm": "encoder.ln"}
+HF_LAYER_NAMES_PRE = {**HF_LAYER_NAMES, "attn_norm": "attention.ln", "ffn_norm": "ln"}
 
 
-def hf_name(name: str) -> str:
-    """Our parameter name -> Hugging Face's ('{}' where q, k and v go). Both nest the encoder under 'bert.'."""
+def hf_name(name: str, norm: str = "post") -> str:
+    """Our parameter name -> Hugging Face's ('{}' where q, k and v go). Both nest the encoder under 'bert.'.
+    norm="pre": the name in the MegatronBert twin."""
+    names, layer_names = (HF_NAMES_PRE, HF_LAYER_NAMES_PRE) if norm == "pre" else (HF_NAMES, HF_LAYER_NAMES)
     module, param = name.rsplit(".", 1)
     prefix = "bert." if module.startswith("bert.") else ""
     module = module.removeprefix("bert.")
     if module.startswith("layers."):
         _, i, sub = module.split(".", 2)
-        return f"{prefix}encoder.layer.{i}.{HF_LAYER_NAMES[sub]}.{param}"
-    return f"{prefix}{HF_NAMES[module]}.{param}"
+        return f"{prefix}encoder.layer.{i}.{layer_names[sub]}.{param}"
+    return f"{prefix}{names[module]}.{param}"
 
 
 def hf_bert_config(cfg: BertConfig, **extra):
     """A `transformers.BertConfig` of the same shape (exact GELU, our dropouts and eps, eager attention for
-    attn="manual" and SDPA otherwise). extra: e.g. num_labels. Build the model from it: random weights, no download."""
+    attn="manual" and SDPA otherwise), a MegatronBertConfig for norm="pre" (eager attention only). extra: e.g. num_labels. Build the model
+    from it (BertModel, or MegatronBertModel, ...): random weights, no download."""
     import transformers  # only the parity helpers need it
-    return transformers.BertConfig(
+    kind = transformers.MegatronBertConfig if cfg.norm == "pre" else transformers.BertConfig
+    return kind(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.n_layer,
         num_attention_heads=cfg.n_head, intermediate_size=cfg.intermediate, hidden_act="gelu",
         hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attn_dropout,
         max_position_embeddings=cfg.max_position, type_vocab_size=cfg.type_vocab_size,
         initializer_range=cfg.initializer_range, layer_norm_eps=cfg.layer_norm_eps, pad_token_id=cfg.pad_id,
-        attn_implementation="eager" if cfg.attn == "manual" else "sdpa", **extra)
+        attn_implementation="eager" if cfg.attn == "manual" or cfg.norm == "pre" else "sdpa", **extra)
 
 
 def to_hf_bert(model: nn.Module) -> dict:
     """Our weights as a state dict for the `transformers` twin: Bert -> BertModel, BertPretrain -> BertForPreTraining,
-    BertClassifier -> BertForSequenceClassification (load it with their load_state_dict)."""
+    BertClassifier -> BertForSequenceClassification (MegatronBertModel, ... for norm="pre"; load it with their
+    load_state_dict)."""
     out = {}
     for name, tensor in model.state_dict().items():
-        target = hf_name(name)
+        target = hf_name(name, model.cfg.norm)
         if "{}" in target:   # the fused (3C, C) qkv -> three (C, C), in the order q, k, v
             out.update({target.format(part): piece for part, piece in zip(QKV, tensor.chunk(3))})
         else:
@@ -335,9 +359,12 @@ def to_hf_bert(model: nn.Module) -> dict:
 
 def from_hf_bert(hf_model, **overrides) -> nn.Module:
     """Our model holding the weights of a `transformers` BertModel (-> Bert), BertForPreTraining (-> BertPretrain) or
-    BertForSequenceClassification (-> BertClassifier). overrides: other config fields, e.g. attn="manual"."""
+    BertForSequenceClassification (-> BertClassifier), or of their MegatronBert* twins (norm="pre").
+    overrides: other config fields, e.g. attn="manual"."""
     kinds = {"BertModel": Bert, "BertForPreTraining": BertPretrain, "BertForSequenceClassification": BertClassifier}
-    kind = kinds.get(type(hf_model).__name__)
+    hf_kind = type(hf_model).__name__
+    norm = "pre" if hf_kind.startswith("MegatronBert") else "post"
+    kind = kinds.get(hf_kind.replace("MegatronBert", "Bert"))
     hc = hf_model.config
     if kind is None:
         raise ValueError(f"from_hf_bert reads {', '.join(kinds)}; got {type(hf_model).__name__}")
@@ -349,12 +376,12 @@ def from_hf_bert(hf_model, **overrides) -> nn.Module:
                      n_head=hc.num_attention_heads, intermediate=hc.intermediate_size,
                      dropout=hc.hidden_dropout_prob, attn_dropout=hc.attention_probs_dropout_prob,
                      layer_norm_eps=hc.layer_norm_eps, pad_id=hc.pad_token_id or 0,
-                     initializer_range=hc.initializer_range, **overrides)
+                     initializer_range=hc.initializer_range, norm=norm, **overrides)
     model = BertClassifier(cfg, hc.num_labels) if kind is BertClassifier else kind(cfg)
     theirs = hf_model.state_dict()
     mine = {}
     for name in model.state_dict():
-        target = hf_name(name)
+        target = hf_name(name, norm)
         mine[name] = torch.cat([theirs[target.format(p)] for p in QKV]) if "{}" in target else theirs[target]
     model.load_state_dict(mine)
     return model

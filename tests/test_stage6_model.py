@@ -52,11 +52,17 @@ def hf():
     return pytest.importorskip("transformers")
 
 
+def twin(hf, norm: str, kind: str):
+    """The transformers class of the same layout: BertModel, ... (post-norm) or MegatronBertModel, ... (pre-norm)."""
+    return getattr(hf, kind.replace("Bert", "MegatronBert", 1) if norm == "pre" else kind)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
 @pytest.mark.parametrize("attn", ["sdpa", "manual"])
-def test_encoder_matches_hf_bert_model(hf, attn):
-    ours = make(attn=attn)
-    theirs = hf.BertModel(hf_bert_config(ours.cfg)).eval()
-    assert theirs.config._attn_implementation == ("eager" if attn == "manual" else "sdpa")
+def test_encoder_matches_hf_bert_model(hf, attn, norm):
+    ours = make(attn=attn, norm=norm)
+    theirs = twin(hf, norm, "BertModel")(hf_bert_config(ours.cfg)).eval()
+    assert theirs.config._attn_implementation == ("eager" if attn == "manual" or norm == "pre" else "sdpa")
     theirs.load_state_dict(to_hf_bert(ours))   # strict: every name on both sides
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
     ids, segments, mask = batch()
@@ -68,9 +74,10 @@ def test_encoder_matches_hf_bert_model(hf, attn):
     assert (pooled - ref.pooler_output).abs().max() <= 1e-5
 
 
-def test_pretraining_heads_and_loss_match_hf_bert_for_pretraining(hf):
-    ours = make(BertPretrain)
-    theirs = hf.BertForPreTraining(hf_bert_config(ours.cfg)).eval()
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_pretraining_heads_and_loss_match_hf_bert_for_pretraining(hf, norm):
+    ours = make(BertPretrain, norm=norm)
+    theirs = twin(hf, norm, "BertForPreTraining")(hf_bert_config(ours.cfg)).eval()
     theirs.load_state_dict(to_hf_bert(ours))
     ids, segments, mask = batch()
     mlm_labels = torch.full_like(ids, -100)
@@ -88,22 +95,23 @@ def test_pretraining_heads_and_loss_match_hf_bert_for_pretraining(hf):
     assert torch.allclose(out.loss, out.mlm_loss + out.nsp_loss)
 
 
-def test_from_hf_bert_and_back(hf):
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_from_hf_bert_and_back(hf, norm):
     torch.manual_seed(0)
-    config = hf.BertConfig(vocab_size=V, hidden_size=C, num_hidden_layers=2, num_attention_heads=4,
+    config = (hf.MegatronBertConfig if norm == "pre" else hf.BertConfig)(vocab_size=V, hidden_size=C, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=64, max_position_embeddings=MAXPOS, hidden_dropout_prob=0.0,
                            attention_probs_dropout_prob=0.0, num_labels=3)
     ids, segments, mask = batch()
-    for kind in (hf.BertModel, hf.BertForPreTraining, hf.BertForSequenceClassification):
+    for kind in (twin(hf, norm, k) for k in ("BertModel", "BertForPreTraining", "BertForSequenceClassification")):
         theirs = perturb(kind(config))
         ours = from_hf_bert(theirs).eval()
-        assert ours.cfg.intermediate == 64
+        assert ours.cfg.intermediate == 64 and ours.cfg.norm == norm
         with torch.no_grad():
             ref = theirs(input_ids=ids, token_type_ids=segments, attention_mask=mask)
             got = ours(ids, token_type_ids=segments, attention_mask=mask)
-        if kind is hf.BertModel:
+        if kind.__name__.endswith("BertModel"):
             assert (got[1] - ref.pooler_output).abs().max() <= 1e-5
-        elif kind is hf.BertForPreTraining:
+        elif kind.__name__.endswith("BertForPreTraining"):
             assert (got.mlm_logits - ref.prediction_logits).abs().max() <= 1e-5
             assert ours.mlm.decoder.weight is ours.bert.tok_emb.weight
         else:
@@ -112,7 +120,7 @@ def test_from_hf_bert_and_back(hf):
         for name, tensor in to_hf_bert(ours).items():
             assert torch.equal(tensor, theirs_sd[name]), name
     with pytest.raises(ValueError, match="BertForMaskedLM"):
-        from_hf_bert(hf.BertForMaskedLM(config))
+        from_hf_bert(twin(hf, norm, "BertForMaskedLM")(config))
 
 
 def test_sdpa_attention_equals_manual_attention():
@@ -249,6 +257,7 @@ def test_bert_init():
 @pytest.mark.parametrize("kw,message", [
     (dict(hidden=30, n_head=4), "not divisible by n_head"),
     (dict(attn="flash"), "attn must be sdpa or manual"),
+    (dict(norm="sandwich"), "norm must be post or pre"),
     (dict(dropout=1.0), "dropout must be in"),
     (dict(attn_dropout=-0.1), "attn_dropout must be in"),
     (dict(vocab_size=0), "vocab_size must be a positive integer"),
