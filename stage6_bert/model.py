@@ -48,6 +48,7 @@ class BertConfig:
     initializer_range: float = 0.02   # std of the normal init of every matrix
     attn: str = "sdpa"                # "sdpa" fused kernel or "manual" written-out attention; same results
     norm: str = "post"                # "post": LayerNorm after each residual sum (BERT); "pre": before each branch
+    pos_init: str = "normal"          # the learned position table starts "normal" (BERT) or as "sinusoidal" waves
 
     def __post_init__(self):
         if self.intermediate is None:
@@ -66,6 +67,8 @@ class BertConfig:
             raise ValueError(f"attn must be sdpa or manual, got {self.attn!r}")
         if self.norm not in ("post", "pre"):
             raise ValueError(f"norm must be post or pre, got {self.norm!r}")
+        if self.pos_init not in ("normal", "sinusoidal"):
+            raise ValueError(f"pos_init must be normal or sinusoidal, got {self.pos_init!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +91,20 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
     if isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def sinusoids(T: int, C: int) -> torch.Tensor:
+    """(T, C) sine and cosine waves of Vaswani et al. (Stage 4's sinusoidal encoding), standard deviation 1/sqrt(2).
+
+    Why start the learned position table from them (pos_init="sinusoidal"): the masked-LM loss needs the neighbours
+    of a hidden word, and a random table has to discover which positions are neighbours before attention can find
+    them. Small models on small budgets then sit near the unigram loss for thousands of steps. With sinusoids, position
+    t + k is a fixed rotation of position t from the first step, and one query/key matrix can look k tokens away."""
+    pos = torch.arange(T, dtype=torch.float32)[:, None]                       # (T, 1)
+    freq = 10000.0 ** (-torch.arange(0, C, 2, dtype=torch.float32) / C)      # (C/2,)
+    table = torch.zeros(T, C)
+    table[:, 0::2], table[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)[:, : C // 2]
+    return table
 
 
 class SelfAttention(nn.Module):
@@ -163,6 +180,9 @@ class Bert(nn.Module):
         self.final_norm = nn.Identity() if post else nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.pooler = nn.Linear(cfg.hidden, cfg.hidden)
         self.apply(lambda m: init_weights(m, cfg.initializer_range))
+        if cfg.pos_init == "sinusoidal":  # still learned; only the starting point differs
+            with torch.no_grad():
+                self.pos_emb.weight.copy_(sinusoids(cfg.max_position, cfg.hidden) * cfg.initializer_range * math.sqrt(2))
 
     def forward(self, input_ids: torch.Tensor, *, token_type_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

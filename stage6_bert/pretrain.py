@@ -91,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--norm", choices=["post", "pre"], default="post",
                    help="LayerNorm after each residual sum (post, the BERT paper) or before each branch (pre: "
                         "steadier and faster to start learning)")
+    p.add_argument("--pos-init", choices=["normal", "sinusoidal"], default="normal",
+                   help="start the learned position table random (BERT) or as sine waves (finds neighbours sooner)")
     p.add_argument("--dropout", type=probability, default=0.1,
                    help="on the embeddings, the residual branches and the attention weights")
     p.add_argument("--mask-prob", type=probability, default=0.15, help="share of the tokens that become MLM targets")
@@ -270,7 +272,7 @@ def main(argv=None) -> None:
     # ---- model and optimizer
     config = BertConfig(vocab_size=vocab_size, max_position=args.max_len, hidden=args.hidden, n_layer=args.layers,
                         n_head=args.heads, intermediate=args.intermediate, dropout=args.dropout,
-                        attn_dropout=args.dropout, norm=args.norm)
+                        attn_dropout=args.dropout, norm=args.norm, pos_init=args.pos_init)
     model = BertPretrain(config).to(device)
     if not args.nsp:  # nothing trains the pooler and the NSP head without NSP (and DDP wants a gradient for every
         for module in (model.bert.pooler, model.nsp):  # trainable parameter): they keep their init; fine-tuning

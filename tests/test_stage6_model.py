@@ -240,6 +240,15 @@ def test_state_dict_round_trip(tmp_path):
     assert torch.equal(a.mlm_logits, b.mlm_logits) and torch.equal(a.nsp_logits, b.nsp_logits)
 
 
+def test_sinusoidal_position_init():
+    """pos_init="sinusoidal": the learned table starts as sine waves of the init's scale; neighbours are similar."""
+    pos = Bert(cfg(pos_init="sinusoidal", hidden=64)).pos_emb.weight.detach()   # (MAXPOS, 64)
+    assert pos.abs().max() <= 0.02 * math.sqrt(2) + 1e-7   # waves of amplitude 0.02 sqrt(2): std 0.02 over long T
+    assert torch.allclose(pos[3, 0::2] / (0.02 * math.sqrt(2)), torch.sin(3 * 10000.0 ** (-torch.arange(0, 64, 2) / 64)))
+    sim = F.cosine_similarity(pos[10:11], pos, dim=1)              # position 10 against all
+    assert sim[10] > sim[11] > sim[14] and sim[10] > sim[9] > sim[6]
+
+
 def test_bert_init():
     model = BertPretrain(cfg(hidden=64, vocab_size=500))
     layer = model.bert.layers[1]
@@ -258,6 +267,7 @@ def test_bert_init():
     (dict(hidden=30, n_head=4), "not divisible by n_head"),
     (dict(attn="flash"), "attn must be sdpa or manual"),
     (dict(norm="sandwich"), "norm must be post or pre"),
+    (dict(pos_init="zeros"), "pos_init must be normal or sinusoidal"),
     (dict(dropout=1.0), "dropout must be in"),
     (dict(attn_dropout=-0.1), "attn_dropout must be in"),
     (dict(vocab_size=0), "vocab_size must be a positive integer"),
