@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import random
 import shutil
@@ -86,6 +87,22 @@ def autocast_for(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:
+    """One epoch's batches, each of examples of similar length. A batch is padded to its longest example, and SST-2
+    mixes 3-token phrases with 60-token sentences: random batches would spend most of their compute on padding.
+    Shuffle, cut into pools of `pool` batches, sort each pool by length, cut it into batches, shuffle the batches.
+    Every example appears once; the order still changes every epoch, and the same rng state gives the same batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    size = pool * batch_size
+    batches = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start:start + size], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def take(enc: Encoded, rows: list[int]) -> Encoded:
     return Encoded([enc.ids[i] for i in rows], [enc.segments[i] for i in rows], [enc.labels[i] for i in rows])
 
@@ -106,6 +123,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-size", type=val_size, default=None,
                    help="held out from train to choose the best epoch: a fraction (< 1) or a number of examples "
                         "(default: 10%% of train, at most 2000)")
+    p.add_argument("--dropout", type=probability, default=0.1,
+                   help="dropout while fine-tuning (embeddings, residual branches, attention weights, classifier "
+                        "input), whatever pre-training used: a short pre-training run underfits and is best without "
+                        "dropout, while a small labelled set overfits and needs it")
     p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU")
@@ -139,6 +160,7 @@ def main(argv=None) -> None:
 
     # ---- the pre-trained encoder (or its random twin) and a new head
     pre_state, cfg, tok, pre = load_pretrained(args.checkpoint)
+    cfg = dataclasses.replace(cfg, dropout=args.dropout, attn_dropout=args.dropout)
     model = BertClassifier(cfg, task.num_labels)
     if not args.from_scratch:
         try:
@@ -213,9 +235,9 @@ def main(argv=None) -> None:
     try:
         model.train()
         while state["epoch"] < args.epochs and not stop["by"]:
-            order = list(range(n_train))
-            random.Random(args.seed + state["epoch"]).shuffle(order)  # fixed by (seed, epoch): resumable mid-epoch
-            batches = [order[i:i + args.batch_size] for i in range(0, n_train, args.batch_size)]
+            # fixed by (seed, epoch): resumable mid-epoch
+            batches = length_batches([len(ids) for ids in train.ids], args.batch_size,
+                                     random.Random(args.seed + state["epoch"]))
             bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                        leave=False, disable=None)
             for idx in batches[state["batch"]:]:

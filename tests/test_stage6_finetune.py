@@ -392,6 +392,19 @@ def test_other_tasks_headline_and_prediction_labels(glue_dir, pretrained, tmp_pa
     assert len(rows) == SIZES["test"] and {p for _, p in rows} <= labels
 
 
+def test_length_batches_cover_every_example_once_with_little_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(1000)]
+    batches = finetune.length_batches(lengths, 32, random.Random(5), pool=10)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert len(batches) == math.ceil(1000 / 32) and sum(len(b) < 32 for b in batches) == 1
+    padded = sum(32 * max(lengths[i] for i in b) for b in batches)
+    plain = sum(32 * max(lengths[i] for i in range(k, min(k + 32, 1000))) for k in range(0, 1000, 32))
+    assert padded < 0.75 * plain                      # far fewer pad tokens than batches in random order
+    assert batches == finetune.length_batches(lengths, 32, random.Random(5), pool=10)   # resumable
+    assert batches != finetune.length_batches(lengths, 32, random.Random(6), pool=10)   # a new order each epoch
+
+
 def test_resume_is_exact(glue_dir, pretrained, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     finetune.main(ft_args("mrpc", glue_dir, pretrained, a))
