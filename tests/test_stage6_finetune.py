@@ -348,8 +348,17 @@ def test_finetune_writes_checkpoints_results_and_glue_predictions(finetuned, pre
     assert r["best_val_accuracy"] == max(v for _, v in state["history"]["val"])
     rows = read_predictions(out / "SST-2.tsv")
     assert [i for i, _ in rows] == expected_split("sst2", "test")[3] and {p for _, p in rows} <= {"0", "1"}
-    losses = [v for _, v in state["history"]["train_loss"]]
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3   # it learns something
+
+
+def test_finetune_learns_the_tiny_task(glue_dir, pretrained, tmp_path):
+    """The tiny sentences give their class away by their sentiment words: a fine-tune long enough to leave the
+    chance level (random weights, 25k parameters: about 20 steps) must then get every dev sentence right."""
+    out = tmp_path / "learn"
+    finetune.main(ft_args("sst2", glue_dir, pretrained, out, "--epochs", "8", "--lr", "3e-3", "--dropout", "0"))
+    r = json.loads((out / "result.json").read_text())
+    losses = [v for _, v in load_checkpoint(out / "last.pt")["state"]["history"]["train_loss"]]
+    assert sum(losses[-3:]) / 3 < 0.5 < 0.65 < sum(losses[:3]) / 3   # chance level is ln 2 = 0.69
+    assert r["best_val_accuracy"] == 1.0 and r["metrics"]["accuracy"] >= 0.9
 
 
 def test_from_scratch_uses_random_weights(glue_dir, pretrained, tmp_path):
