@@ -13,7 +13,9 @@ next token (it would see it), so BERT is trained on two other tasks (`BertPretra
 Then the pre-trained encoder is fine-tuned with a small head on the pooled [CLS] state (`BertClassifier`).
 
 The layers are post-norm, as in the paper and Hugging Face's BertModel: the LayerNorm comes after the residual sum
-(Stage 4 offers both; GPT-2 puts it before each branch). GELU is the exact erf form (Hugging Face's "gelu").
+(Stage 4 offers both; GPT-2 puts it before each branch). norm="pre" puts it before each branch, with one LayerNorm
+after the last layer instead of the one on the embeddings (Megatron-BERT's layout, also checked against transformers).
+GELU is the exact erf form (Hugging Face's "gelu").
 Parameters are named for what they do (`tok_emb`, `layers[i].attn.qkv`, ...); `to_hf_bert` / `from_hf_bert` translate
 the names, and the tests check that `transformers`' BertModel and BertForPreTraining give the same outputs with the
 same weights.

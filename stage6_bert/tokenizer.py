@@ -34,7 +34,6 @@ one token per merge, in the order learned. The vocabulary is a list of strings a
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 import heapq
 import json
@@ -353,25 +352,14 @@ def read_corpus_file(path: Path) -> str:
         raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (expected UTF-8 text, or gzip of it)") from None
 
 
-def read_imdb_unsup(data_dir: Path, n: int) -> list[str]:
-    """The first n unlabelled IMDb reviews (imdb/unsup.csv.gz, column `text`), with the "<br />" tags made spaces."""
-    path = data_dir / "imdb" / "unsup.csv.gz"
-    if not path.is_file():
-        raise UserError(f"data set 'imdb' not found in {data_dir / 'imdb'} (expected unsup.csv.gz). "
-                        f"Set --data-dir or MY_LLM_DATA")
-    with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
-        rows = csv.DictReader(f)
-        return [row["text"].replace("<br />", " ") for _, row in zip(range(n), rows)]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a WordPiece (BERT) tokenizer, or encode text with one.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="learn a vocabulary and save it as JSON")
     t.add_argument("--vocab-size", type=positive_int, default=8000, help="tokens in all, special ones included")
-    t.add_argument("--corpus", nargs="+", help="text files to train on (UTF-8, or .gz; default: WikiText-2 train)")
+    t.add_argument("--corpus", nargs="+", help="text files to train on (UTF-8, or .gz; blank lines between documents; default: WikiText-2 train)")
     t.add_argument("--imdb-unsup", type=positive_int, default=None, metavar="N",
-                   help="also train on the first N unlabelled IMDb reviews (imdb/unsup.csv.gz)")
+                   help="also train on the first N unlabelled IMDb reviews (imdb/unsup.csv.gz; ignored with --corpus)")
     t.add_argument("--data-dir", default=None, help="folder with the data sets (default: $MY_LLM_DATA, "
                                                      "else ~/.cache/my_llm/data)")
     t.add_argument("--limit-alphabet", type=positive_int, default=1000, help="keep the N most frequent characters")
@@ -406,17 +394,14 @@ def main(argv=None) -> None:
             print("segments:", segments)
         return
 
-    data_dir = resolve_data_dir(args.data_dir)
-    if args.corpus:
-        texts = [read_corpus_file(Path(p)) for p in args.corpus]
-    else:
-        wiki = data_dir / "wikitext-2" / "wiki.train.tokens.gz"
-        if not wiki.is_file():
-            raise UserError(f"data set 'wikitext-2' not found in {wiki.parent} (expected wiki.train.tokens.gz). "
-                            f"Set --data-dir or MY_LLM_DATA, or give --corpus FILES")
-        texts = [read_corpus_file(wiki)]
-    if args.imdb_unsup:
-        texts += read_imdb_unsup(data_dir, args.imdb_unsup)
+    # The same text pretrain.py trains its vocabulary on: the documents of data.py (downloaded when missing), minus the
+    # held-out validation documents, with WikiText's <unk> markers removed. `train --imdb-unsup 50000` therefore
+    # writes exactly the tokenizer.json of a default pre-training run. (Imported here: data.py imports this module.)
+    from stage6_bert.data import UNKNOWN_WORD, load_documents, split_documents
+    documents = load_documents(resolve_data_dir(args.data_dir), args.corpus, args.imdb_unsup or 0)
+    # a corpus too small to hold documents out (pre-training refuses it) still gives a vocabulary, from all of it
+    train_docs = split_documents(len(documents))[0] if len(documents) >= 4 else range(len(documents))
+    texts = [s.replace(UNKNOWN_WORD, " ") for d in train_docs for s in documents[d]]
     out = Path(args.out or f"runs/stage6_bert/wordpiece{args.vocab_size}.json")
 
     start = time.perf_counter()

@@ -19,10 +19,11 @@ DATA = os.environ.get("MY_LLM_DATA")
 # stage folder -> the data file its notebook reads
 NOTEBOOKS = {"stage1_mlp": "imdb/train.csv.gz", "stage2_rnn_lstm": "tiny_shakespeare/input.txt.gz",
              "stage3_attention_seq2seq": "multi30k/train.en.gz", "stage4_transformer": "multi30k/train.en.gz",
-             "stage5_gpt": "tiny_shakespeare/input.txt.gz"}
+             "stage5_gpt": "tiny_shakespeare/input.txt.gz", "stage6_bert": "wikitext-2/wiki.train.tokens.gz"}
 # what the notebook's training run must leave in MY_LLM_NOTEBOOK_OUT (the vocabulary files differ by stage)
 RUN_FILES = {"stage3_attention_seq2seq": ("best.pt", "last.pt", "vocab_src.json", "vocab_tgt.json", "result.json"),
-             "stage5_gpt": ("best.pt", "last.pt", "tokenizer.json", "result.json")}
+             "stage5_gpt": ("best.pt", "last.pt", "tokenizer.json", "result.json"),
+             "stage6_bert": ("best.pt", "last.pt", "tokenizer.json", "train.log", "result.json")}
 DEFAULT_RUN_FILES = ("best.pt", "last.pt", "vocab.json", "result.json")
 
 

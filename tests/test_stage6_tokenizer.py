@@ -13,6 +13,7 @@ import pytest
 from conftest import assert_one_line_error, cli, run_script
 from scripts.common import UserError
 from stage6_bert import tokenizer as tk
+from stage6_bert.data import prepare
 from stage6_bert.tokenizer import CLS_ID, PREFIX, SEP_ID, SPECIAL_TOKENS, UNK_ID, WordPieceTokenizer
 
 SENTENCES = [
@@ -352,7 +353,12 @@ def test_round_trip_and_hugging_face_on_real_data(wiki_tok, relative):
 
 # ----------------------------------------------------------------------------- command line
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import datasets
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the hub")
+    monkeypatch.setattr(datasets, "load_dataset", no_network)  # missing data is downloaded first, as in pretrain.py
     code, err = cli(tk.main, ["train", "--corpus", str(tmp_path / "missing.txt")], capsys)
     assert_one_line_error(code, err, r"corpus file not found: .*missing\.txt")
     assert code == 2  # run_cli's code for a UserError
@@ -360,7 +366,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     code, err = cli(tk.main, ["train", "--corpus", str(tmp_path / "small.txt"), "--vocab-size", "12"], capsys)
     assert_one_line_error(code, err, r"vocab size 12 is too small")
     code, err = cli(tk.main, ["train", "--data-dir", str(tmp_path)], capsys)
-    assert_one_line_error(code, err, r"data set 'wikitext-2' not found in .*wikitext-2 \(expected wiki\.train")
+    assert_one_line_error(code, err, r"data set 'wikitext-2' not found in .*wikitext-2 \(expected wiki\.train.*"
+                                     r"Couldn't reach")
     (tmp_path / "bad.json").write_text("{not json")
     code, err = cli(tk.main, ["encode", "--tokenizer", str(tmp_path / "bad.json"), "hello"], capsys)
     assert_one_line_error(code, err, r"cannot read tokenizer .*bad\.json")
@@ -389,7 +396,9 @@ def test_script_runs_from_the_repo_root(tmp_path, capsys):
     proc = run_script("tokenizer", "train", "--corpus", tmp_path / "corpus.txt.gz", "--vocab-size", "300",
                       "--out", out, data_dir=tmp_path, stage="stage6_bert")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert WordPieceTokenizer.load(out).vocab == WordPieceTokenizer.train(CORPUS, 300).vocab
+    # the same vocabulary as pre-training's own: data.prepare trains on the same documents (held-out ones excluded)
+    prepare(tmp_path, tmp_path / "pre", corpus=[str(tmp_path / "corpus.txt.gz")], vocab_size=300, log=lambda m: None)
+    assert WordPieceTokenizer.load(out).vocab == WordPieceTokenizer.load(tmp_path / "pre" / "tokenizer.json").vocab
     missing = run_script("tokenizer", "encode", "--tokenizer", tmp_path / "nope.json", "hi", data_dir=tmp_path,
                          stage="stage6_bert")
     assert_one_line_error(missing.returncode, missing.stderr, r"tokenizer file not found")
