@@ -244,13 +244,21 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
     return shlex.join(["python", script] + list(sys.argv[1:] if argv is None else argv))
 
 
+def note_command(state: dict, script: str, argv: list[str] | None = None) -> None:
+    """Append this invocation's command line to state["commands"], which every checkpoint carries: a run that was
+    stopped and resumed still knows the command that started it (and --resume continues that run exactly)."""
+    state.setdefault("commands", []).append(command_line(script, argv))
+
+
 def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metrics: dict, headline: str,
-                 train_seconds: float, device: torch.device | str, params: int, command: str,
+                 train_seconds: float, device: torch.device | str, params: int, command: str | list[str],
                  extra: dict | None = None) -> dict:
     """Write a run's result file: the one schema every stage uses, and the source of every README number.
 
-    `headline` names the entry of `metrics` that the README results table shows.
+    `headline` names the entry of `metrics` that the README results table shows. `command` is the command line, or
+    the list note_command kept: its first entry is the command, the later ones (resumes) go to "resumed_with".
     """
+    commands = [command] if isinstance(command, str) else list(command)
     if headline not in metrics:
         raise ValueError(f"headline metric {headline!r} is not among the metrics {list(metrics)}")
     result = {
@@ -265,10 +273,12 @@ def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metr
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "params": int(params),
-        "command": command,
+        "command": commands[0],
         "git_commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if len(commands) > 1:
+        result["resumed_with"] = commands[1:]
     result.update(extra or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

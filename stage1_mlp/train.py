@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
-                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
+                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
                             rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage1_mlp.data import (DATASETS, Bags, Vocab, dataset_info, load_split, phrase_groups, subsample,
                              train_val_split)
@@ -180,6 +180,7 @@ def main(argv=None) -> None:
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}, step {state['step']}")
+    note_command(state, "stage1_mlp/train.py", argv)  # the checkpoints keep it: results name the first
 
     def checkpoint(path: Path, with_optimizer: bool = True) -> None:
         obj = {"stage": STAGE, "dataset": args.dataset, "config": config.to_dict(), "args": vars(args),
@@ -288,7 +289,7 @@ def main(argv=None) -> None:
     metrics["best_val_accuracy"] = state["best_val_acc"]
     write_result(result_path, stage=STAGE, dataset=args.dataset, split=split, metrics=metrics, headline="accuracy",
                  train_seconds=state["train_seconds"], device=device, params=model.num_params(),
-                 command=command_line("stage1_mlp/train.py", argv),
+                 command=state["commands"],
                  extra={"wall_seconds": round(time.time() - t_start, 1),  # this process: data prep + training + test
                         "quick": args.quick, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                         "steps": state["step"], "vocab_size": len(vocab), "config": config.to_dict(),

@@ -30,8 +30,8 @@ if __package__ in (None, ""):  # run as `python stage2_rnn_lstm/train.py`: put t
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
-                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
+                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
                             rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage2_rnn_lstm.data import DATASETS, Vocab, batchify, dataset_info, get_window, load_text
 from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel, detach_state
@@ -183,6 +183,7 @@ def main(argv=None) -> None:
         state, hidden = ckpt["state"], ckpt["hidden"]
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, window {state['window']}, step {state['step']}")
+    note_command(state, "stage2_rnn_lstm/train.py", argv)  # the checkpoints keep it: results name the first
 
     def checkpoint(path: Path, with_optimizer: bool = True) -> None:
         obj = {"stage": STAGE, "dataset": args.dataset, "config": config.to_dict(), "args": vars(args),
@@ -276,7 +277,7 @@ def main(argv=None) -> None:
     headline = "test_ppl" if "test_ppl" in metrics else "val_loss"
     write_result(result_path, stage=STAGE, dataset=args.dataset, split="test" if "test" in ids else "val",
                  metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
-                 params=model.num_params(), command=command_line("stage2_rnn_lstm/train.py", argv),
+                 params=model.num_params(), command=state["commands"],
                  extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
                         "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
                         "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),

@@ -27,8 +27,8 @@ if __package__ in (None, ""):  # run as `python stage3_attention_seq2seq/train.p
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
-                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
+                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
                             rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage3_attention_seq2seq.data import DATASETS, Vocab, batch_order, check_pair, dataset_info, load_pairs, make_batch
 from stage3_attention_seq2seq.decoding import bleu, translate
@@ -185,6 +185,7 @@ def main(argv=None) -> None:
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
+    note_command(state, "stage3_attention_seq2seq/train.py", argv)  # the checkpoints keep it: results name the first
 
     def checkpoint(path: Path, with_optimizer: bool = True) -> None:
         obj = {"stage": STAGE, "dataset": args.dataset, "config": config.to_dict(), "args": vars(args),
@@ -287,7 +288,7 @@ def main(argv=None) -> None:
     test_split = dataset_info(args.dataset)["test_splits"][0]
     write_result(result_path, stage=STAGE, dataset=f"{args.dataset} {args.src}-{args.tgt}", split=test_split,
                  metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
-                 params=model.num_params(), command=command_line("stage3_attention_seq2seq/train.py", argv),
+                 params=model.num_params(), command=state["commands"],
                  extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
                         "sacrebleu_signature": signature, "decoding": {"beam_size": args.beam_size,
                                                                        "length_penalty": args.length_penalty},

@@ -31,8 +31,8 @@ if __package__ in (None, ""):  # run as `python stage4_transformer/train.py`: pu
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
-                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
+                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
                             rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage4_transformer.data import Vocab, check_pair, load_pairs, make_batch, token_batches
 from stage4_transformer.decoding import bleu, translate
@@ -241,6 +241,7 @@ def main(argv=None) -> None:
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
+    note_command(state, "stage4_transformer/train.py", argv)  # the checkpoints keep it: results name the first
 
     def checkpoint(path: Path, with_optimizer: bool = True) -> None:
         obj = {"stage": STAGE, "dataset": "multi30k", "config": config.to_dict(), "args": vars(args),
@@ -371,7 +372,7 @@ def main(argv=None) -> None:
     headline = "bleu" if args.src != "de" else "bleu_lc"
     write_result(result_path, stage=STAGE, dataset=f"multi30k {args.src}-{args.tgt}", split=TEST_SPLITS[0],
                  metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
-                 params=model.num_params(), command=command_line("stage4_transformer/train.py", argv),
+                 params=model.num_params(), command=state["commands"],
                  extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
                         "sacrebleu_signature": signature,
                         "decoding": {"beam_size": args.beam_size, "length_penalty": args.length_penalty},

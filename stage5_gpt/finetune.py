@@ -32,8 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
-                            load_checkpoint, plot_curves, probability, resolve_data_dir, rng_state, run_cli,
+from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
+                            note_command, plot_curves, probability, resolve_data_dir, rng_state, run_cli,
                             save_checkpoint, set_rng_state, set_seed, write_result)
 from stage5_gpt.data import EOT, CharTokenizer, load_sst2
 from stage5_gpt.evaluate import load_model
@@ -189,6 +189,7 @@ def main(argv=None) -> None:
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
+    note_command(state, "stage5_gpt/finetune.py", argv)  # the checkpoints keep it: results name the first
 
     def checkpoint(path: Path, with_optimizer: bool = True) -> None:
         obj = {"stage": STAGE, "task": "sst2", "config": config.to_dict(), "args": vars(args),
@@ -269,7 +270,7 @@ def main(argv=None) -> None:
         out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{run_name(args)}.json")
     write_result(result_path, stage=STAGE, dataset="sst2", split="dev", metrics=metrics, headline="accuracy",
                  train_seconds=state["train_seconds"], device=device, params=sum(p.numel() for p in model.parameters()),
-                 command=command_line("stage5_gpt/finetune.py", argv),
+                 command=state["commands"],
                  extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
                         "pretrained": None if args.from_scratch else str(args.checkpoint),
                         "pretrained_on": {"dataset": pre["dataset"], "step": pre["state"]["step"]},

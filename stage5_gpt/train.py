@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
-                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
+                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
                             rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage5_gpt.data import DATASETS, eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
@@ -208,6 +208,7 @@ def main(argv=None) -> None:
         batch_gen.set_state(ckpt["batch_generator"])
         set_rng_state(ckpt["rng"])  # rank 0's generators: a one-process run resumes exactly, dropout included
         log.info(f"resumed at step {state['step']}")
+    note_command(state, "stage5_gpt/train.py", argv)  # the checkpoints keep it: results name the first
     if rank > 0 or not ckpt:  # dropout: a different stream in each process
         torch.manual_seed(args.seed + rank + state["step"])
     train_model = model
@@ -342,7 +343,7 @@ def main(argv=None) -> None:
         out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{run_name(args)}.json")
     write_result(result_path, stage=STAGE, dataset=args.dataset, split="test" if "test" in splits else "val",
                  metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
-                 params=model.num_params(), command=command_line("stage5_gpt/train.py", argv),
+                 params=model.num_params(), command=state["commands"],
                  extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick, "processes": world,
                         "steps": state["step"], "best_step": state["best_step"],
                         "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),

@@ -43,8 +43,8 @@ if __package__ in (None, ""):  # run as `python stage6_bert/finetune.py`: put th
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
-                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
+                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
                             rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage6_bert.evaluate import QUICK_DEV, load_pretrained, predict
 from stage6_bert.glue import (SPLITS, TASKS, Encoded, compute_metrics, encode, get_task, load_split, make_batch,
@@ -213,6 +213,7 @@ def main(argv=None) -> None:
             scaler.load_state_dict(ckpt["scaler"])
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
+    note_command(state, "stage6_bert/finetune.py", argv)  # the checkpoints keep it: results name the first
 
     def checkpoint(path: Path, with_optimizer: bool = True) -> None:
         obj = {"stage": STAGE, "kind": "finetune", "task": args.task, "config": cfg.to_dict(),
@@ -313,7 +314,7 @@ def main(argv=None) -> None:
     write_result(result_path, stage=STAGE, dataset=f"GLUE {task.name}" + (" (random init)" if args.from_scratch else ""),
                  split="dev", metrics=metrics, headline=task.headline, train_seconds=state["train_seconds"],
                  device=device, params=sum(p.numel() for p in model.parameters()),
-                 command=command_line("stage6_bert/finetune.py", argv),
+                 command=state["commands"],
                  extra={"task": args.task, "wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
                         "from_scratch": args.from_scratch,
                         "pretrained": None if args.from_scratch else str(args.checkpoint),

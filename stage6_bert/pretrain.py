@@ -41,8 +41,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, command_line, get_device, get_logger,
-                            load_checkpoint, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
+                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
                             rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage6_bert.data import (PackedWindows, SentencePairs, collate, fixed_batches, mask_batch, prepare,
                               split_documents)
@@ -298,6 +298,7 @@ def main(argv=None) -> None:
         batch_gen.set_state(ckpt["batch_generator"])
         set_rng_state(ckpt["rng"])  # rank 0's generators: a one-process run resumes exactly, dropout included
         log.info(f"resumed at step {state['step']}")
+    note_command(state, "stage6_bert/pretrain.py", argv)  # the checkpoints keep it: results name the first
     if rank > 0 or not ckpt:  # dropout: a different stream in each process
         torch.manual_seed(args.seed + rank + state["step"])
     train_model = model
@@ -463,7 +464,7 @@ def main(argv=None) -> None:
         "wikitext2+imdb_unsup" if args.imdb_unsup else "wikitext2")
     write_result(result_path, stage=STAGE, dataset=dataset, split="val", metrics=metrics, headline="val_mlm_loss",
                  train_seconds=state["train_seconds"], device=device, params=n_params,
-                 command=command_line("stage6_bert/pretrain.py", argv),
+                 command=state["commands"],
                  extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick, "processes": world,
                         "steps": state["step"], "best_step": state["best_step"], "tokens_per_second": tokens_per_second,
                         "tokens_seen": state["tokens"], "examples": {"train": len(train_set), "val": len(val_set)},

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -181,6 +182,13 @@ def test_resume_is_exact(tiny_data_dir, tmp_path):
         assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
     for key in ["epoch", "step", "best_epoch", "best_val_acc"]:
         assert ckpt_a["state"][key] == ckpt_b["state"][key], key
+    # the result file names the command that started the run, and the resumes after it
+    first, *resumes = [shlex.join(["python", "stage1_mlp/train.py"] + train_args(tiny_data_dir, b, *extra))
+                       for extra in (["--epochs", "3", "--max-steps", "3"], ["--resume", "--max-steps", "12"],
+                                     ["--resume"])]
+    result_b = json.loads((b / "result.json").read_text())
+    assert result_b["command"] == first and result_b["resumed_with"] == resumes
+    assert "resumed_with" not in json.loads((a / "result.json").read_text())
 
 
 def test_resume_after_ctrl_c_mid_step_is_exact(tiny_data_dir, tmp_path, monkeypatch):
