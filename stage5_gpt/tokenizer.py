@@ -2,6 +2,7 @@
 
     python stage5_gpt/tokenizer.py --dataset wikitext2 --vocab-size 8000   # -> runs/stage5_gpt/wikitext2_bpe8000.json
     python stage5_gpt/tokenizer.py --input notes.txt more.txt.gz --vocab-size 2000 --out my_bpe.json
+    python stage5_gpt/tokenizer.py --dataset wikitext2 --compare-hf --json stage5_gpt/results/tokenizer_wikitext2.json
     python stage5_gpt/tokenizer.py --dataset wikitext2 --compare-hf        # ids checked against HF `tokenizers`
 
 Why bytes. Text is turned into its UTF-8 bytes, so the starting alphabet is the 256 byte values: any string at all
@@ -46,7 +47,7 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/tokenizer.py`: put th
 import regex  # the third-party `regex` module: unlike `re`, it knows \p{L} (any letter) and \p{N} (any digit)
 from tqdm import tqdm
 
-from scripts.common import UserError, positive_int, resolve_data_dir, run_cli
+from scripts.common import UserError, command_line, git_commit, positive_int, resolve_data_dir, run_cli
 
 # GPT-2's pre-tokeniser: English contractions, an optional space + letters, an optional space + digits, an optional
 # space + other symbols, whitespace not followed by a non-space (so " dog" keeps its space), any other whitespace.
@@ -338,6 +339,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="JSON file to write (default: runs/stage5_gpt/<data>_bpe<size>.json)")
     p.add_argument("--compare-hf", action="store_true",
                    help="also encode the held-out text with Hugging Face `tokenizers` and check the ids are identical")
+    p.add_argument("--json", default=None, help="also write the figures (training time, bytes per token, the "
+                                                "comparison) to this JSON file")
     return p.parse_args(argv)
 
 
@@ -348,12 +351,12 @@ def main(argv=None) -> None:
         held_out, held_out_name = "".join(texts), "the training text"
     else:
         train_text, held_out = dataset_texts(args.dataset, resolve_data_dir(args.data_dir))
-        texts, held_out_name = [train_text], f"{args.dataset} held-out text"
+        texts, held_out_name = [train_text], f"{args.dataset} {DATASETS[args.dataset]}"
     out = Path(args.out or f"runs/stage5_gpt/{args.dataset or 'custom'}_bpe{args.vocab_size}.json")
 
     start = time.perf_counter()
     tok = BPETokenizer.train(texts, args.vocab_size, args.special_tokens)
-    seconds = time.perf_counter() - start
+    seconds = train_seconds = time.perf_counter() - start
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     print(f"trained {len(tok)} tokens ({len(tok.merges)} merges) on {mb:.1f} MB in {seconds:.1f} s "
           f"({len(tok.merges) / max(seconds, 1e-9):.0f} merges/s)")
@@ -379,6 +382,20 @@ def main(argv=None) -> None:
         print(f"ids identical to Hugging Face tokenizers on {held_out_name}: {'yes' if same else 'NO'}")
         if not same:
             raise UserError("Hugging Face tokenizers gives different ids: this is a bug, please report it")
+    if args.json:  # a side file next to the result files: no headline metric, so not a row of the results table
+        figures = {"data": args.dataset or args.input, "vocab_size": len(tok), "merges": len(tok.merges),
+                   "train_mb": round(mb, 2), "train_seconds": round(train_seconds, 1), "tokenizer": str(out),
+                   "held_out": held_out_name, "held_out_bytes_per_token": round(n_bytes / max(len(ids), 1), 3),
+                   "held_out_tokens": len(ids), "encode_mb_per_second": round(n_bytes / 1e6 / max(seconds, 1e-9), 2),
+                   "round_trip": True, "identical_to_hf": same if args.compare_hf else None,
+                   "command": command_line("stage5_gpt/tokenizer.py", argv),
+                   "git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -314,6 +314,20 @@ def test_cli_trains_on_a_dataset(tiny_lm_data_dir, tmp_path, capsys):
     assert len(t) == 300 and t.decode(t.encode("ROMEO:\nBut soft!")) == "ROMEO:\nBut soft!"
 
 
+def test_cli_writes_its_figures_as_json(tiny_lm_data_dir, tmp_path, capsys):
+    pytest.importorskip("tokenizers")
+    out, figures = tmp_path / "bpe.json", tmp_path / "results" / "tokenizer.json"
+    tk.main(["--dataset", "tiny_shakespeare", "--data-dir", str(tiny_lm_data_dir), "--vocab-size", "300",
+             "--out", str(out), "--compare-hf", "--json", str(figures)])
+    r = json.loads(figures.read_text(encoding="utf-8"))
+    t = BPETokenizer.load(out)
+    assert (r["vocab_size"], r["merges"], r["tokenizer"]) == (300, len(t.merges), str(out))
+    assert r["identical_to_hf"] is True and r["round_trip"] is True and r["train_seconds"] >= 0
+    assert r["held_out_tokens"] > 0 and r["held_out_bytes_per_token"] > 1
+    assert r["command"].startswith("python stage5_gpt/tokenizer.py --dataset tiny_shakespeare")
+    assert "headline_metric" not in r   # a side file, not a row of the README results table
+
+
 @pytest.mark.parametrize("module", [False, True])
 def test_script_runs_both_ways(tmp_path, module):
     """`python stage5_gpt/tokenizer.py` and `python -m stage5_gpt.tokenizer`, from the repo root."""
