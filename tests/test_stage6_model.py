@@ -216,7 +216,7 @@ def test_classifier_regression_and_classification_losses():
 def test_classifier_loads_the_backbone_of_a_pretraining_checkpoint(tmp_path):
     pretrained = make(BertPretrain)
     torch.save({"model": pretrained.state_dict(), "config": pretrained.cfg.to_dict()}, tmp_path / "ckpt.pt")
-    ckpt = torch.load(tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     classifier = BertClassifier(BertConfig.from_dict(ckpt["config"]), num_labels=2).load_backbone(ckpt["model"]).eval()
     ids, segments, mask = batch()
     for a, b in zip(classifier.bert(ids, token_type_ids=segments, attention_mask=mask),
@@ -232,7 +232,7 @@ def test_state_dict_round_trip(tmp_path):
     model = make(BertPretrain)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     again = BertPretrain(cfg()).eval()
-    again.load_state_dict(torch.load(tmp_path / "model.pt"))
+    again.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     assert again.mlm.decoder.weight is again.bert.tok_emb.weight   # still tied after loading
     ids, segments, mask = batch()
     a, b = model(ids, token_type_ids=segments, attention_mask=mask), again(ids, token_type_ids=segments,
