@@ -34,7 +34,7 @@ import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -275,6 +275,12 @@ def corpus_fingerprint(documents: list[list[str]], tokenizer_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def vocabulary_texts(documents: list[list[str]], docs: Iterable[int]) -> Iterator[str]:
+    """The sentences a WordPiece vocabulary learns from: those of `docs` (the training documents, never the held-out
+    ones), with WikiText's "<unk>" markers made spaces, since each becomes one [UNK] in the ids (encode_sentence)."""
+    return (s.replace(UNKNOWN_WORD, " ") for d in docs for s in documents[d])
+
+
 def prepare(data_dir: str | Path, out_dir: str | Path, *, corpus: list[str] | None = None, imdb_unsup: int = 50_000,
             vocab_size: int = 8000, tokenizer_file: str | Path | None = None, max_chars: int | None = None,
             log=print) -> tuple[WordPieceTokenizer, Corpus, dict]:
@@ -299,8 +305,7 @@ def prepare(data_dir: str | Path, out_dir: str | Path, *, corpus: list[str] | No
         log(f"using the tokenizer in {tok_path} ({len(tok):,} tokens)")
     else:
         log(f"training a WordPiece tokenizer ({vocab_size:,} tokens) on {len(train_docs):,} documents ...")
-        tok = WordPieceTokenizer.train((s.replace(UNKNOWN_WORD, " ") for d in train_docs for s in documents[d]),
-                                       vocab_size)
+        tok = WordPieceTokenizer.train(vocabulary_texts(documents, train_docs), vocab_size)
         tok.save(tok_path)
     fingerprint = corpus_fingerprint(documents, tok_path)
     cache = out_dir / f"corpus_{fingerprint}.npz"

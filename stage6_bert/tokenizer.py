@@ -357,7 +357,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="learn a vocabulary and save it as JSON")
     t.add_argument("--vocab-size", type=positive_int, default=8000, help="tokens in all, special ones included")
-    t.add_argument("--corpus", nargs="+", help="text files to train on (UTF-8, or .gz; blank lines between documents; default: WikiText-2 train)")
+    t.add_argument("--corpus", nargs="+", help="text files to train on (UTF-8, or .gz; blank lines between "
+                                                "documents; default: WikiText-2 train)")
     t.add_argument("--imdb-unsup", type=positive_int, default=None, metavar="N",
                    help="also train on the first N unlabelled IMDb reviews (imdb/unsup.csv.gz; ignored with --corpus)")
     t.add_argument("--data-dir", default=None, help="folder with the data sets (default: $MY_LLM_DATA, "
@@ -397,11 +398,11 @@ def main(argv=None) -> None:
     # The same text pretrain.py trains its vocabulary on: the documents of data.py (downloaded when missing), minus the
     # held-out validation documents, with WikiText's <unk> markers removed. `train --imdb-unsup 50000` therefore
     # writes exactly the tokenizer.json of a default pre-training run. (Imported here: data.py imports this module.)
-    from stage6_bert.data import UNKNOWN_WORD, load_documents, split_documents
+    from stage6_bert.data import load_documents, split_documents, vocabulary_texts
     documents = load_documents(resolve_data_dir(args.data_dir), args.corpus, args.imdb_unsup or 0)
     # a corpus too small to hold documents out (pre-training refuses it) still gives a vocabulary, from all of it
     train_docs = split_documents(len(documents))[0] if len(documents) >= 4 else range(len(documents))
-    texts = [s.replace(UNKNOWN_WORD, " ") for d in train_docs for s in documents[d]]
+    texts = list(vocabulary_texts(documents, train_docs))
     out = Path(args.out or f"runs/stage6_bert/wordpiece{args.vocab_size}.json")
 
     start = time.perf_counter()
