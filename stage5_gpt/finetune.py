@@ -75,6 +75,22 @@ def make_batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor
     return ids.to(device), lengths.to(device)  # (B, T), (B,)
 
 
+def length_batches(seqs: list[list[int]], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:
+    """One epoch's batches, each of sentences of similar length. make_batch pads a batch to its longest sentence, and
+    SST-2 mixes 3-token phrases with 60-token sentences, so random batches would spend much of their time on padding.
+    Shuffle, sort each pool of `pool` batches by length, cut it into batches, shuffle the batches: every sentence once
+    per epoch, a new order each epoch, and the same rng state gives the same batches (what an exact --resume needs)."""
+    order = list(range(len(seqs)))
+    rng.shuffle(order)
+    size = pool * batch_size
+    batches = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start:start + size], key=lambda i: len(seqs[i]))
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 @torch.no_grad()
 def evaluate(model: GPTClassifier, seqs, labels, pad_id: int, device, batch_size: int = 128) -> dict:
     """Accuracy and macro-F1 on a split, and the predictions."""
@@ -208,9 +224,8 @@ def main(argv=None) -> None:
     try:
         model.train()
         while state["epoch"] < args.epochs and not stop["by"]:
-            order = list(range(n_train))
-            random.Random(args.seed + state["epoch"]).shuffle(order)  # fixed by (seed, epoch): resumable mid-epoch
-            batches = [order[i:i + args.batch_size] for i in range(0, n_train, args.batch_size)]
+            # fixed by (seed, epoch): resumable mid-epoch
+            batches = length_batches(seqs, args.batch_size, random.Random(args.seed + state["epoch"]))
             bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                        leave=False, disable=None)
             for idx in batches[state["batch"]:]:

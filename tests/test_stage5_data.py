@@ -114,6 +114,21 @@ def ft_args(data_dir, ckpt, out, *extra):
             "--warmup-steps", "5", "--dropout", "0.0", *extra]
 
 
+def test_finetune_length_batches_cover_every_sentence_once_with_little_padding():
+    import random
+    rng = random.Random(0)
+    seqs = [[1] * rng.randint(1, 60) for _ in range(1000)]
+    batches = finetune.length_batches(seqs, 16, random.Random(3), pool=10)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert batches == finetune.length_batches(seqs, 16, random.Random(3), pool=10)  # same rng, same batches
+    assert batches != finetune.length_batches(seqs, 16, random.Random(4), pool=10)
+    padded = sum(len(b) * max(len(seqs[i]) for i in b) for b in batches)
+    shuffled = list(range(1000))
+    random.Random(3).shuffle(shuffled)
+    unsorted = sum(len(b) * max(len(seqs[i]) for i in b) for b in (shuffled[i:i + 16] for i in range(0, 1000, 16)))
+    assert padded < 0.75 * unsorted
+
+
 def test_finetune_learns_sst2_and_records_the_run(pretrained, tmp_path):
     data_dir, ckpt = pretrained
     finetune.main(ft_args(data_dir, ckpt, tmp_path / "ft", "--epochs", "10"))
