@@ -14,10 +14,13 @@ figures is what pre-training bought.
 
 Honest numbers. GLUE's test labels are private, so dev is our test set: it is scored once, at the end, with the epoch
 that was best on a validation split held out from train (--val-size; by the task's headline metric). By default that
-is 10% of train, at most 2,000 examples: WNLI 64, RTE 249, MRPC 367, STS-B 575, CoLA 855, SST-2 2,000. The small
-tasks get a proportion rather than a fixed count, so that enough is left to train on. (SST-2's train holds many
-phrases of the same sentences, so its validation score flatters; it only chooses the epoch.) WNLI's dev set is
-adversarial to its train set, and BERT does not beat always answering the majority class (56.3%) there either.
+is 10% of train, at most 2,000 examples: WNLI 64, RTE 249, MRPC 367, STS-B 575, CoLA 855. The small tasks get a
+proportion rather than a fixed count, so that enough is left to train on. SST-2 is different: its train set is every
+phrase of the parse trees of some 8,500 movie-review sentences, so a random held-out example is nearly always a
+phrase inside a training example (89% of them), and its score measures memory (val 0.91 while dev was 0.80). SST-2
+holds out 500 whole sentences instead, like dev's, and drops every phrase inside them from train (`sentence_split`).
+WNLI's dev set is adversarial to its train set, and BERT does not beat always answering the majority class (56.3%)
+there either.
 
 Outputs in --out-dir (default runs/stage6_bert/glue_<task>[_scratch]/): best.pt (the chosen classifier, what
 evaluate.py reads), last.pt (to --resume exactly), tokenizer.json (copied from the pre-training run), finetune.log, and
@@ -63,11 +66,44 @@ def val_size(text: str) -> float:
     return value
 
 
-def val_count(spec: float | None, n_train: int) -> int:
-    """--val-size: None = 10% of train, at most 2,000; below 1 a fraction of train; else a number of examples."""
+def val_count(spec: float | None, n_train: int, task: str = "") -> int:
+    """--val-size: None = 10% of train, at most 2,000 (SST-2: at most 500 sentences); below 1 a fraction of train;
+    else a number of examples."""
     if spec is None:
-        return min(2000, round(0.1 * n_train))
+        return min(500 if task == "sst2" else 2000, round(0.1 * n_train))
     return round(spec * n_train) if spec < 1 else int(spec)
+
+
+def sentence_split(texts: list[str], n_val: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(train rows, val rows) for a train set made of phrases of sentences, as SST-2's is. Validation takes `n_val`
+    whole sentences: examples that no other example contains, found in a random order. Train keeps every other
+    example except the phrases inside a validation sentence, whose labels would give its answer away. What is left
+    is the situation of dev: sentences the model has never seen, in whole or in part."""
+    words = [t.split() for t in texts]
+    padded = [f" {' '.join(w)} " for w in words]  # spaces around: "art" is not inside "party"
+    having: dict[str, list[int]] = {}  # word -> the examples that hold it
+    for i, w in enumerate(words):
+        for word in set(w):
+            having.setdefault(word, []).append(i)
+
+    def whole(i: int) -> bool:  # only the examples with its rarest word can contain it
+        rarest = min(set(words[i]), key=lambda word: len(having[word]), default=None)
+        return rarest is not None and not any(j != i and padded[i] in padded[j] for j in having[rarest])
+
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    val = []
+    for i in order:
+        if len(val) == n_val:
+            break
+        if whole(i):
+            val.append(i)
+    if len(val) < n_val:
+        raise UserError(f"--val-size asks for {n_val} whole sentences, but the training set has only {len(val)}")
+    inside = {" ".join(words[i][a:b]) for i in val for a in range(len(words[i])) for b in range(a + 1, len(words[i]) + 1)}
+    held = set(val)
+    train = [i for i in range(len(texts)) if i not in held and padded[i][1:-1] not in inside]
+    return train, val
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
@@ -122,7 +158,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay on the weight matrices")
     p.add_argument("--val-size", type=val_size, default=None,
                    help="held out from train to choose the best epoch: a fraction (< 1) or a number of examples "
-                        "(default: 10%% of train, at most 2000)")
+                        "(default: 10%% of train, at most 2000; SST-2: at most 500 whole sentences)")
     p.add_argument("--dropout", type=probability, default=0.1,
                    help="dropout while fine-tuning (embeddings, residual branches, attention weights, classifier "
                         "input), whatever pre-training used: a short pre-training run underfits and is best without "
@@ -182,14 +218,19 @@ def main(argv=None) -> None:
     if args.quick:
         splits = {s: v.head({"train": QUICK_TRAIN, "dev": QUICK_DEV, "test": QUICK_TEST}[s]) for s, v in splits.items()}
     n_all = len(splits["train"])
-    n_val = val_count(args.val_size, n_all)
+    n_val = val_count(args.val_size, n_all, args.task)
     if not 1 <= n_val < n_all:
         raise UserError(f"--val-size {args.val_size or '(default: 10%)'} holds out {n_val} of {n_all} training "
                         f"examples; keep at least one for validation and one for training")
-    order = list(range(n_all))
-    random.Random(0).shuffle(order)  # a fixed split, whatever --seed is: runs with different seeds are comparable
+    rng = random.Random(0)  # a fixed split, whatever --seed is: runs with different seeds are comparable
+    if args.task == "sst2":
+        train_rows, val_rows = sentence_split(splits["train"].a, n_val, rng)
+    else:
+        order = list(range(n_all))
+        rng.shuffle(order)
+        train_rows, val_rows = order[n_val:], order[:n_val]
     train_all = encode(tok, splits["train"], max_len)
-    data = {"train": take(train_all, order[n_val:]), "val": take(train_all, order[:n_val]),
+    data = {"train": take(train_all, train_rows), "val": take(train_all, val_rows),
             "dev": encode(tok, splits["dev"], max_len), "test": encode(tok, splits["test"], max_len)}
     n_train = len(data["train"])
     steps_per_epoch = math.ceil(n_train / args.batch_size)
@@ -198,7 +239,9 @@ def main(argv=None) -> None:
     optimizer = configure_optimizer(model, args.lr, args.weight_decay)
     autocast, scaler = autocast_for(device, args.amp)
     cut = sum(len(ids) >= max_len for enc in data.values() for ids in enc.ids)
-    log.info(f"GLUE {task.name}: {n_train:,} train / {n_val:,} val (from train) / {len(data['dev']):,} dev / "
+    dropped = n_all - n_train - n_val  # SST-2: the phrases inside the held-out sentences
+    log.info(f"GLUE {task.name}: {n_train:,} train / {n_val:,} val (from train"
+             f"{f'; {dropped:,} phrases of val sentences left out' if dropped else ''}) / {len(data['dev']):,} dev / "
              f"{len(data['test']):,} test | {cut:,} examples reach --max-len {max_len} | "
              f"{'random init' if args.from_scratch else 'pre-trained ' + str(args.checkpoint)} | "
              f"{sum(p.numel() for p in model.parameters()):,} parameters | {total_steps} steps, {warmup} warmup | "

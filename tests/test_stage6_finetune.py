@@ -414,6 +414,31 @@ def test_length_batches_cover_every_example_once_with_little_padding():
     assert batches != finetune.length_batches(lengths, 32, random.Random(6), pool=10)   # a new order each epoch
 
 
+def test_sst2_validation_holds_out_whole_sentences_and_their_phrases():
+    texts = ["a great film .", "a great film", "great film", "great", "a dull movie .", "dull movie", "dull",
+             "movie", "the end .", "the end", "film", "a dull movie ."]   # the last: a duplicate, never "whole"
+    for seed in range(5):
+        train, val = finetune.sentence_split(texts, 2, random.Random(seed))
+        assert len(val) == 2 and set(val) <= {0, 8}          # the sentences no other example contains
+        phrases = {p for i in val for p in ["a great film", "great film", "great", "film", "the end"]
+                   if p in texts[i]}
+        assert not {texts[i] for i in train} & phrases       # no phrase of a val sentence is left in train
+        assert {4, 5, 6, 7, 11} <= set(train)                # the rest stays
+    with pytest.raises(UserError, match="only 2"):
+        finetune.sentence_split(texts, 3, random.Random(0))
+
+
+def test_sst2_default_split_on_the_real_training_set(real_data_dir):
+    texts = load_split("sst2", real_data_dir, "train").a
+    n_val = finetune.val_count(None, len(texts), "sst2")
+    train, val = finetune.sentence_split(texts, n_val, random.Random(0))
+    assert (n_val, len(val), len(train)) == (500, 500, 61116)   # 5,733 phrases of the val sentences left out
+    inside = [f" {texts[i]} " for i in val]
+    sample = random.Random(1).sample(train, 3000)
+    assert not any(f" {texts[j]} " in v for j in sample for v in inside)
+    assert not any(v in f" {texts[j]} " for j in sample for v in inside)
+
+
 def test_resume_is_exact(glue_dir, pretrained, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     finetune.main(ft_args("mrpc", glue_dir, pretrained, a))
