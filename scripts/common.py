@@ -127,8 +127,11 @@ def get_logger(name: str, log_file: str | Path | None = None) -> logging.Logger:
     fmt = logging.Formatter("%(asctime)s | %(message)s", datefmt="%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        except OSError as e:  # --out-dir inside a file, or a folder we may not write to
+            raise UserError(f"cannot write the log {log_file}: {e.strerror or e} (check --out-dir)") from None
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)
@@ -185,9 +188,14 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write to a temporary file beside `path`, then rename it over `path`.
 
     os.replace is atomic, so a run killed mid-write leaves the previous checkpoint intact,
-    never a half-written one.
+    never a half-written one. Weights that hold NaN or inf (a run that diverged) are refused, so they
+    never replace the last good checkpoint either.
     """
     path = Path(path)
+    weights = state.get("model", {}) if isinstance(state.get("model"), dict) else {}
+    if any(torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all() for t in weights.values()):
+        raise UserError(f"not saving {path}: the model's weights hold NaN or inf (training diverged), so the previous "
+                        f"{path.name} is kept; try a lower --lr")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
@@ -226,7 +234,7 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude,glob)stage*/results/**", ":(exclude,glob)**/README.md"], cwd=REPO_ROOT,
+                                ":(exclude,glob)stage*/results/**", ":(exclude,glob)**/README*.md"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -1,10 +1,12 @@
 """Generate the README results table from the result files the training runs wrote.
 
     python scripts/results_table.py           # print the table
-    python scripts/results_table.py --write   # put it into README.md (and each stage README) between the markers
+    python scripts/results_table.py --write   # put it into every README between the markers
     python scripts/results_table.py --check   # exit 1 if a README's table is not what the files say
 
-No number in the table is typed by hand: each row is one stage*/results/*.json file.
+No number in the table is typed by hand: each row is one stage*/results/*.json file. The READMEs that hold it are
+the top README.md, its translations next to it (README.zh-CN.md) with the same table, and each stage README that
+has the markers, with that stage's rows.
 """
 from __future__ import annotations
 
@@ -45,47 +47,66 @@ def table(root: Path = REPO_ROOT, stage: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def replace_table(readme: str, new_table: str) -> str:
+def replace_table(readme: str, new_table: str, where: str = "a README") -> str:
+    """The README text `readme` with the text between the markers replaced by `new_table`; nothing else changes."""
     if START not in readme or END not in readme:
-        raise SystemExit(f"error: a README has no results markers ({START} ... {END})")
+        raise SystemExit(f"error: {where} has no results markers ({START} ... {END})")
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{new_table}\n{END}{tail}"
 
 
 def readmes(root: Path = REPO_ROOT) -> dict[Path, str]:
-    """Every README with results markers, mapped to the table it should hold."""
-    out = {root / "README.md": table(root)}
+    """Every README with results markers, mapped to the table it should hold.
+
+    The top README.md and each translation of it (README.zh-CN.md, any README.<language>.md) hold every stage's
+    rows, and must have the markers; a stage README holds its own stage's rows, when it has the markers.
+    """
+    everything = table(root)
+    out = {root / "README.md": everything}
+    for translation in sorted(root.glob("README.*.md")):
+        out[translation] = everything
     for readme in sorted(root.glob("stage*/README.md")):
         if START in readme.read_text(encoding="utf-8"):
             out[readme] = table(root, stage=readme.parent.name)
     return out
 
 
-def main() -> None:
+def stale_readmes(root: Path = REPO_ROOT, write: bool = False) -> list[Path]:
+    """The READMEs whose table is not what the result files say; with write=True, their tables are rewritten."""
+    stale = []
+    for path, new_table in readmes(root).items():
+        readme = path.read_text(encoding="utf-8")
+        updated = replace_table(readme, new_table, where=str(path.relative_to(root)))
+        if updated != readme:
+            stale.append(path)
+            if write:
+                path.write_text(updated, encoding="utf-8")
+    return stale
+
+
+def main(argv: list[str] | None = None, root: Path = REPO_ROOT) -> int:
+    """The command line; returns the exit status (1: --check found a stale table)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help="rewrite the table in README.md")
-    group.add_argument("--check", action="store_true", help="fail if README.md's table is out of date")
-    args = p.parse_args()
-    stale = []
-    for path, new_table in readmes().items():
-        readme = path.read_text(encoding="utf-8")
-        updated = replace_table(readme, new_table)
-        if args.write and updated != readme:
-            path.write_text(updated, encoding="utf-8")
-            print(f"updated {path.relative_to(REPO_ROOT)}")
-        elif args.check and updated != readme:
-            stale.append(str(path.relative_to(REPO_ROOT)))
-        elif not args.write and not args.check:
-            print(f"{path.relative_to(REPO_ROOT)}:\n{new_table}\n")
-    if stale:
-        print(f"error: results table out of date in {', '.join(stale)}; run: python scripts/results_table.py --write",
-              file=sys.stderr)
-        sys.exit(1)
-    if args.check:
+    group.add_argument("--write", action="store_true", help="rewrite the table in every README that is out of date")
+    group.add_argument("--check", action="store_true", help="fail if any README's table is out of date")
+    args = p.parse_args(argv)
+    if args.write:
+        for path in stale_readmes(root, write=True):
+            print(f"updated {path.relative_to(root)}")
+    elif args.check:
+        stale = [str(path.relative_to(root)) for path in stale_readmes(root)]
+        if stale:
+            print(f"error: results table out of date in {', '.join(stale)}; "
+                  "run: python scripts/results_table.py --write", file=sys.stderr)
+            return 1
         print("README results tables match the result files")
+    else:
+        for path, new_table in readmes(root).items():
+            print(f"{path.relative_to(root)}:\n{new_table}\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -339,7 +339,8 @@ def check_doc(text: str, doc: Path, root: Path) -> tuple[list[Reference], list[s
 # ---------------------------------------------------------------------------------------------------------------------
 # The tests
 
-DOCS = sorted(REPO_ROOT.glob("docs/*.md")) + sorted(REPO_ROOT.glob("stage*/README.md")) + [REPO_ROOT / "README.md"]
+DOCS = (sorted(REPO_ROOT.glob("docs/*.md")) + sorted(REPO_ROOT.glob("stage*/README.md"))
+        + sorted(REPO_ROOT.glob("README*.md")))
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO_ROOT)))

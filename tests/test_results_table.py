@@ -1,0 +1,181 @@
+"""Every README results table says what the result files say, and the Chinese README keeps up with the English one.
+
+CI runs `python scripts/results_table.py --check`; the first test runs the same check through the module, so a plain
+`pytest` also fails when someone types a number into a README or forgets `--write` after a run. The tests after it
+show, on a tiny repository in a temporary folder, that the check catches a changed number and that `--write` fixes it.
+
+README.zh-CN.md is a translation of README.md. Its results table is generated, so it cannot fall behind; its prose can,
+so the last tests compare the two: the same sections, the same commands, and a link from each to the other.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from scripts import results_table
+from scripts.results_table import END, START
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENGLISH, CHINESE = REPO_ROOT / "README.md", REPO_ROOT / "README.zh-CN.md"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The results tables
+
+
+def test_readme_tables_match_result_files():
+    assert CHINESE in results_table.readmes(), "README.zh-CN.md is not among the READMEs the generator fills"
+    stale = [str(path.relative_to(REPO_ROOT)) for path in results_table.stale_readmes()]
+    assert not stale, (f"results table out of date in {', '.join(stale)}: the README disagrees with "
+                       "stage*/results/*.json; run: python scripts/results_table.py --write")
+
+
+# One result file of a made-up stage, in the schema scripts/common.py `write_result` writes (the fields the table uses).
+DEMO_RESULT = {"stage": "stage9_demo", "dataset": "demo", "split": "test", "headline_metric": "accuracy",
+               "metrics": {"accuracy": 0.8125, "loss": 0.41}, "train_seconds": 42.0, "params": 1_234_567,
+               "device": "cpu", "threads": 2, "command": "python stage9_demo/train.py"}
+DEMO_README = f"# Demo\n\nBefore the table.\n\n{START}\n{END}\n\nAfter the table.\n"
+
+
+def demo_repo(root: Path) -> dict[str, Path]:
+    """A repository with one stage, one result file, a side file that is not a row, and three READMEs with markers."""
+    results = root / "stage9_demo" / "results"
+    results.mkdir(parents=True)
+    (results / "demo.json").write_text(json.dumps(DEMO_RESULT), encoding="utf-8")
+    (results / "benchmark.json").write_text(json.dumps({"tokens_per_second": 1000.0}), encoding="utf-8")
+    paths = {"top": root / "README.md", "zh": root / "README.zh-CN.md", "stage": root / "stage9_demo" / "README.md"}
+    for path in paths.values():
+        path.write_text(DEMO_README, encoding="utf-8")
+    return paths
+
+
+def write_result(root: Path, accuracy: float) -> None:
+    """What a new training run does: rewrite the result file with its own number."""
+    result = dict(DEMO_RESULT, metrics={"accuracy": accuracy, "loss": 0.41})
+    (root / "stage9_demo" / "results" / "demo.json").write_text(json.dumps(result), encoding="utf-8")
+
+
+def test_write_fills_every_readme_and_check_passes(tmp_path, capsys):
+    paths = demo_repo(tmp_path)
+    assert results_table.main(["--write"], root=tmp_path) == 0
+    assert capsys.readouterr().out.split("\n") == ["updated README.md", "updated README.zh-CN.md",
+                                                   "updated stage9_demo/README.md", ""]
+    top = paths["top"].read_text(encoding="utf-8")
+    assert "| stage9_demo | demo | test | accuracy | [0.8125](stage9_demo/results/demo.json) | 42 s | 1.2M " \
+           "| cpu, 2 threads | `python stage9_demo/train.py` |" in top
+    assert "tokens_per_second" not in top and top.count("| stage9_demo |") == 1   # the side file is not a row
+    assert paths["zh"].read_text(encoding="utf-8") == top                         # the translation: the same table
+    assert "[0.8125](results/demo.json)" in paths["stage"].read_text(encoding="utf-8")  # links from the stage folder
+    assert top.startswith("# Demo\n\nBefore the table.\n\n") and top.endswith(f"{END}\n\nAfter the table.\n")
+    assert results_table.main(["--check"], root=tmp_path) == 0
+
+
+def test_check_catches_a_changed_number_and_write_fixes_it(tmp_path, capsys):
+    paths = demo_repo(tmp_path)
+    results_table.main(["--write"], root=tmp_path)
+    write_result(tmp_path, 0.8750)   # a new run, and nobody ran --write
+    capsys.readouterr()
+
+    assert results_table.main(["--check"], root=tmp_path) == 1
+    assert ("results table out of date in README.md, README.zh-CN.md, stage9_demo/README.md; "
+            "run: python scripts/results_table.py --write") in capsys.readouterr().err
+
+    assert results_table.main(["--write"], root=tmp_path) == 0
+    assert results_table.main(["--check"], root=tmp_path) == 0
+    for path in paths.values():
+        text = path.read_text(encoding="utf-8")
+        assert "[0.8750](" in text and "0.8125" not in text, path
+        assert text.startswith("# Demo\n\nBefore the table.\n\n") and text.endswith("\n\nAfter the table.\n")
+
+
+def test_check_catches_a_number_typed_into_one_readme(tmp_path):
+    paths = demo_repo(tmp_path)
+    results_table.main(["--write"], root=tmp_path)
+    typed = paths["zh"].read_text(encoding="utf-8").replace("[0.8125]", "[0.9125]")
+    paths["zh"].write_text(typed, encoding="utf-8")
+
+    assert results_table.stale_readmes(tmp_path) == [paths["zh"]]
+    assert results_table.main(["--check"], root=tmp_path) == 1
+    results_table.main(["--write"], root=tmp_path)
+    assert "[0.8125](" in paths["zh"].read_text(encoding="utf-8")
+    assert results_table.stale_readmes(tmp_path) == []
+
+
+def test_a_translation_without_markers_is_an_error(tmp_path):
+    paths = demo_repo(tmp_path)
+    paths["zh"].write_text("# Demo\n\nNo table here.\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="README.zh-CN.md has no results markers"):
+        results_table.main(["--check"], root=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Chinese README against the English one
+
+FENCE = re.compile(r"^\s*```(\w*)")
+SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
+COMMAND_WORDS = ("python", "pytest", "pip", "bash", "export")   # an inline `span` starting with one is a command
+
+
+def prose_and_code(text: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The lines outside fenced code blocks, and each block as (language, lines). The generated table is left out."""
+    text = results_table.replace_table(text, "")
+    prose, blocks, block = [], [], None
+    for line in text.splitlines():
+        fence = FENCE.match(line)
+        if fence and block is None:
+            block = (fence.group(1), [])
+        elif fence:
+            blocks.append(block)
+            block = None
+        elif block is not None:
+            block[1].append(line)
+        else:
+            prose.append(line)
+    return prose, blocks
+
+
+def headings(text: str) -> list[str]:
+    """The ## and ### headings, in order (a # inside a code block is a comment, not a heading)."""
+    return [line for line in prose_and_code(text)[0] if re.match(r"#{2,3} ", line)]
+
+
+def commands(text: str) -> set[str]:
+    """The commands a README tells the reader to run: every line of a shell code block, and every inline `span`
+    that starts with a command word. Comments are dropped (they may be translated); quoting is normalised."""
+    prose, blocks = prose_and_code(text)
+    found = set()
+    for language, lines in blocks:
+        if language in SHELL_LANGUAGES:
+            found.update(shlex.join(shlex.split(line, comments=True)) for line in lines if line.strip())
+    for span in re.findall(r"`([^`]+)`", "\n".join(prose)):
+        if span.split()[0] in COMMAND_WORDS:
+            found.add(shlex.join(shlex.split(span)))
+    return found - {""}
+
+
+def test_chinese_readme_has_the_same_sections():
+    english, chinese = headings(ENGLISH.read_text(encoding="utf-8")), headings(CHINESE.read_text(encoding="utf-8"))
+    count = [sum(h.startswith("## ") for h in hs) for hs in (english, chinese)]
+    assert count[0] == count[1], (f"README.md has {count[0]} sections (##), README.zh-CN.md has {count[1]}: "
+                                  f"translate the missing ones. English sections: {english}")
+    levels = [[h.split()[0] for h in hs] for hs in (english, chinese)]
+    assert levels[0] == levels[1], f"the ##/### structure differs: README.md {english}, README.zh-CN.md {chinese}"
+
+
+def test_chinese_readme_has_the_same_commands():
+    english, chinese = commands(ENGLISH.read_text(encoding="utf-8")), commands(CHINESE.read_text(encoding="utf-8"))
+    assert english, "no commands found in README.md; has the way it writes them changed?"
+    assert english == chinese, ("README.zh-CN.md is behind README.md; update the translation.\n"
+                                f"only in README.md: {sorted(english - chinese)}\n"
+                                f"only in README.zh-CN.md: {sorted(chinese - english)}")
+
+
+def test_readmes_link_to_each_other_under_the_title():
+    for readme, other in ((ENGLISH, "README.zh-CN.md"), (CHINESE, "README.md")):
+        lines = [line for line in readme.read_text(encoding="utf-8").splitlines() if line.strip()]
+        assert lines[0].startswith("# ") and f"]({other})" in lines[1], \
+            f"{readme.name}: the line under the title should link to {other}"
