@@ -192,8 +192,9 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     never replace the last good checkpoint either.
     """
     path = Path(path)
-    weights = state.get("model", {}) if isinstance(state.get("model"), dict) else {}
-    if any(torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all() for t in weights.values()):
+    weights = state.get("model")
+    if isinstance(weights, dict) and any(torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()
+                                         for t in weights.values()):
         raise UserError(f"not saving {path}: the model's weights hold NaN or inf (training diverged), so the previous "
                         f"{path.name} is kept; try a lower --lr")
     path.parent.mkdir(parents=True, exist_ok=True)

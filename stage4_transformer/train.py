@@ -281,7 +281,8 @@ def main(argv=None) -> None:
                         _, loss = model(b["src"], b["tgt_in"], b["tgt_out"], label_smoothing=args.label_smoothing)
                     if not torch.isfinite(loss):
                         raise UserError(f"the loss became {loss.item()} at step {state['step'] + 1}; "
-                                        f"try a lower --lr (now {args.lr}) or a longer --warmup-steps")
+                                        f"try a lower --lr (now {args.lr}) or a longer --warmup-steps"
+                                        + (", or --no-amp" if args.amp and device.type == "cuda" else ""))
                     share = sum(len(train[i][1]) for i in idx) / n_tgt
                     (scaler.scale(loss * share) if scaler else loss * share).backward()
                     step_loss += loss.item() * share

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            note_command, plot_curves, probability, resolve_data_dir, rng_state, run_cli,
-                            save_checkpoint, set_rng_state, set_seed, write_result)
+                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
+                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage5_gpt.data import EOT, CharTokenizer, load_sst2
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT, GPTConfig
@@ -127,12 +127,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(p, epochs=3, batch_size=32, lr=1e-4, out_dir="runs/stage5_gpt/{name}")
     p.add_argument("--from-scratch", action="store_true", help="random weights instead of the pre-trained ones")
     p.add_argument("--freeze", action="store_true", help="train the head only (a linear probe)")
-    p.add_argument("--max-len", type=int, default=None, help="tokens per sentence (default: the model's context)")
-    p.add_argument("--val-size", type=int, default=2000, help="training sentences held out to choose the best epoch")
+    p.add_argument("--max-len", type=positive_int, default=None,
+                   help="tokens per sentence (default: the model's context)")
+    p.add_argument("--val-size", type=positive_int, default=2000,
+                   help="training sentences held out to choose the best epoch")
     p.add_argument("--dropout", type=probability, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-steps", type=int, default=100, help="linear warmup, then linear decay to 0")
-    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
     p.add_argument("--result", default=None, help="result JSON (default: stage5_gpt/results/<run name>.json; "
                                                   "<out-dir>/result.json for smoke runs)")
     args = p.parse_args(argv)
@@ -233,6 +235,9 @@ def main(argv=None) -> None:
                     g["lr"] = lr_at(state["step"], args, total_steps)
                 ids, lengths = make_batch([seqs[i] for i in idx], pad_id, device)
                 loss = F.cross_entropy(model(ids, lengths), torch.tensor([labels[i] for i in idx], device=device))
+                if not torch.isfinite(loss):
+                    raise UserError(f"the loss became {loss.item()} at step {state['step'] + 1}; "
+                                    f"try a lower --lr (now {args.lr}), a longer --warmup-steps or a smaller --clip")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, args.clip)

@@ -286,7 +286,8 @@ def main(argv=None) -> None:
             loss_value = flags[0].item()
             if not math.isfinite(loss_value):
                 raise UserError(f"the loss became {loss_value} at step {state['step'] + 1}; "
-                                f"try a lower --lr (now {args.lr}) or a longer --warmup-steps")
+                                f"try a lower --lr (now {args.lr}) or a longer --warmup-steps"
+                                + (", or --no-amp" if args.amp and device.type == "cuda" else ""))
             state["step"] += 1
             state["tokens"] += tokens_per_step
             state["history"]["train_loss"].append([state["step"], round(loss_value, 5)])

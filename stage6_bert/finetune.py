@@ -294,6 +294,10 @@ def main(argv=None) -> None:
                 ids, segments, mask, labels = make_batch(train, idx, device)
                 with autocast:
                     _, loss = model(ids, token_type_ids=segments, attention_mask=mask, labels=labels)
+                if not torch.isfinite(loss):
+                    raise UserError(f"the loss became {loss.item()} at step {state['step'] + 1}; "
+                                    f"try a lower --lr (now {args.lr}) or a larger --warmup-ratio"
+                                    + (", or --no-amp" if args.amp and device.type == "cuda" else ""))
                 optimizer.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler else loss).backward()
                 if scaler:

@@ -410,7 +410,8 @@ def main(argv=None) -> None:
             loss_value = flags[0].item() / world
             if not math.isfinite(loss_value):
                 raise UserError(f"the loss became {loss_value} at step {state['step'] + 1}; "
-                                f"try a lower --lr (now {args.lr}) or a longer --warmup-steps")
+                                f"try a lower --lr (now {args.lr}) or a longer --warmup-steps"
+                                + (", or --no-amp" if args.amp and device.type == "cuda" else ""))
             state["step"] += 1
             state["tokens"] += n_tokens
             state["history"]["train_loss"].append([state["step"], round(loss_value, 5)])
