@@ -1,0 +1,230 @@
+"""scripts/reproduce.py: the plan it reads from the committed result files, the flags it rewrites, the order of runs
+that read another run's checkpoint, a failed run, and a real Stage 1 reproduction with --quick on tiny data.
+
+Every run writes into tmp_path (--out-dir), so runs/reproduce and the committed result files are never touched.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shlex
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, write_tiny_data
+from scripts import reproduce
+from scripts.reproduce import flag_value, load_runs, plan, select, set_flag
+
+OUTPUT_FLAGS = ("--result", "--out-dir", "--checkpoint")
+
+
+def without_outputs(args: list[str]) -> list[str]:
+    """args without the flags reproduce.py rewrites, and their values."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in OUTPUT_FLAGS:
+            skip = True
+        elif a.split("=")[0] not in OUTPUT_FLAGS:
+            out.append(a)
+    return out
+
+
+def planned_commands(out: str) -> dict[str, list[str]]:
+    """The plan as printed: result file -> its command lines (after `$ `)."""
+    commands, current = {}, None
+    for line in out.splitlines():
+        if m := re.match(r"\s*\d+\. (\S+): ", line):
+            current = m.group(1)
+            commands[current] = []
+        elif line.startswith("    $ "):
+            commands[current].append(line[len("    $ "):])
+    return commands
+
+
+def test_dry_run_all_lists_every_result_file_with_its_command(tmp_path, capsys):
+    out_root = tmp_path / "reproduce"
+    reproduce.main(["--all", "--dry-run", "--out-dir", str(out_root)])
+    out = capsys.readouterr().out
+    commands = planned_commands(out)
+    files = sorted(REPO_ROOT.glob("stage*/results/*.json"))
+    headline = {p.relative_to(REPO_ROOT).as_posix(): json.loads(p.read_text()) for p in files}
+    side = {k for k, r in headline.items() if "headline_metric" not in r}
+    headline = {k: r for k, r in headline.items() if k not in side}
+    assert set(commands) == set(headline)
+    assert f"reproduce: {len(headline)} runs in {len({k.split('/')[0] for k in headline})} stages" in out
+    for key, recorded in headline.items():
+        stage, name = key.split("/")[0], Path(key).stem
+        recorded_commands = [recorded["command"], *recorded.get("resumed_with", [])]
+        assert len(commands[key]) == len(recorded_commands), key
+        for line, command in zip(commands[key], recorded_commands):
+            new, old = shlex.split(line), shlex.split(command)
+            assert new[:2] == old[:2], key
+            assert without_outputs(new[2:]) == without_outputs(old[2:]), key   # the same run, only outputs moved
+            assert flag_value(new, "--result") == str(out_root / stage / f"{name}.json")
+            assert flag_value(new, "--out-dir") == str(out_root / stage / name)
+        assert f"{key}: {recorded['headline_metric']} {recorded['metrics'][recorded['headline_metric']]:.4f}" in out
+    not_rerun = out.split("not re-run")[1]
+    assert all(k in not_rerun for k in side)
+    assert not out_root.exists()  # a dry run writes nothing
+
+
+def test_flags_are_replaced_where_given_and_appended_where_not():
+    assert set_flag(["--dataset", "sst2"], "--result", "new.json") == ["--dataset", "sst2", "--result", "new.json"]
+    assert set_flag(["--result", "old.json", "--epochs", "3"], "--result", "new.json") == \
+        ["--result", "new.json", "--epochs", "3"]
+    assert set_flag(["--out-dir=runs/x", "--quick"], "--out-dir", "runs/y") == ["--out-dir", "runs/y", "--quick"]
+    assert set_flag(["--result", "a", "--lr", "1", "--result=b"], "--result", "c") == ["--result", "c", "--lr", "1"]
+    assert flag_value(["--result", "a", "--result=b"], "--result") == "b"  # the last one counts, as in argparse
+    assert flag_value(["--results", "a"], "--result") is None
+
+
+def fake_repo(root: Path, commands: dict[str, str | list[str]]) -> Path:
+    """A repository with one stage (stage1_fake) whose result files record `commands` (name -> command, or a list:
+    the command and the commands that resumed it).
+
+    Its train.py writes a result with --value as the accuracy, or fails with one `error:` line when given --fail.
+    """
+    (root / "stage1_fake" / "results").mkdir(parents=True)
+    for name in ("train.py", "finetune.py"):
+        (root / "stage1_fake" / name).write_text(textwrap.dedent("""
+            import argparse, json, sys
+            p = argparse.ArgumentParser()
+            for flag in ("--result", "--out-dir", "--checkpoint", "--data-dir"):
+                p.add_argument(flag)
+            p.add_argument("--value", type=float, default=0.5)
+            p.add_argument("--fail", action="store_true")
+            p.add_argument("--quick", action="store_true")
+            a = p.parse_args()
+            print("training on", a.data_dir, "reading", a.checkpoint)
+            if a.fail:
+                print("error: the loss became nan at step 3", file=sys.stderr)
+                sys.exit(2)
+            json.dump({"metrics": {"accuracy": a.value}, "headline_metric": "accuracy", "train_seconds": 2.0,
+                       "device": "cpu", "threads": 1, "quick": a.quick}, open(a.result, "w"))
+        """))
+    for name, command in commands.items():
+        first, *resumes = [command] if isinstance(command, str) else command
+        result = {"stage": "stage1_fake", "metrics": {"accuracy": 0.8}, "headline_metric": "accuracy",
+                  "train_seconds": 1.0, "device": "cpu", "threads": 2, "command": first, "git_commit": "unknown"}
+        if resumes:
+            result["resumed_with"] = resumes
+        (root / "stage1_fake" / "results" / f"{name}.json").write_text(json.dumps(result))
+    return root
+
+
+@pytest.fixture
+def fake_checkpoint_tables(monkeypatch):
+    """stage1_fake/finetune.py reads the checkpoint that stage1_fake/results/pre.json's run writes."""
+    monkeypatch.setattr(reproduce, "READS_CHECKPOINT",
+                        {"stage1_fake/finetune.py": ("--checkpoint", "runs/stage1_fake/pre/best.pt")})
+    monkeypatch.setattr(reproduce, "WRITES_CHECKPOINTS", {"stage1_fake/results/pre.json": "runs/stage1_fake/pre"})
+
+
+def test_recorded_output_flags_are_rewritten_and_the_rest_kept(tmp_path, fake_checkpoint_tables):
+    root = fake_repo(tmp_path / "repo", {
+        "a": "python stage1_fake/train.py --value 0.7 --result stage1_fake/results/a.json --out-dir=runs/custom",
+        "b": ["python stage1_fake/train.py --value 0.6 --max-steps 5",
+              "python stage1_fake/train.py --resume --out-dir runs/somewhere"]})
+    runs, side = load_runs(root)
+    out_root = root / "runs" / "reproduce"
+    order = plan(select(runs, side, [], []), runs, out_root, root, tmp_path / "data", quick=True)
+    data = str(tmp_path / "data")
+    assert [r.commands for r in order] == [
+        [["stage1_fake/train.py", "--value", "0.7", "--result", "runs/reproduce/stage1_fake/a.json",
+          "--out-dir", "runs/reproduce/stage1_fake/a", "--data-dir", data, "--quick"]],
+        # a resumed run: every command, each writing to the same new run folder
+        [["stage1_fake/train.py", "--value", "0.6", "--max-steps", "5", "--result", "runs/reproduce/stage1_fake/b.json",
+          "--out-dir", "runs/reproduce/stage1_fake/b", "--data-dir", data, "--quick"],
+         ["stage1_fake/train.py", "--resume", "--out-dir", "runs/reproduce/stage1_fake/b",
+          "--result", "runs/reproduce/stage1_fake/b.json", "--data-dir", data, "--quick"]]]
+
+
+def test_stage6_pretrains_first_and_its_fine_tunes_read_the_new_checkpoint(tmp_path):
+    runs, side = load_runs(REPO_ROOT)
+    order = plan(select(runs, side, ["stage6_bert"], []), runs, tmp_path, REPO_ROOT, None, quick=False)
+    assert order[0].result == "stage6_bert/results/pretrain.json"
+    assert len(order) > 1
+    for run in order[1:]:
+        assert run.after == "stage6_bert/results/pretrain.json"
+        assert flag_value(run.commands[0], "--checkpoint") == str(tmp_path / "stage6_bert" / "pretrain" / "best.pt")
+    # one fine-tune alone brings the pre-training it reads along, first
+    order = plan(select(runs, side, [], ["glue_rte"]), runs, tmp_path, REPO_ROOT, None, quick=False)
+    assert [r.name for r in order] == ["pretrain", "glue_rte"]
+    # in every stage, a run comes after the run whose checkpoint it reads
+    order = plan(select(runs, side, [], []), runs, tmp_path, REPO_ROOT, None, quick=False)
+    for i, run in enumerate(order):
+        if run.after:
+            assert run.after in [r.result for r in order[:i]]
+
+
+def test_the_checkpoint_tables_agree_with_the_scripts():
+    """READS_CHECKPOINT holds each fine-tune script's default --checkpoint; WRITES_CHECKPOINTS the folder each
+    producer's recorded command writes to (its script's --out-dir template filled with run_name)."""
+    minimal = {"stage6_bert/finetune.py": ["--task", "rte"]}
+    for script, (flag, default) in reproduce.READS_CHECKPOINT.items():
+        module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+        args = module.parse_args(minimal.get(script, []))
+        assert getattr(args, flag.lstrip("-").replace("-", "_")) == default, script
+    runs, _ = load_runs(REPO_ROOT)
+    for key, folder in reproduce.WRITES_CHECKPOINTS.items():
+        script, *argv = runs[key].recorded_args
+        module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+        args = module.parse_args(argv)
+        assert args.out_dir.format(name=module.run_name(args)) == folder, key
+
+
+def test_a_failed_run_exits_1_with_one_line_and_skips_the_runs_that_read_its_checkpoint(
+        tmp_path, capsys, fake_checkpoint_tables):
+    root = fake_repo(tmp_path / "repo", {
+        "pre": "python stage1_fake/train.py --fail",
+        "tune": "python stage1_fake/finetune.py",
+        "other": "python stage1_fake/train.py --value 0.75"})
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--stage", "1", "--out-dir", str(tmp_path / "out")], root=root)
+    assert e.value.code == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "2 of 3 runs did not finish" in errors[0]
+    assert "stage1_fake/results/pre.json (failed: exit 2: error: the loss became nan at step 3" in errors[0]
+    assert ("stage1_fake/results/tune.json (skipped: it reads the checkpoint of stage1_fake/results/pre.json"
+            in errors[0])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["runs"]
+    other = summary["stage1_fake/results/other.json"]
+    assert other["status"] == "ok"
+    assert other["new"] == 0.75 and other["recorded"] == 0.8
+    assert other["difference"] == pytest.approx(-0.05) and other["relative_difference"] == pytest.approx(-0.0625)
+    assert "[stage1_fake/pre] error: the loss became nan" in captured.out  # streamed with its prefix
+    assert "error: the loss became nan" in (tmp_path / "out" / "stage1_fake" / "pre.log").read_text()
+
+
+def test_stage1_quick_reproduction_end_to_end(tmp_path, capsys, monkeypatch):
+    """The real Stage 1 commands, with --quick on tiny data: new result files next to the recorded figures."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    committed = {p: p.read_bytes() for p in (REPO_ROOT / "stage1_mlp" / "results").iterdir()}
+    data_dir = write_tiny_data(tmp_path / "data")
+    out_root = tmp_path / "reproduce"
+    reproduce.main(["--stage", "1", "--quick", "--data-dir", str(data_dir), "--out-dir", str(out_root)])
+    out = capsys.readouterr().out
+    summary = json.loads((out_root / "summary.json").read_text())["runs"]
+    for name in ("imdb", "sst2"):
+        key = f"stage1_mlp/results/{name}.json"
+        recorded = json.loads((REPO_ROOT / key).read_text())
+        new = json.loads((out_root / "stage1_mlp" / f"{name}.json").read_text())
+        assert new["quick"] is True and Path(new["data_dir"]).resolve() == data_dir.resolve()
+        row = summary[key]
+        assert row["status"] == "ok" and row["quick"] is True
+        assert row["recorded"] == recorded["metrics"]["accuracy"]
+        assert row["new"] == new["metrics"]["accuracy"]
+        assert row["difference"] == pytest.approx(row["new"] - row["recorded"])
+        assert re.search(rf"{re.escape(key)}\s+accuracy\s+{row['recorded']:.4f}\s+{row['new']:.4f}", out)
+        assert f"[stage1_mlp/{name}] " in out
+        assert (out_root / "stage1_mlp" / name / "best.pt").is_file()
+    assert {p: p.read_bytes() for p in (REPO_ROOT / "stage1_mlp" / "results").iterdir()} == committed
