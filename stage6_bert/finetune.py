@@ -66,11 +66,11 @@ def val_size(text: str) -> float:
     return value
 
 
-def val_count(spec: float | None, n_train: int, task: str = "") -> int:
-    """--val-size: None = 10% of train, at most 2,000 (SST-2: at most 500 sentences); below 1 a fraction of train;
-    else a number of examples."""
+def val_count(spec: float | None, n_train: int, phrases: bool = False) -> int:
+    """--val-size: None = 10% of train, at most 2,000 (a train set of phrases, SST-2: at most 500 sentences); below 1
+    a fraction of train; else a number of examples."""
     if spec is None:
-        return min(500 if task == "sst2" else 2000, round(0.1 * n_train))
+        return min(500 if phrases else 2000, round(0.1 * n_train))
     return round(spec * n_train) if spec < 1 else int(spec)
 
 
@@ -218,12 +218,12 @@ def main(argv=None) -> None:
     if args.quick:
         splits = {s: v.head({"train": QUICK_TRAIN, "dev": QUICK_DEV, "test": QUICK_TEST}[s]) for s, v in splits.items()}
     n_all = len(splits["train"])
-    n_val = val_count(args.val_size, n_all, args.task)
+    n_val = val_count(args.val_size, n_all, task.phrases)
     if not 1 <= n_val < n_all:
         raise UserError(f"--val-size {args.val_size or '(default: 10%)'} holds out {n_val} of {n_all} training "
                         f"examples; keep at least one for validation and one for training")
     rng = random.Random(0)  # a fixed split, whatever --seed is: runs with different seeds are comparable
-    if args.task == "sst2":
+    if task.phrases:
         train_rows, val_rows = sentence_split(splits["train"].a, n_val, rng)
     else:
         order = list(range(n_all))

@@ -57,6 +57,7 @@ class Task:
     metrics: tuple[str, ...]       # what is reported; the first is the headline (and chooses the best epoch)
     header: bool = True            # train/dev start with a header line (not CoLA)
     bom: bool = False              # the train/dev header starts with a UTF-8 byte order mark (MRPC)
+    phrases: bool = False          # train holds the phrases of its sentences too (SST-2): validate on whole sentences
 
     @property
     def num_labels(self) -> int:
@@ -70,7 +71,7 @@ class Task:
 STSB_COLUMNS = ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2")
 TASKS = {
     "sst2": Task("SST-2", ("sentence", "label"), ("index", "sentence"), ("sentence",), "label", ("0", "1"),
-                 ("accuracy",)),
+                 ("accuracy",), phrases=True),
     "cola": Task("CoLA", ("source", "label", "original_label", "sentence"), ("index", "sentence"), ("sentence",),
                  "label", ("0", "1"), ("matthews_corr", "accuracy"), header=False),
     "mrpc": Task("MRPC", ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),

@@ -430,7 +430,7 @@ def test_sst2_validation_holds_out_whole_sentences_and_their_phrases():
 
 def test_sst2_default_split_on_the_real_training_set(real_data_dir):
     texts = load_split("sst2", real_data_dir, "train").a
-    n_val = finetune.val_count(None, len(texts), "sst2")
+    n_val = finetune.val_count(None, len(texts), glue.get_task("sst2").phrases)
     train, val = finetune.sentence_split(texts, n_val, random.Random(0))
     assert (n_val, len(val), len(train)) == (500, 500, 61116)   # 5,733 phrases of the val sentences left out
     inside = [f" {texts[i]} " for i in val]
