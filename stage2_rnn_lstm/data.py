@@ -3,12 +3,20 @@
     file on disk (or a download) -> text -> tokens (characters or words) -> ids -> (B, N) streams -> (x, y) windows
 
 A language model predicts each token from the ones before it, so the "labels" are the inputs shifted by one.
+
+The sentence classifier (classify.py) reads SST-2 instead, one sentence per example:
+
+    train.tsv.gz / dev.tsv.gz (or a download) -> sentences + labels -> whole-sentence validation split
+    -> words -> ids (SentenceVocab, JSON) -> batches of similar length, right-padded
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import json
+import random
+import re
 import sys
 import urllib.request
 from collections import Counter
@@ -204,3 +212,187 @@ def get_window(streams: torch.Tensor, start: int, bptt: int) -> tuple[torch.Tens
     """Inputs x = streams[:, start:start+T] and targets y = the same shifted by one token; T <= bptt."""
     T = min(bptt, streams.shape[1] - 1 - start)
     return streams[:, start:start + T], streams[:, start + 1:start + 1 + T]  # (B, T), (B, T)
+
+
+# ----------------------------------------------------------------------------- SST-2 for the sentence classifier
+
+# GLUE's SST-2: gzipped TSV with the header sentence<TAB>label (0 negative, 1 positive), lower-cased and tokenised
+# (`it 's`, `does n't`). Dev is the test set here: GLUE's test labels are private.
+SST2 = {"folder": "glue/sst2", "files": {"train": "train.tsv.gz", "dev": "dev.tsv.gz"},
+        "hub": ("nyu-mll/glue", "sst2"), "hub_splits": {"train": "train", "dev": "validation"}}
+
+
+def load_sst2(data_dir: str | Path, split: str) -> tuple[list[str], list[int]]:
+    """Sentences and labels of `train` or `dev`, downloading SST-2 first if the file is missing.
+
+    Sentences hold bare quotes (`" a movie`), so CSV quoting must be off, or rows merge.
+    """
+    if split not in SST2["files"]:
+        raise UserError(f"SST-2 has no {split!r} split here; it has: {', '.join(SST2['files'])}")
+    folder = Path(data_dir) / SST2["folder"]
+    path = folder / SST2["files"][split]
+    if not path.is_file():
+        download_sst2(folder)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return [r["sentence"] for r in rows], [int(r["label"]) for r in rows]
+    except (OSError, EOFError, UnicodeDecodeError, KeyError, TypeError, ValueError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (expected a gzipped TSV with the header "
+                        f"sentence<TAB>label; see {folder / 'SOURCE.md'})") from None
+
+
+def download_sst2(folder: Path) -> None:
+    """Fetch `nyu-mll/glue` config `sst2` from the Hugging Face hub and write the missing files in the local format."""
+    hub_id, config = SST2["hub"]
+    expected = ", ".join(SST2["files"].values())
+    print(f"SST-2 not found in {folder}; downloading {hub_id} ({config}) from the Hugging Face hub ...",
+          file=sys.stderr)
+    try:
+        import datasets
+        datasets.logging.set_verbosity_error()
+        hub = datasets.load_dataset(hub_id, config)
+    except Exception as e:  # no internet, hub down, datasets missing: all end the same way for the user
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"SST-2 not found in {folder} (expected {expected}), and downloading {hub_id} ({config}) "
+                        f"failed ({reason}). Set --data-dir or MY_LLM_DATA to a folder that has it, or run with "
+                        f"internet access.") from None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, hub_split in SST2["hub_splits"].items():
+            path = folder / SST2["files"][split]
+            if path.is_file():  # never overwrite a local file
+                continue
+            tmp = path.with_name(path.name + ".part")
+            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
+                f.write("sentence\tlabel\n")
+                f.writelines(f"{r['sentence']}\t{int(r['label'])}\n" for r in hub[hub_split])
+            tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"downloaded {hub_id} but cannot write it to {folder}: {e.strerror or e}") from None
+
+
+def sentence_split(texts: list[str], n_val: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(train rows, validation rows) for SST-2's train set, where most rows are phrases of other rows.
+
+    SST-2 train holds every phrase of each sentence's parse tree with its own label, so a randomly held-out row is
+    nearly always inside some training row, and a validation score on it measures memory. Validation takes `n_val`
+    whole sentences instead, rows that no other row contains, and train loses every row that is a phrase of one of
+    them. That is the situation of dev: sentences never seen, in whole or in part.
+    """
+    words = [t.split() for t in texts]
+    padded = [f" {' '.join(w)} " for w in words]    # spaces around, so that "art" is not found inside "party"
+    rows_with: dict[str, list[int]] = {}            # word -> the rows that hold it
+    for i, ws in enumerate(words):
+        for w in set(ws):
+            rows_with.setdefault(w, []).append(i)
+
+    def is_whole(i: int) -> bool:
+        if not words[i]:
+            return False
+        rarest = min(set(words[i]), key=lambda w: len(rows_with[w]))  # a row containing i must hold its rarest word
+        return not any(j != i and padded[i] in padded[j] for j in rows_with[rarest])
+
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    val = []
+    for i in order:
+        if len(val) == n_val:
+            break
+        if is_whole(i):
+            val.append(i)
+    if len(val) < n_val:
+        raise UserError(f"--val-size asks for {n_val} whole sentences, but the training set has only {len(val)}")
+    phrases = {" ".join(words[i][a:b])                # every span of words of every held-out sentence
+               for i in val for a in range(len(words[i])) for b in range(a + 1, len(words[i]) + 1)}
+    held = set(val)
+    train = [i for i in range(len(texts)) if i not in held and " ".join(words[i]) not in phrases]
+    return train, val
+
+
+PAD = "<pad>"
+
+
+def tokenize_sentence(text: str) -> list[str]:
+    """Words the way SST-2 writes them: lower case, `n't` and `'s` split off, punctuation at a word's end split off.
+
+    SST-2 is already in this form: its dev rows come out unchanged, and of 67,349 train rows only 28 change (those
+    that end in an initial, `jason x.`). The rules are there so that a sentence typed by a person ("It's great!")
+    meets the same vocabulary (`it 's great !`).
+    """
+    text = re.sub(r"(\w)n't\b", r"\1 n't", text.lower())
+    text = re.sub(r"(\w)'(s|re|ve|ll|d|m)\b", r"\1 '\2", text)
+    text = re.sub(r"(\w)([,!?;:]+)(?=\s|$)", r"\1 \2", text)
+    text = re.sub(r"(^|\s)([^\s.]*\w)(\.+)\s*$", r"\1\2 \3", text)  # a full stop that ends the text; not "mr." inside
+    return text.split()
+
+
+class SentenceVocab:
+    """word <-> id for the classifier, built on the training rows only, stored as JSON (never pickle).
+
+    Id 0 is <pad> (fills a batch's shorter sentences), 1 is <unk>. A word found in fewer than `min_freq` training
+    rows is left out, so <unk> is trained on real rare words and means something when dev brings words train never had.
+    """
+
+    def __init__(self, itos: list[str]):
+        if itos[:2] != [PAD, UNK]:
+            raise ValueError(f"the first two tokens must be {PAD} and {UNK}")
+        self.itos = itos
+        self.stoi = {s: i for i, s in enumerate(itos)}
+
+    @classmethod
+    def build(cls, sentences: list[str], min_freq: int = 1) -> "SentenceVocab":
+        counts = Counter(w for s in sentences for w in set(tokenize_sentence(s)))  # in how many rows each word is
+        return cls([PAD, UNK] + [w for w, n in counts.most_common() if n >= min_freq and w not in (PAD, UNK)])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, sentence: str) -> list[int]:
+        """Ids of the sentence's words; never empty (an empty sentence is one <unk>), so it has a last token."""
+        return [self.stoi.get(w, 1) for w in tokenize_sentence(sentence)] or [1]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"kind": "sentence", "itos": self.itos}, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SentenceVocab":
+        try:
+            obj = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(obj["itos"])
+        except FileNotFoundError:
+            raise UserError(f"vocabulary not found: {path} (classify.py writes it next to the checkpoint)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read vocabulary {path}: {type(e).__name__}: {e}") from None
+
+    def fingerprint(self) -> str:
+        """A short hash a checkpoint keeps, so a vocabulary from another run is caught before it gives nonsense."""
+        return hashlib.sha256("\n".join(self.itos).encode("utf-8")).hexdigest()[:16]
+
+
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:
+    """One epoch's batches of row indices, each of sentences of similar length.
+
+    A batch is padded to its longest sentence and the network steps through every position, pads included; SST-2
+    mixes 2-word phrases with 50-word sentences, so random batches would spend much of their time on pads. Shuffle,
+    sort each pool of `pool` batches by length, cut it into batches, shuffle the batches: every row once per epoch,
+    a new order each epoch, and the same rng state gives the same batches (what an exact --resume needs).
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    size = pool * batch_size
+    batches = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start:start + size], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def make_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists to the longest: ids (B, T) and lengths (B,), the number of real tokens of each."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    ids = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)  # (B, T)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+    return ids, lengths

@@ -7,6 +7,11 @@ The recurrent layers exist twice: `RecurrentLayers` below, written from the equa
 (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, ...; gates stacked in PyTorch's order), so a
 state dict moves between them unchanged and the parity tests can show they compute the same function.
 Embedding and Linear are torch's own: Stage 1 built those from scratch already.
+
+The same recurrent layers also read whole sentences for classification (`RNNClassifier`, trained by classify.py):
+
+    ids (B, T) -> Embedding -> Dropout -> [recurrent layer] x n_layers -> output at the last real token -> Dropout
+               -> Linear -> class scores (B, 2)
 """
 from __future__ import annotations
 
@@ -31,6 +36,22 @@ class LMConfig:
     tie_weights: bool = False     # share the embedding matrix with the output layer (needs emb_dim == hidden_dim)
     impl: str = "scratch"         # scratch | torch
     adaptive_cutoffs: list[int] = field(default_factory=list)  # non-empty: adaptive softmax with these clusters
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ClassifierConfig:
+    vocab_size: int
+    n_classes: int = 2
+    model_type: str = "lstm"      # rnn | lstm | gru
+    emb_dim: int = 128
+    hidden_dim: int = 256
+    n_layers: int = 1
+    dropout: float = 0.5          # on embeddings, between layers, and on the sentence vector
+    impl: str = "torch"           # scratch | torch: the same function; torch's loop over time runs in C++
+    pad_id: int = 0               # the id that fills a batch's shorter sentences up to its longest
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,7 +135,8 @@ class RecurrentLayers(nn.Module):
         return x, ((h_n, torch.stack(cs)) if self.mode == "lstm" else h_n)
 
 
-def make_recurrent(config: LMConfig) -> nn.Module:
+def make_recurrent(config: LMConfig | ClassifierConfig) -> nn.Module:
+    """The hand-written stack or PyTorch's (config.impl): both map (B, T, emb_dim) to (B, T, hidden_dim)."""
     args = (config.emb_dim, config.hidden_dim, config.n_layers)
     dropout = config.dropout if config.n_layers > 1 else 0.0
     if config.impl == "torch":
@@ -182,3 +204,35 @@ class RNNLanguageModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() counts a tied matrix once
+
+
+class RNNClassifier(nn.Module):
+    """A sentence classifier: read the sentence left to right, then classify what the last state holds.
+
+    Batches are right-padded to their longest sentence. A recurrent layer only looks back, so its output at a
+    sentence's last real token (position length - 1) has read every word of it and none of the pads that follow.
+    That output is the sentence vector. The final state h_n would not do: it has also read the pads, so a sentence's
+    prediction would depend on how long the others in its batch are. (Packing with nn.utils.rnn.pack_padded_sequence
+    skips the pads too, but only PyTorch's layers accept packed input; gathering works for both implementations.)
+    """
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.emb_dim, padding_idx=config.pad_id)
+        with torch.no_grad():  # small vectors, as in the language model; the pad's stays zero (and gets no gradient)
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+            self.embedding.weight[config.pad_id].zero_()
+        self.drop = nn.Dropout(config.dropout)
+        self.rnn = make_recurrent(config)
+        self.head = nn.Linear(config.hidden_dim, config.n_classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) right-padded, lengths (B,) the number of real tokens in each -> logits (B, n_classes)."""
+        x = self.drop(self.embedding(ids))                     # (B, T, E)
+        out, _ = self.rnn(x)                                   # (B, T, H): the top layer's output at every position
+        last = out[torch.arange(ids.shape[0], device=ids.device), lengths - 1]  # (B, H): at each last real token
+        return self.head(self.drop(last))                      # (B, n_classes)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,263 @@
+"""Stage 2 SST-2 classifier: the model (shapes, padding changes nothing, scratch = torch), the whole-sentence
+validation split, the sentence vocabulary (JSON), the SST-2 reader and its download path (a patched
+`datasets.load_dataset`), classify.py end to end on tiny files (result file, load_predictor, exact resume after
+--max-steps and after SIGTERM), and one-line errors for bad input.
+
+Every run writes into tmp_path (--out-dir and --result), so the committed stage2_rnn_lstm/results are never touched,
+and the data are the tiny files conftest.py writes: nothing is downloaded and no real data set is copied.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import signal
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, cli, run_script, tiny_rows
+from scripts.common import UserError, load_checkpoint, save_checkpoint
+from stage2_rnn_lstm import classify
+from stage2_rnn_lstm.data import (SentenceVocab, length_batches, load_sst2, make_batch, sentence_split,
+                                  tokenize_sentence)
+from stage2_rnn_lstm.model import ClassifierConfig, RNNClassifier
+
+STAGE = "stage2_rnn_lstm"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_args(data_dir, out_dir, *extra: str) -> list[str]:
+    """A small, fast run with every output inside out_dir (later flags override earlier ones)."""
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--result", str(out_dir / "result.json"),
+            "--epochs", "3", "--batch-size", "16", "--emb-dim", "16", "--hidden-dim", "32", "--lr", "1e-2",
+            "--dropout", "0.1", "--min-freq", "1", *extra]
+
+
+# ----------------------------------------------------------------------------- the model
+
+@pytest.mark.parametrize("impl", ["scratch", "torch"])
+@pytest.mark.parametrize("model_type", ["rnn", "lstm", "gru"])
+def test_forward_shapes_and_padding_changes_nothing(impl, model_type):
+    """A sentence's scores are the same alone and right-padded in a batch with a longer one."""
+    torch.manual_seed(0)
+    model = RNNClassifier(ClassifierConfig(vocab_size=20, model_type=model_type, emb_dim=8, hidden_dim=12,
+                                           n_layers=2, impl=impl)).eval()
+    short, long = [3, 4, 5], [6, 7, 8, 9, 10, 11, 2]
+    ids, lengths = make_batch([short, long])                           # (2, 7), (2,)
+    assert ids.shape == (2, 7) and lengths.tolist() == [3, 7] and ids[0, 3:].eq(0).all()
+    batch = model(ids, lengths)
+    assert batch.shape == (2, 2)
+    alone = model(*make_batch([short]))
+    assert torch.allclose(batch[0], alone[0], atol=1e-6)
+    assert torch.allclose(batch[1], model(*make_batch([long]))[0], atol=1e-6)
+
+
+def test_scratch_and_torch_classifiers_are_one_function():
+    """The same weights give the same scores with the hand-written cells and with nn.LSTM."""
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=20, emb_dim=8, hidden_dim=12, n_layers=2)
+    ours = RNNClassifier(ClassifierConfig(**cfg, impl="scratch"))
+    ref = RNNClassifier(ClassifierConfig(**cfg, impl="torch"))
+    ref.load_state_dict(ours.state_dict())
+    ids, lengths = make_batch([[1, 2, 3], [4, 5, 6, 7, 8]])
+    assert torch.allclose(ours.eval()(ids, lengths), ref.eval()(ids, lengths), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_sentence_split_holds_out_whole_sentences_and_drops_their_phrases():
+    texts = ["a great movie", "great movie", "great", "a great", "a dull film", "dull film", "film",
+             "the party", "art", "movie of the year", "of the"]
+    for seed in range(20):
+        train, val = sentence_split(texts, 2, random.Random(seed))
+        assert len(val) == 2 and not set(train) & set(val)
+        for v in val:  # whole: no other row contains it
+            assert not any(i != v and f" {texts[v]} " in f" {t} " for i, t in enumerate(texts))
+        phrases = {" ".join(texts[v].split()[a:b]) for v in val
+                   for a in range(len(texts[v].split())) for b in range(a + 1, len(texts[v].split()) + 1)}
+        assert not any(texts[i] in phrases for i in train)                    # no phrase of a held-out sentence
+        assert sorted(train + val) == sorted(set(range(len(texts))) - {i for i in range(len(texts))
+                                                                       if i not in val and texts[i] in phrases})
+    # "art" is a word of its own, not a part of "party": it is whole, and "the party" held out does not drop it
+    train, val = sentence_split(["the party", "art"], 1, random.Random(0))
+    assert sorted(train + val) == [0, 1]
+    with pytest.raises(UserError, match="asks for 5 whole sentences, but the training set has only 1"):
+        sentence_split(["a b", "a", "b"], 5, random.Random(0))
+
+
+def test_tokenize_sentence_meets_sst2s_form():
+    assert tokenize_sentence("It's great! I didn't like Mr. Smith's film, ok?") == \
+        ["it", "'s", "great", "!", "i", "did", "n't", "like", "mr.", "smith", "'s", "film", ",", "ok", "?"]
+    sst = "it 's a does n't ... \" the u.s. , mr. e.t. 1/2 *** -- ( wow ) ."
+    assert tokenize_sentence(sst) == sst.split()   # already tokenised: unchanged
+    assert tokenize_sentence("I loved it.") == ["i", "loved", "it", "."]
+
+
+def test_vocab_json_round_trip(tmp_path):
+    v = SentenceVocab.build(["a good film", "a bad film", "good", "rare"], min_freq=2)
+    assert v.itos[:2] == ["<pad>", "<unk>"] and set(v.itos[2:]) == {"a", "good", "film"}
+    assert v.encode("a rare good film !") == [v.stoi["a"], 1, v.stoi["good"], v.stoi["film"], 1]
+    assert v.encode("") == [1]                      # never empty: a sentence always has a last token
+    v.save(tmp_path / "vocab.json")
+    assert json.loads((tmp_path / "vocab.json").read_text())["itos"] == v.itos   # plain JSON
+    w = SentenceVocab.load(tmp_path / "vocab.json")
+    assert w.itos == v.itos and w.fingerprint() == v.fingerprint()
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read vocabulary"):
+        SentenceVocab.load(tmp_path / "bad.json")
+    with pytest.raises(UserError, match="vocabulary not found"):
+        SentenceVocab.load(tmp_path / "missing.json")
+
+
+def test_length_batches_cover_every_row_once_and_repeat_with_the_seed():
+    lengths = [random.Random(i).randint(1, 50) for i in range(1000)]
+    batches = length_batches(lengths, 16, random.Random(3))
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert batches == length_batches(lengths, 16, random.Random(3))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 5   # sorted within pools: a batch holds sentences of similar length
+
+
+def test_reads_sst2_tsv_with_bare_quotes(tiny_data_dir):
+    sentences, labels = load_sst2(tiny_data_dir, "train")
+    assert list(zip(sentences, labels)) == tiny_rows("sst2", "train")
+    assert any(s.startswith('" ') for s in sentences)
+
+
+def hub_sst2():
+    """What `datasets.load_dataset("nyu-mll/glue", "sst2")` gives, with the tiny rows (dev = the hub's validation)."""
+    return {hub: [{"sentence": s, "label": y, "idx": i} for i, (s, y) in enumerate(tiny_rows("sst2", split))]
+            for hub, split in [("train", "train"), ("validation", "test"), ("test", "test")]}
+
+
+def test_download_writes_the_local_format(tmp_path, monkeypatch, capsys):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append((path, name))
+        return hub_sst2()
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert list(zip(*load_sst2(tmp_path, "dev"))) == tiny_rows("sst2", "test")
+    assert list(zip(*load_sst2(tmp_path, "train"))) == tiny_rows("sst2", "train")
+    assert calls == [("nyu-mll/glue", "sst2")]      # once: train was read from the file the download wrote
+    assert "downloading nyu-mll/glue" in capsys.readouterr().err
+    lines = gzip.open(tmp_path / "glue" / "sst2" / "train.tsv.gz", "rt", encoding="utf-8", newline="").read()
+    assert lines.split("\n")[0] == "sentence\tlabel" and lines.endswith("\n") and "\r" not in lines
+
+
+def test_missing_data_offline_is_one_line_error(tmp_path, monkeypatch, capsys):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    code, err = cli(classify.main, run_args(tmp_path / "nowhere", tmp_path / "run"), capsys)
+    assert_one_line_error(code, err, r"SST-2 not found in .*sst2 \(expected train.tsv.gz, dev.tsv.gz\).*Couldn't reach")
+
+
+# ----------------------------------------------------------------------------- classify.py end to end
+
+def test_quick_run_writes_outputs_and_predicts(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    classify.main(run_args(tiny_data_dir, out, "--quick"))
+    for name in ["best.pt", "last.pt", "vocab.json", "classify.log", "result.json"]:
+        assert (out / name).is_file(), name
+    assert (out / "result.png").read_bytes()[:8] == PNG_MAGIC
+    r = json.loads((out / "result.json").read_text())
+    assert r["stage"] == STAGE and r["dataset"] == "sst2" and r["split"] == "dev" and r["headline_metric"] == "accuracy"
+    assert set(r["metrics"]) == {"accuracy", "macro_f1"} and 0 <= r["best_val_accuracy"] <= 1
+    assert r["command"].startswith("python stage2_rnn_lstm/classify.py --data-dir")
+    assert r["sizes"]["val"] == 20 and r["sizes"]["dev"] == 60 and r["params"] > 0
+    assert r["metrics"]["accuracy"] >= 0.8   # the tiny rows' cue words are easy to learn
+
+    predict = classify.load_predictor(out / "best.pt", "cpu")
+    dev, labels = load_sst2(tiny_data_dir, "dev")
+    probs = predict(dev)
+    assert probs.shape == (len(dev), 2) and torch.allclose(probs.sum(-1), torch.ones(len(dev)), atol=1e-5)
+    accuracy = sum(int(p) == y for p, y in zip(probs.argmax(-1), labels)) / len(labels)
+    assert round(accuracy, 4) == r["metrics"]["accuracy"]          # the predictor is the model that was scored
+    assert torch.allclose(predict([dev[5]])[0], probs[5], atol=1e-6)   # alone or in a batch: the same
+    assert predict(["What a wonderful, brilliant film!", ""]).shape == (2, 2)
+
+
+def interrupt_at_step(monkeypatch, step: int) -> None:
+    """Send this process SIGTERM while the loop builds batch `step` (counting from 1), as `kill` would."""
+    calls = {"n": 0}
+    real = classify.make_batch
+
+    def make_batch(seqs, pad_id=0):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(seqs, pad_id)
+    monkeypatch.setattr(classify, "make_batch", make_batch)
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "sigterm"])
+def test_resume_is_exact(tiny_data_dir, tmp_path, monkeypatch, stop):
+    """A run stopped mid-epoch (by --max-steps, or by SIGTERM: exit 130 with last.pt saved) and resumed gives the
+    uninterrupted run's losses, validation scores and weights."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    classify.main(run_args(tiny_data_dir, a))
+    if stop == "max_steps":
+        classify.main(run_args(tiny_data_dir, b, "--max-steps", "5"))
+    else:
+        interrupt_at_step(monkeypatch, 5)
+        with pytest.raises(SystemExit) as e:
+            classify.main(run_args(tiny_data_dir, b))
+        assert e.value.code == 130
+        monkeypatch.undo()
+    assert load_checkpoint(b / "last.pt", stage=STAGE)["state"]["step"] == 5
+    classify.main(run_args(tiny_data_dir, b, "--resume"))
+    ckpt_a, ckpt_b = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ckpt_b["state"]["history"] == ckpt_a["state"]["history"]
+    for name in ckpt_a["model"]:
+        assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
+    assert ra["metrics"] == rb["metrics"] and len(rb["resumed_with"]) == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("flags,pattern", [
+    (["--lr", "-1"], r"argument --lr: must be a finite number > 0"),
+    (["--batch-size", "0"], r"argument --batch-size: must be > 0"),
+    (["--dropout", "1.5"], r"argument --dropout: must be in \[0, 1\)"),
+    (["--model-type", "transformer"], r"argument --model-type/--model_type: invalid choice"),
+])
+def test_bad_flags(capsys, flags, pattern):
+    code, err = cli(classify.main, flags, capsys)
+    assert_one_line_error(code, err, pattern)
+
+
+def test_bad_checkpoints(tiny_data_dir, tmp_path, capsys):
+    """--resume and load_predictor: a truncated file, another stage's checkpoint, a Stage 2 language model, none."""
+    out = tmp_path / "run"
+    classify.main(run_args(tiny_data_dir, out, "--epochs", "1"))
+    good = (out / "last.pt").read_bytes()
+    lm = {"stage": STAGE, "model": {}, "config": {"vocab_size": 3}}   # what train.py's checkpoints look like
+    for name, write, pattern in [
+        ("corrupt", lambda p: p.write_bytes(good[:500]), r"cannot read checkpoint .*corrupt"),
+        ("other", lambda p: save_checkpoint({"stage": "stage1_mlp", "model": {}, "config": {}}, p),
+         r"written by stage1_mlp, not stage2_rnn_lstm"),
+        ("lm", lambda p: save_checkpoint(lm, p), r"language-model checkpoint .*not an SST-2 classifier"),
+    ]:
+        write(out / "last.pt")
+        code, err = cli(classify.main, run_args(tiny_data_dir, out, "--resume"), capsys)
+        assert_one_line_error(code, err, pattern if name != "lm" else r"is not the last.pt of a classify.py run")
+        with pytest.raises(UserError, match=pattern):
+            classify.load_predictor(out / "last.pt", "cpu")
+    with pytest.raises(UserError, match="checkpoint not found"):
+        classify.load_predictor(tmp_path / "missing.pt", "cpu")
+    (out / "vocab.json").write_text(json.dumps({"itos": ["<pad>", "<unk>", "other"]}))
+    with pytest.raises(UserError, match="is not the vocabulary .* was trained with"):
+        classify.load_predictor(out / "best.pt", "cpu")
+
+
+@pytest.mark.parametrize("module", [False, True])
+def test_help(tmp_path, module):
+    proc = run_script("classify", "--help", data_dir=tmp_path, module=module, stage=STAGE)
+    assert proc.returncode == 0 and "usage:" in proc.stdout and "--model-type" in proc.stdout, proc.stderr
