@@ -11,9 +11,13 @@ The task and the test sets are Stage 3's, so the two stages compare on equal ter
 
 As in Stage 3, BLEU is computed on plain text against the raw references, so the tokeniser must be undone exactly:
 `detokenize(tokenize(x)) == normalize(x)`.
+
+The sentence classifier (classify.py) reads SST-2 with `load_sst2` and reuses the same tokeniser and `Vocab` (one
+language, no target side) and `token_batches` (sentences of similar length together).
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import json
@@ -86,6 +90,62 @@ def download(folder: Path) -> None:
             tmp.replace(folder / f"{name}.gz")
     except OSError as e:
         raise UserError(f"downloaded Multi30k but cannot write it to {folder}: {e.strerror or e}") from None
+
+
+# ----------------------------------------------------------------------------- SST-2, for the sentence classifier
+
+SST2_FILES = {"train": "train.tsv.gz", "dev": "dev.tsv.gz"}  # GLUE's test labels are private: dev is the test set
+SST2_HUB = ("nyu-mll/glue", "sst2")                             # on the hub, dev is called "validation"
+
+
+def load_sst2(data_dir: str | Path, split: str) -> tuple[list[str], list[int]]:
+    """SST-2 sentences and labels (0 negative, 1 positive) of `train` or `dev`, downloading the data set if missing.
+
+    GLUE's files are gzipped TSV with the header `sentence<TAB>label`. Sentences hold bare `"` characters, so the
+    reader must not treat quotes as CSV quoting (csv.QUOTE_NONE), or rows merge silently.
+    """
+    if split not in SST2_FILES:
+        raise UserError(f"SST-2 has no {split!r} split here; it has: {', '.join(SST2_FILES)}")
+    folder = Path(data_dir) / "glue" / "sst2"
+    path = folder / SST2_FILES[split]
+    if not path.is_file():
+        download_sst2(folder)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        labels = [int(r["label"]) for r in rows]
+    except (OSError, EOFError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (expected a gzipped TSV with the header "
+                        f"sentence<TAB>label; see {folder / 'SOURCE.md'})") from None
+    if not rows or any(y not in (0, 1) for y in labels):
+        raise UserError(f"{path} holds no rows, or labels other than 0 and 1 (see {folder / 'SOURCE.md'})")
+    return [r["sentence"] for r in rows], labels
+
+
+def download_sst2(folder: Path) -> None:
+    """GLUE SST-2 from the Hugging Face hub, written as the same gzipped TSV files the reader expects."""
+    hub_id, config = SST2_HUB
+    print(f"SST-2 not found in {folder}; downloading {hub_id} ({config}) from the Hugging Face hub ...",
+          file=sys.stderr)
+    try:
+        import datasets
+        hub = datasets.load_dataset(hub_id, config)
+    except Exception as e:  # no internet, hub down, `datasets` not installed: all end the same way for the user
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"data set 'sst2' not found in {folder} (expected {', '.join(SST2_FILES.values())}), and "
+                        f"downloading {hub_id} failed ({reason}). Set --data-dir or MY_LLM_DATA to a folder that has "
+                        f"glue/sst2, or run with internet access.") from None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, hub_split in (("train", "train"), ("dev", "validation")):
+            path = folder / SST2_FILES[split]
+            tmp = path.with_name(path.name + ".part")
+            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
+                f.write("sentence\tlabel\n")
+                f.writelines(f"{r['sentence']}\t{int(r['label'])}\n" for r in hub[hub_split])
+            tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"downloaded {hub_id} but cannot write it to {folder}: {e.strerror or e}") from None
 
 
 # ----------------------------------------------------------------------------- reversible tokens, one vocabulary

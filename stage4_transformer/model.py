@@ -204,6 +204,11 @@ class DecoderLayer(nn.Module):
         return y, self_w, cross_w
 
 
+def padding_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """ids (B, S) -> (B, 1, 1, S), True on real tokens: every query (and head) may look at every real key, no pad."""
+    return (ids != pad_id)[:, None, None, :]
+
+
 def causal_mask(T: int, device=None, start: int = 0) -> torch.Tensor:
     """(T, start+T) True where query position start+i may look at key position j: j <= start+i (no peeking ahead)."""
     return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(start)
@@ -242,7 +247,7 @@ class Transformer(nn.Module):
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
         """src (B, S) -> memory (B, S, d), src_mask (B, 1, 1, S), per-layer attention weights."""
-        src_mask = (src != self.cfg.pad_id)[:, None, None, :]
+        src_mask = padding_mask(src, self.cfg.pad_id)
         x, weights = self.src_embed(src), []
         for layer in self.encoder:
             x, w = layer(x, src_mask)
