@@ -14,9 +14,22 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python stage1_mlp/predict.py`: put the repo root on the path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import torch
+
 from scripts.common import UserError, get_device, run_cli
 from stage1_mlp.data import Bags, dataset_info
 from stage1_mlp.evaluate import load_model, predict_bags
+
+
+def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """A trained model as a plain function: texts -> class probabilities (N, n_classes). The course's capstone
+    (scripts/compare_classifiers.py) times every stage's classifier through a function like this one."""
+    device = torch.device(device)
+    model, vocab, _ = load_model(checkpoint, device)
+
+    def predict(texts: list[str]) -> torch.Tensor:
+        return predict_bags(model, Bags.from_texts(texts, [0] * len(texts), vocab), 256, device)  # (N, n_classes)
+    return predict
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import shutil
 import signal
 import sys
 import time
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
                             note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
                             rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
-from stage5_gpt.data import EOT, CharTokenizer, load_sst2
+from stage5_gpt.data import EOT, CharTokenizer, load_sst2, load_tokenizer, tokenizer_fingerprint
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT, GPTConfig
 
@@ -112,6 +113,34 @@ def evaluate(model: GPTClassifier, seqs, labels, pad_id: int, device, batch_size
     return {"accuracy": round(acc, 4), "macro_f1": round(sum(f1s) / 2, 4), "predictions": pred}
 
 
+@torch.no_grad()
+def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """A fine-tuned classifier (this script's best.pt) as a plain function: texts -> class probabilities (N, 2).
+    The course's capstone (scripts/compare_classifiers.py) times every stage's classifier through such a function."""
+    device = torch.device(device)
+    ckpt = load_checkpoint(checkpoint, stage=STAGE)
+    if ckpt.get("task") != "sst2":
+        raise UserError(f"{checkpoint} is not a fine-tuned classifier (make one with stage5_gpt/finetune.py)")
+    tok_path = Path(checkpoint).parent / ckpt["data"]["tokenizer"]
+    tok = load_tokenizer(tok_path)
+    if tokenizer_fingerprint(tok_path) != ckpt["data"]["fingerprint"]:
+        raise UserError(f"the tokenizer beside {checkpoint} is not the one it was trained with (fingerprints differ)")
+    config = GPTConfig(**ckpt["config"])
+    model = GPTClassifier(GPT(config))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{checkpoint}: weights do not fit the model config ({str(e).splitlines()[0]})") from None
+    model.to(device).eval()
+    max_len = min(ckpt["args"].get("max_len") or config.block_size, config.block_size)
+    pad_id = 0 if isinstance(tok, CharTokenizer) else tok.token_to_id(EOT)
+
+    def predict(texts: list[str]) -> torch.Tensor:
+        ids, lengths = make_batch(encode(tok, list(texts), max_len), pad_id, device)   # (N, T), (N,)
+        return model(ids, lengths).float().softmax(-1).cpu()                           # (N, 2)
+    return predict
+
+
 def lr_at(step: int, args, total_steps: int) -> float:
     """Linear warmup to --lr, then a straight line down to 0 at the last step (BERT's and GPT's fine-tuning schedule)."""
     if step < args.warmup_steps:
@@ -165,6 +194,9 @@ def main(argv=None) -> None:
 
     # ---- the pre-trained body (or its random twin) and the head
     body, tok, pre = load_model(args.checkpoint, "cpu")
+    tok_src, tok_dst = Path(args.checkpoint).parent / pre["data"]["tokenizer"], out_dir / pre["data"]["tokenizer"]
+    if tok_src.resolve() != tok_dst.resolve():
+        shutil.copyfile(tok_src, tok_dst)  # best.pt names it: the classifier travels with its tokenizer
     config = GPTConfig(**{**pre["config"], "dropout": args.dropout})
     gpt = GPT(config)
     if not args.from_scratch:

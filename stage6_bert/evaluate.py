@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as `python stage6_bert/evaluate.py`: put th
 import torch
 
 from scripts.common import UserError, get_device, load_checkpoint, positive_int, resolve_data_dir, run_cli
-from stage6_bert.glue import Encoded, compute_metrics, confusion, encode, get_task, load_split, make_batch
+from stage6_bert.glue import Encoded, Split, compute_metrics, confusion, encode, get_task, load_split, make_batch
 from stage6_bert.model import BertClassifier, BertConfig
 from stage6_bert.tokenizer import WordPieceTokenizer
 
@@ -96,6 +96,24 @@ def predict(model: BertClassifier, enc: Encoded, device, batch_size: int = 128) 
             out[i] = p
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """A fine-tuned single-sentence classifier as a plain function: texts -> class probabilities (N, num_labels).
+    The course's capstone (scripts/compare_classifiers.py) times every stage's classifier through such a function."""
+    device = torch.device(device)
+    model, tok, ckpt = load_finetuned(checkpoint, device)
+    if model.num_labels == 1 or len(get_task(ckpt["task"]).text) > 1:
+        raise UserError(f"{checkpoint} is a {ckpt['task']} model; load_predictor takes single-sentence classifiers")
+    max_len = min(ckpt.get("args", {}).get("max_len") or 128, model.cfg.max_position)
+
+    def predict(texts: list[str]) -> torch.Tensor:
+        enc = encode(tok, Split(list(texts), None, None, [str(i) for i in range(len(texts))]), max_len)
+        ids, segments, mask, _ = make_batch(enc, list(range(len(enc))), device)
+        logits, _ = model(ids, token_type_ids=segments, attention_mask=mask)   # (N, num_labels)
+        return logits.float().softmax(-1).cpu()
+    return predict
 
 
 def format_confusion(counts: list[list[int]], names: tuple[str, ...]) -> str:

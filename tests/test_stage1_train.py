@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from conftest import N_TEST, N_TRAIN, assert_one_line_error, cli, run_script, signal_mid_training
 from scripts.common import UserError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from stage1_mlp import evaluate, predict, train
-from stage1_mlp.data import Vocab, phrase_groups, train_val_split
+from stage1_mlp.data import Vocab, load_split, phrase_groups, train_val_split
 from stage1_mlp.evaluate import classification_metrics
 
 RESULT_KEYS = {"stage", "dataset", "split", "metrics", "train_seconds", "device", "threads", "params", "command",
@@ -67,6 +67,17 @@ def test_short_run_writes_all_outputs(trained_imdb):
     assert result["command"].startswith("python stage1_mlp/train.py --dataset imdb")
     assert result["params"] == sum(t.numel() for t in load_checkpoint(trained_imdb / "best.pt")["model"].values())
     assert sum(map(sum, result["confusion"])) == N_TEST
+
+
+def test_load_predictor_gives_the_recorded_accuracy(trained_imdb, shared_tiny_data_dir):
+    """predict.load_predictor (what scripts/compare_classifiers.py times) scores test as the run did."""
+    classify = predict.load_predictor(trained_imdb / "best.pt")
+    texts, labels = load_split("imdb", shared_tiny_data_dir, "test")
+    probs = classify(texts)                                                       # (N, 2)
+    assert probs.shape == (len(texts), 2) and torch.allclose(probs.sum(-1), torch.ones(len(texts)))
+    accuracy = (probs.argmax(-1) == torch.tensor(labels)).float().mean().item()
+    assert round(accuracy, 4) == json.loads((trained_imdb / "result.json").read_text())["metrics"]["accuracy"]
+    assert torch.allclose(torch.cat([classify([t]) for t in texts[:5]]), probs[:5], atol=1e-6)
 
 
 def test_short_run_learns(trained_imdb):

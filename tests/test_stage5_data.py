@@ -135,6 +135,14 @@ def test_finetune_learns_sst2_and_records_the_run(pretrained, tmp_path):
     r = json.loads((tmp_path / "ft" / "result.json").read_text())
     assert r["headline_metric"] == "accuracy" and r["split"] == "dev" and r["pretrained"] == str(ckpt)
     assert r["metrics"]["accuracy"] >= 0.7  # well above chance (0.5): the tiny SST-2 has cue words to find
+    # the fine-tuned model travels with its tokenizer, and load_predictor gives the same dev accuracy one by one
+    predict = finetune.load_predictor(tmp_path / "ft" / "best.pt")
+    sentences, labels = data.load_sst2(data_dir, "dev")
+    probs = torch.cat([predict([s]) for s in sentences])                        # (N, 2)
+    assert torch.allclose(probs.sum(-1), torch.ones(len(sentences)))
+    hits = sum(int(p.argmax()) == y for p, y in zip(probs, labels))
+    assert round(hits / len(labels), 4) == r["metrics"]["accuracy"]
+    assert torch.allclose(predict(sentences), probs, atol=1e-5)                 # padding a batch changes nothing
     finetune.main(ft_args(data_dir, ckpt, tmp_path / "scratch", "--from-scratch", "--epochs", "1"))
     assert json.loads((tmp_path / "scratch" / "result.json").read_text())["pretrained"] is None
 

@@ -18,7 +18,7 @@ from conftest import (FILLER, REPO_ROOT, SENTIMENT, assert_bad_checkpoints_rejec
                       run_script)
 from scripts.common import UserError, load_checkpoint, save_checkpoint
 from stage6_bert import evaluate, fill_mask, finetune, glue
-from stage6_bert.glue import average_ranks, f1_binary, load_split, matthews_corr, pearson, spearman
+from stage6_bert.glue import average_ranks, compute_metrics, f1_binary, load_split, matthews_corr, pearson, spearman
 from stage6_bert.model import BertConfig, BertPretrain
 from stage6_bert.tokenizer import CLS_ID, MASK_ID, SEP_ID, WordPieceTokenizer
 
@@ -464,6 +464,18 @@ def test_evaluate_matches_finetune(finetuned, glue_dir, capsys):
     evaluate.main(["--checkpoint", str(finetuned / "best.pt"), "--data-dir", str(glue_dir)])
     text = capsys.readouterr().out
     assert "GLUE SST-2, dev, 30 examples" in text and "true \\ predicted" in text
+
+
+def test_load_predictor_gives_evaluate_s_predictions(finetuned, glue_dir, pretrained):
+    predict = evaluate.load_predictor(finetuned / "best.pt")
+    dev = load_split("sst2", glue_dir, "dev")
+    probs = torch.cat([predict([s]) for s in dev.a])                            # (N, 2), one sentence at a time
+    assert torch.allclose(probs.sum(-1), torch.ones(len(dev)))
+    preds = [int(p.argmax()) for p in probs]
+    assert compute_metrics("sst2", preds, dev.labels) == json.loads((finetuned / "result.json").read_text())["metrics"]
+    assert torch.allclose(predict(dev.a), probs, atol=1e-5)                     # padding a batch changes nothing
+    with pytest.raises(UserError, match="not a fine-tuned classifier"):
+        evaluate.load_predictor(pretrained)
 
 
 def test_evaluate_rejects_other_checkpoints(finetuned, pretrained, glue_dir, tmp_path, capsys):
