@@ -290,10 +290,14 @@ def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metr
         result["resumed_with"] = commands[1:]
     result.update(extra or {})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:  # the run itself is safe in its checkpoints; say where the figure could not go
+        raise UserError(f"cannot write the result file {path}: {e.strerror or e}; the trained model is in the "
+                        f"run's checkpoints, and the metrics were {json.dumps(metrics)}") from None
     return result
 
 

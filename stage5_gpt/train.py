@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-lr", type=float, default=None, help="end of the cosine (default: --lr / 10)")
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on the weight matrices")
-    p.add_argument("--beta2", type=float, default=0.99, help="AdamW beta2 (0.99 suits small models and batches)")
+    p.add_argument("--beta2", type=probability, default=0.99, help="AdamW beta2 (0.99 suits small models and batches)")
     p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
     p.add_argument("--eval-interval", type=positive_int, default=None,
                    help="steps between validations (default: one epoch)")

@@ -382,3 +382,15 @@ def test_stage5_generate_empty_and_over_long_prompts(finished, capsys):
     assert len(empty.getvalue()) == 5 + 1  # five characters and the closing new line
     generate5.generate(model, tok, "ROMEO " * 40, args, torch.device("cpu"), out=long)
     assert long.getvalue().startswith("ROMEO ROMEO") and "the model reads its last 32" in capsys.readouterr().err
+
+
+def test_an_unwritable_result_file_is_a_user_error_that_keeps_the_metrics(tmp_path):
+    """The last thing a run does is write its result; failing there must not end in a traceback, and must still say
+    what the run measured (its checkpoints are already saved)."""
+    from scripts.common import write_result
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot write the result file .*\"accuracy\": 0\.9"):
+        write_result(blocker / "result.json", stage="stage1_mlp", dataset="imdb", split="test",
+                     metrics={"accuracy": 0.9}, headline="accuracy", train_seconds=1.0, device="cpu", params=1,
+                     command="python stage1_mlp/train.py")
