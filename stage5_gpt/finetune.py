@@ -13,6 +13,9 @@ what pre-training learnt).
 
 The best epoch is chosen on a validation split held out from the training sentences (--val-size of them), never on
 dev: dev is the test set here (GLUE's test labels are not public), and choosing on it would flatter the figure.
+SST-2's training rows are the phrases of about 8,500 sentences, so a random held-out row is nearly always a phrase of
+a training row; `sentence_split` holds out whole sentences instead and drops their phrases from train, so that
+validation looks like dev.
 """
 from __future__ import annotations
 
@@ -66,6 +69,36 @@ def encode(tok, sentences: list[str], max_len: int) -> list[list[int]]:
     if isinstance(tok, CharTokenizer):
         return [tok.encode("".join(c for c in s if c in tok.stoi))[:max_len] or [0] for s in sentences]
     return [tok.encode(s)[:max_len] or [tok.token_to_id(EOT)] for s in sentences]
+
+
+def sentence_split(texts: list[str], n_val: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(train rows, val rows) for SST-2's train set, which holds every phrase of its sentences. Validation takes n_val
+    whole sentences (rows no other row contains, in a random order); train keeps every other row except the phrases
+    inside a validation sentence, whose labels would give its answer away."""
+    words = [t.split() for t in texts]
+    padded = [f" {' '.join(w)} " for w in words]  # spaces around: "art" is not inside "party"
+    having: dict[str, list[int]] = {}             # word -> the rows that hold it
+    for i, w in enumerate(words):
+        for word in set(w):
+            having.setdefault(word, []).append(i)
+
+    def whole(i: int) -> bool:  # only the rows with its rarest word can contain row i
+        rarest = min(set(words[i]), key=lambda word: len(having[word]), default=None)
+        return rarest is not None and not any(j != i and padded[i] in padded[j] for j in having[rarest])
+
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    val = []
+    for i in order:
+        if len(val) == n_val:
+            break
+        if whole(i):
+            val.append(i)
+    if len(val) < n_val:
+        raise UserError(f"--val-size asks for {n_val} whole sentences, but the training set has only {len(val)}")
+    inside = {" ".join(words[i][a:b]) for i in val for a in range(len(words[i])) for b in range(a + 1, len(words[i]) + 1)}
+    held = set(val)
+    return [i for i in range(len(texts)) if i not in held and padded[i][1:-1] not in inside], val
 
 
 def make_batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,8 +191,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--freeze", action="store_true", help="train the head only (a linear probe)")
     p.add_argument("--max-len", type=positive_int, default=None,
                    help="tokens per sentence (default: the model's context)")
-    p.add_argument("--val-size", type=positive_int, default=2000,
-                   help="training sentences held out to choose the best epoch")
+    p.add_argument("--val-size", type=positive_int, default=500,
+                   help="whole training sentences held out (their phrases leave train) to choose the best epoch")
     p.add_argument("--dropout", type=probability, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-steps", type=int, default=100, help="linear warmup, then linear decay to 0")
@@ -209,19 +242,18 @@ def main(argv=None) -> None:
     # ---- data
     data_dir = resolve_data_dir(args.data_dir)
     max_len = min(args.max_len or config.block_size, config.block_size)
-    data = {}
+    data, texts = {}, {}
     for split in ("train", "dev"):
         sentences, labels = load_sst2(data_dir, split)
         if args.quick:
             n = QUICK_TRAIN if split == "train" else QUICK_DEV
             sentences, labels = sentences[:n], labels[:n]
+        texts[split] = sentences
         data[split] = (encode(tok, sentences, max_len), labels)
-    seqs, labels = data.pop("train")  # a fixed random part of train becomes the validation split
-    order = list(range(len(labels)))
-    random.Random(0).shuffle(order)
-    n_val = min(args.val_size, len(labels) // 5)
-    data["val"] = ([seqs[i] for i in order[:n_val]], [labels[i] for i in order[:n_val]])
-    data["train"] = ([seqs[i] for i in order[n_val:]], [labels[i] for i in order[n_val:]])
+    seqs, labels = data.pop("train")  # whole training sentences become the validation split
+    train_rows, val_rows = sentence_split(texts["train"], min(args.val_size, len(labels) // 5), random.Random(0))
+    data["val"] = ([seqs[i] for i in val_rows], [labels[i] for i in val_rows])
+    data["train"] = ([seqs[i] for i in train_rows], [labels[i] for i in train_rows])
     n_train = len(data["train"][1])
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     total_steps = args.epochs * steps_per_epoch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import random
 import urllib.request
 
 import pytest
@@ -115,7 +116,6 @@ def ft_args(data_dir, ckpt, out, *extra):
 
 
 def test_finetune_length_batches_cover_every_sentence_once_with_little_padding():
-    import random
     rng = random.Random(0)
     seqs = [[1] * rng.randint(1, 60) for _ in range(1000)]
     batches = finetune.length_batches(seqs, 16, random.Random(3), pool=10)
@@ -176,3 +176,16 @@ def test_finetune_bad_input(pretrained, tmp_path, capsys, monkeypatch):
     assert_one_line_error(code, err, "SST-2 not found")
     with pytest.raises(SystemExit):
         finetune.parse_args(["--from-scratch", "--freeze"])
+
+
+def test_finetune_validates_on_whole_sentences_not_their_phrases():
+    """SST-2 train holds each sentence's phrases: a held-out sentence's phrases must leave train."""
+    texts = ["a great film .", "a great film", "great film", "great", "a dull movie .", "dull movie", "dull",
+             "movie", "the end .", "the end", "film", "a dull movie ."]   # the last: a duplicate, never whole
+    for seed in range(5):
+        train_rows, val_rows = finetune.sentence_split(texts, 2, random.Random(seed))
+        assert sorted(val_rows) == [0, 8]                    # the only rows no other row contains
+        assert sorted(train_rows) == [4, 5, 6, 7, 11]        # "a great film", "great film", "great", "film",
+        #                                                      "the end" are inside a held-out sentence
+    with pytest.raises(UserError, match="only 2"):
+        finetune.sentence_split(texts, 3, random.Random(0))
