@@ -72,8 +72,8 @@ MODELS = [
           "stage4_transformer.classify", "stage4_transformer/results/sst2_classifier.json"),
     Model("gpt", "stage5_gpt", "GPT, pre-trained + fine-tuned", "stage5_gpt/finetune.py", [], "stage5_gpt.finetune",
           "stage5_gpt/results/sst2_finetune.json", pretrained="gpt", pretrained_result="stage5_gpt/results/wikitext2.json"),
-    Model("bert", "stage6_bert", "BERT, pre-trained + fine-tuned", "stage6_bert/finetune.py", ["--task", "sst2"],
-          "stage6_bert.evaluate", "stage6_bert/results/glue_sst2.json", pretrained="bert",
+    Model("bert", "stage6_bert", "BERT, pre-trained + fine-tuned", "stage6_bert/finetune.py",
+          ["--task", "sst2", "--lr", "4e-4"], "stage6_bert.evaluate", "stage6_bert/results/glue_sst2.json", pretrained="bert",
           pretrained_result="stage6_bert/results/pretrain.json"),
 ]
 NAMES = [m.name for m in MODELS]
@@ -178,7 +178,7 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
 
     names = [r["name"] for r in rows]
     panels = [("dev accuracy", [r["accuracy"] for r in rows], False),
-              ("parameters", [r["params"] for r in rows], True),
+              ("parameters (millions)", [r["params"] / 1e6 for r in rows], False),
               ("training seconds (+ pre-training, hatched)", [r["train_seconds"] for r in rows], True),
               ("inference ms / sentence", [r["infer_ms_per_sentence"] for r in rows], True)]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
@@ -189,9 +189,11 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
             ax.bar(names, pre, bottom=values, color="white", edgecolor="tab:blue", hatch="//")
         if log_scale:
             ax.set_yscale("log")
-        else:
+        elif label.startswith("dev"):  # the differences are a few points: start the axis near the lowest bar
             ax.set_ylim(min(values) - 0.05, min(1.0, max(values) + 0.03))
             ax.bar_label(bars, fmt="%.3f", fontsize=8)
+        else:
+            ax.bar_label(bars, fmt="%.2f", fontsize=8)
         ax.set_title(label, fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.grid(True, axis="y", alpha=0.3)

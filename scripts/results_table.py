@@ -67,7 +67,7 @@ def table(root: Path = REPO_ROOT, stage: str | None = None, link_prefix: str = "
         name = r["headline_metric"]
         value = r["metrics"][name]
         seconds = r["train_seconds"]
-        train_time = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+        train_time = duration(seconds)
         lines.append(f"| {r['stage']} | {r['dataset']} | {r['split']} | {name} | [{value:.4f}]({link_prefix}{path.as_posix()}) "
                      f"| {train_time} | {r['params'] / 1e6:.1f}M | {r['device']}, {r['threads']} threads "
                      f"| `{r['command']}` |")
@@ -91,6 +91,10 @@ def evolution_table(root: Path = REPO_ROOT) -> str:
     return "\n".join(lines)
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def compare_table(result: dict) -> str:
     """The capstone's comparison (scripts/compare_classifiers.py) as a Markdown table, in the course's order."""
     lines = ["| model | stage | dev accuracy | macro-F1 | params | training | pre-training | ms / sentence |",
@@ -98,7 +102,7 @@ def compare_table(result: dict) -> str:
     for r in result["models"]:
         pre = (r.get("pretraining") or {}).get("train_seconds")
         lines.append(f"| {r['architecture']} | {r['stage']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} "
-                     f"| {r['params'] / 1e6:.2f}M | {r['train_seconds'] / 60:.1f} min "
+                     f"| {r['params'] / 1e6:.2f}M | {duration(r['train_seconds'])} "
                      f"| {f'{pre / 60:.0f} min' if pre else '-'} | {r['infer_ms_per_sentence']:.2f} |")
     return "\n".join(lines)
 
