@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,22 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def catch_stop_signals():
+    """Ctrl-C (SIGINT) and SIGTERM no longer kill a training run: they set stop["by"] to the signal's name, and the
+    loop checks the flag between steps, saves last.pt and exits, so --resume loses nothing. Returns (stop, restore);
+    call restore() when the loop ends, to leave the caller (a shell, a notebook kernel) as it was."""
+    stop = {"by": None}
+
+    def request_stop(signum, frame):
+        stop["by"] = signal.Signals(signum).name
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return stop, restore
 
 
 def get_logger(name: str, log_file: str | Path | None = None) -> logging.Logger:

@@ -18,7 +18,6 @@ uninterrupted run would have had.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
+                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
+                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage1_mlp.data import (DATASETS, Bags, Vocab, dataset_info, load_split, phrase_groups, subsample,
                              train_val_split)
 from stage1_mlp.evaluate import classification_metrics, plot_confusion, predict_bags
@@ -199,11 +199,7 @@ def main(argv=None) -> None:
     # ---- the training loop
     # Ctrl-C (SIGINT) and `kill` (SIGTERM) only raise a flag; the loop stops between two steps and saves,
     # so a checkpoint never holds a half-applied update.
-    stop = {"by": None}
-
-    def request_stop(signum, frame):
-        stop["by"] = signal.Signals(signum).name
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
 
     model.train()
     t_loop = time.time() - state["train_seconds"]
@@ -260,8 +256,7 @@ def main(argv=None) -> None:
                     state["done"] = True
             checkpoint(out_dir / "last.pt")
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)  # leave the caller (a shell, a notebook kernel) as we found it
+        restore_signals()  # leave the caller (a shell, a notebook kernel) as we found it
     state["train_seconds"] = time.time() - t_loop
     if stop["by"]:
         checkpoint(out_dir / "last.pt")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,9 +29,10 @@ if __package__ in (None, ""):  # run as `python stage2_rnn_lstm/train.py`: put t
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
+                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
+                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage2_rnn_lstm.data import DATASETS, Vocab, batchify, dataset_info, get_window, load_text
 from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel, detach_state
 
@@ -194,11 +194,7 @@ def main(argv=None) -> None:
         save_checkpoint(obj, path)
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
-    stop = {"by": None}
-
-    def request_stop(signum, frame):
-        stop["by"] = signal.Signals(signum).name
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
 
     model.train()
     t_loop = time.time() - state["train_seconds"]
@@ -248,8 +244,7 @@ def main(argv=None) -> None:
                 checkpoint(out_dir / "best.pt", with_optimizer=False)
             checkpoint(out_dir / "last.pt")
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        restore_signals()
     state["train_seconds"] = time.time() - t_loop
     if stop["by"]:
         checkpoint(out_dir / "last.pt")

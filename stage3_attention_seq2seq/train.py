@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,10 @@ if __package__ in (None, ""):  # run as `python stage3_attention_seq2seq/train.p
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
+                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
+                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage3_attention_seq2seq.data import DATASETS, Vocab, batch_order, check_pair, dataset_info, load_pairs, make_batch
 from stage3_attention_seq2seq.decoding import bleu, translate
 from stage3_attention_seq2seq.model import ATTENTIONS, Seq2Seq, Seq2SeqConfig, init_weights
@@ -197,11 +197,7 @@ def main(argv=None) -> None:
         save_checkpoint(obj, path)
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
-    stop = {"by": None}
-
-    def request_stop(signum, frame):
-        stop["by"] = signal.Signals(signum).name
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
 
     t_loop = time.time() - state["train_seconds"]
     try:
@@ -256,8 +252,7 @@ def main(argv=None) -> None:
                 checkpoint(out_dir / "best.pt", with_optimizer=False)
             checkpoint(out_dir / "last.pt")
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop
         checkpoint(out_dir / "last.pt")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,9 +40,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
+                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
+                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage4_transformer.data import BOS_ID, PAD_ID, Vocab, load_sst2, pad, token_batches
 from stage4_transformer.model import EncoderLayer, Embedding, TransformerConfig, padding_mask
 
@@ -350,11 +350,7 @@ def main(argv=None) -> None:
             obj["optimizer"] = optimizer.state_dict()
         save_checkpoint(obj, path)
 
-    stop = {"by": None}
-
-    def request_stop(signum, frame):
-        stop["by"] = signal.Signals(signum).name
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
 
     t_loop = time.time() - state["train_seconds"]
     try:
@@ -404,8 +400,7 @@ def main(argv=None) -> None:
                 checkpoint(out_dir / "best.pt", with_optimizer=False)
             checkpoint(out_dir / "last.pt")
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop
         if state["best_acc"] is None:

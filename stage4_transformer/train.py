@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,9 +30,10 @@ if __package__ in (None, ""):  # run as `python stage4_transformer/train.py`: pu
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
+                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
+                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage4_transformer.data import Vocab, check_pair, load_pairs, make_batch, token_batches
 from stage4_transformer.decoding import bleu, translate
 from stage4_transformer.model import Transformer, TransformerConfig
@@ -252,11 +252,7 @@ def main(argv=None) -> None:
             obj["scaler"] = scaler.state_dict() if scaler is not None else None
         save_checkpoint(obj, path)
 
-    stop = {"by": None}
-
-    def request_stop(signum, frame):
-        stop["by"] = signal.Signals(signum).name
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
 
     t_loop = time.time() - state["train_seconds"]
     out_of_time = False
@@ -331,8 +327,7 @@ def main(argv=None) -> None:
                 log.info(f"time budget of {args.time_budget} minutes used up at step {state['step']}")
                 break
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop
         checkpoint(out_dir / "last.pt")

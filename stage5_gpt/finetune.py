@@ -23,7 +23,6 @@ import argparse
 import math
 import random
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -36,9 +35,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
+                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
+                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage5_gpt.data import EOT, CharTokenizer, load_sst2, load_tokenizer, tokenizer_fingerprint
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT, GPTConfig
@@ -280,11 +280,7 @@ def main(argv=None) -> None:
             obj["optimizer"] = optimizer.state_dict()
         save_checkpoint(obj, path)
 
-    stop = {"by": None}
-
-    def request_stop(signum, frame):
-        stop["by"] = signal.Signals(signum).name
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
     seqs, labels = data["train"]
     t_loop = time.time() - state["train_seconds"]
     try:
@@ -332,8 +328,7 @@ def main(argv=None) -> None:
                 checkpoint(out_dir / "best.pt", with_optimizer=False)
             checkpoint(out_dir / "last.pt")
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop
         checkpoint(out_dir / "last.pt")

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -32,9 +31,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
+                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
+                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage5_gpt.data import DATASETS, eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
 
@@ -244,11 +244,7 @@ def main(argv=None) -> None:
         checkpoint(out_dir / "last.pt")
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
-    stop = {"by": None}
-
-    def request_stop(signum, frame):
-        stop["by"] = signal.Signals(signum).name
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
     micro = args.batch_size // args.accum_steps  # windows per micro-step, all processes together
     t_loop = [time.time() - state["train_seconds"]]
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=None if master else True)
@@ -306,8 +302,7 @@ def main(argv=None) -> None:
                 break
     finally:
         bar.close()
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop[0]
         checkpoint(out_dir / "last.pt")

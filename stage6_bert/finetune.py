@@ -35,7 +35,6 @@ import dataclasses
 import math
 import random
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -46,9 +45,10 @@ if __package__ in (None, ""):  # run as `python stage6_bert/finetune.py`: put th
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, get_device, get_logger, load_checkpoint,
-                            note_command, plot_curves, positive_float, positive_int, probability, resolve_data_dir,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
+                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
+                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage6_bert.evaluate import QUICK_DEV, load_pretrained, predict
 from stage6_bert.glue import (SPLITS, TASKS, Encoded, compute_metrics, encode, get_task, load_split, make_batch,
                               write_predictions)
@@ -269,11 +269,7 @@ def main(argv=None) -> None:
             obj["scaler"] = scaler.state_dict() if scaler is not None else None
         save_checkpoint(obj, path)
 
-    stop = {"by": None}
-
-    def request_stop(signum, frame):
-        stop["by"] = signal.Signals(signum).name
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
     train = data["train"]
     t_loop = time.time() - state["train_seconds"]
     try:
@@ -331,8 +327,7 @@ def main(argv=None) -> None:
                 checkpoint(out_dir / "best.pt", with_optimizer=False)
             checkpoint(out_dir / "last.pt")
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop
         if stop["by"] == "max_steps" and state["best"] is None:
