@@ -72,7 +72,7 @@ def load_finetuned(checkpoint: str | Path, device) -> tuple[BertClassifier, Word
     get_task(ckpt.get("task"))
     cfg = read_config(checkpoint, ckpt)
     try:
-        model = BertClassifier(cfg, ckpt["num_labels"])
+        model = BertClassifier(cfg, ckpt["num_labels"], pooling=ckpt.get("pooling", "cls"))  # older: [CLS]
         model.load_state_dict(ckpt["model"])
     except (TypeError, KeyError, RuntimeError, ValueError) as e:
         raise UserError(f"{checkpoint}: weights do not fit the model config ({str(e).splitlines()[0]})") from None

@@ -163,6 +163,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dropout while fine-tuning (embeddings, residual branches, attention weights, classifier "
                         "input), whatever pre-training used: a short pre-training run underfits and is best without "
                         "dropout, while a small labelled set overfits and needs it")
+    p.add_argument("--pooling", choices=BertClassifier.POOLINGS, default="cls",
+                   help="the sentence vector the head reads: BERT's pooled [CLS] state, or the mean of the last layer "
+                        "over the real tokens (what an MLM-only pre-training trained; see BertClassifier)")
     p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU")
@@ -197,7 +200,7 @@ def main(argv=None) -> None:
     # ---- the pre-trained encoder (or its random twin) and a new head
     pre_state, cfg, tok, pre = load_pretrained(args.checkpoint)
     cfg = dataclasses.replace(cfg, dropout=args.dropout, attn_dropout=args.dropout)
-    model = BertClassifier(cfg, task.num_labels)
+    model = BertClassifier(cfg, task.num_labels, pooling=args.pooling)
     if not args.from_scratch:
         try:
             model.load_backbone(pre_state)
@@ -260,7 +263,8 @@ def main(argv=None) -> None:
 
     def checkpoint(path: Path, with_optimizer: bool = True) -> None:
         obj = {"stage": STAGE, "kind": "finetune", "task": args.task, "config": cfg.to_dict(),
-               "num_labels": task.num_labels, "model": model.state_dict(), "tokenizer": "tokenizer.json",
+               "num_labels": task.num_labels, "pooling": args.pooling, "model": model.state_dict(),
+               "tokenizer": "tokenizer.json",
                "args": vars(args), "state": state, "rng": rng_state(),
                "pretrained": None if args.from_scratch else {"checkpoint": str(args.checkpoint),
                                                              "step": pre.get("state", {}).get("step")}}

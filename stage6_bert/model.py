@@ -276,14 +276,23 @@ class BertPretrain(nn.Module):
 
 
 class BertClassifier(nn.Module):
-    """The encoder with a fine-tuning head: dropout + Linear on the pooled [CLS] state -> (B, num_labels).
-    num_labels=1 is regression (e.g. STS-B similarity; mean squared error), more is classification (cross-entropy)."""
+    """The encoder with a fine-tuning head: dropout + Linear on a sentence vector -> (B, num_labels).
+    num_labels=1 is regression (e.g. STS-B similarity; mean squared error), more is classification (cross-entropy).
 
-    def __init__(self, cfg: BertConfig, num_labels: int):
+    pooling="cls" is BERT's: the pooler's tanh(W h_[CLS]). It assumes pre-training taught [CLS] to sum up the input,
+    which only next-sentence prediction does: under MLM alone no loss ever reads the last layer's [CLS] state.
+    pooling="mean" averages the last layer over the real tokens instead, states that MLM did train (the pooler is
+    then unused)."""
+
+    POOLINGS = ("cls", "mean")
+
+    def __init__(self, cfg: BertConfig, num_labels: int, pooling: str = "cls"):
         super().__init__()
         if num_labels < 1:
             raise ValueError(f"num_labels must be 1 (regression) or the number of classes, got {num_labels}")
-        self.cfg, self.num_labels = cfg, num_labels
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
+        self.cfg, self.num_labels, self.pooling = cfg, num_labels, pooling
         self.bert = Bert(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden, num_labels)
@@ -301,7 +310,11 @@ class BertClassifier(nn.Module):
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
         """-> logits (B, num_labels) and the loss against labels (B,) (class ids, or float targets when num_labels=1),
         or None."""
-        _, pooled = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        hidden, pooled = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        if self.pooling == "mean":
+            keep = (input_ids != self.cfg.pad_id) if attention_mask is None else attention_mask.bool()
+            keep = keep.unsqueeze(-1).to(hidden.dtype)                       # (B, T, 1)
+            pooled = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)       # (B, C)
         logits = self.head(self.dropout(pooled))                             # (B, num_labels)
         loss = None
         if labels is not None:

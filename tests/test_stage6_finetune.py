@@ -376,6 +376,17 @@ def test_from_scratch_uses_random_weights(glue_dir, pretrained, tmp_path):
     assert not torch.allclose(load_checkpoint(out / "best.pt")["model"]["bert.layers.0.ffn_in.weight"], pre, atol=1e-3)
 
 
+def test_mean_pooling_is_kept_in_the_checkpoint_and_used_by_evaluate(glue_dir, pretrained, tmp_path, capsys):
+    out = tmp_path / "mean"
+    finetune.main(ft_args("sst2", glue_dir, pretrained, out, "--max-steps", "3", "--pooling", "mean"))
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["pooling"] == "mean" and ckpt["args"]["pooling"] == "mean"
+    model, _, _ = evaluate.load_finetuned(out / "best.pt", "cpu")
+    assert model.pooling == "mean"
+    evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(glue_dir), "--json"])
+    assert json.loads(capsys.readouterr().out)["metrics"] == json.loads((out / "result.json").read_text())["metrics"]
+
+
 def test_regression_task_stsb(glue_dir, pretrained, tmp_path):
     out = tmp_path / "stsb"
     finetune.main(ft_args("stsb", glue_dir, pretrained, out))

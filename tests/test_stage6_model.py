@@ -213,6 +213,24 @@ def test_classifier_regression_and_classification_losses():
         BertClassifier(cfg(), num_labels=0)
 
 
+def test_mean_pooling_averages_the_real_tokens_only():
+    ids, segments, mask = batch()
+    classifier = perturb(BertClassifier(cfg(), num_labels=2, pooling="mean"))
+    hidden, _ = classifier.bert(ids, token_type_ids=segments, attention_mask=mask)
+    by_hand = torch.stack([hidden[i, :n].mean(0) for i, n in enumerate(LENGTHS)])      # (B, C)
+    logits, _ = classifier(ids, token_type_ids=segments, attention_mask=mask)
+    assert torch.allclose(logits, classifier.head(by_hand), atol=1e-6)
+    # the same rows without their pads, one at a time: the same logits
+    for i, n in enumerate(LENGTHS):
+        alone, _ = classifier(ids[i:i + 1, :n], token_type_ids=segments[i:i + 1, :n])
+        assert torch.allclose(alone, logits[i:i + 1], atol=1e-5)
+    cls_head = BertClassifier(cfg(), num_labels=2)
+    cls_head.load_state_dict(classifier.state_dict())                   # the same weights, read at [CLS] instead
+    assert not torch.allclose(cls_head.eval()(ids, attention_mask=mask)[0], classifier(ids, attention_mask=mask)[0])
+    with pytest.raises(ValueError, match="pooling"):
+        BertClassifier(cfg(), num_labels=2, pooling="max")
+
+
 def test_classifier_loads_the_backbone_of_a_pretraining_checkpoint(tmp_path):
     pretrained = make(BertPretrain)
     torch.save({"model": pretrained.state_dict(), "config": pretrained.cfg.to_dict()}, tmp_path / "ckpt.pt")
