@@ -21,6 +21,15 @@ from stage1_mlp.data import Bags, dataset_info
 from stage1_mlp.evaluate import load_model, predict_bags
 
 
+def classify(model, vocab, texts: list[str], device) -> tuple[torch.Tensor, list[int]]:
+    """Class probabilities (N, n_classes) and, for each text, how many of its n-grams the vocabulary knows: with 0 (only
+    <unk>, id 0) the model has nothing to go on and its answer is a guess. predict.py and scripts/demo.py show both."""
+    bags = Bags.from_texts(texts, [0] * len(texts), vocab)
+    probs = predict_bags(model, bags, 256, device)                                      # (N, n_classes)
+    known = [int((bags.ids[start:end] != 0).sum()) for start, end in zip(bags.starts[:-1], bags.starts[1:])]
+    return probs, known
+
+
 def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu"):
     """A trained model as a plain function: texts -> class probabilities (N, n_classes). The course's capstone
     (scripts/compare_classifiers.py) times every stage's classifier through a function like this one."""
@@ -51,10 +60,8 @@ def main(argv=None) -> None:
     device = get_device(args.device)
     model, vocab, ckpt = load_model(args.checkpoint, device)
     classes = dataset_info(ckpt["dataset"])["classes"]
-    bags = Bags.from_texts(texts, [0] * len(texts), vocab)
-    probs = predict_bags(model, bags, 256, device)  # (N, n_classes)
-    for text, p, start, end in zip(texts, probs, bags.starts[:-1], bags.starts[1:]):
-        known = int((bags.ids[start:end] != 0).sum())  # n-grams the vocabulary knew (id 0 = <unk>)
+    probs, known_counts = classify(model, vocab, texts, device)  # (N, n_classes), n-grams the vocabulary knew
+    for text, p, known in zip(texts, probs, known_counts):
         best = int(p.argmax())
         if args.json:
             print(json.dumps({"text": text, "label": classes[best],

@@ -44,7 +44,15 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[Seq2Seq, V
 
 def plot_attention(path: str | Path, src_tokens: list[str], tgt_tokens: list[str], attn: torch.Tensor,
                    title: str = "") -> None:
+    """Save `attention_figure` as a PNG."""
+    fig = attention_figure(src_tokens, tgt_tokens, attn, title)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def attention_figure(src_tokens: list[str], tgt_tokens: list[str], attn: torch.Tensor, title: str = ""):
     """A heat-map: one row per generated word, one column per source word; row i shows where the decoder looked.
+    attn is (len(tgt_tokens), len(src_tokens)), each row summing to 1. scripts/demo.py shows it in a web page.
 
     Drawn on a bare Figure (no pyplot), so it neither needs a display nor changes a notebook's plotting backend."""
     from matplotlib.figure import Figure
@@ -61,8 +69,7 @@ def plot_attention(path: str | Path, src_tokens: list[str], tgt_tokens: list[str
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -146,7 +146,6 @@ def evaluate(model: GPTClassifier, seqs, labels, pad_id: int, device, batch_size
     return {"accuracy": round(acc, 4), "macro_f1": round(sum(f1s) / 2, 4), "predictions": pred}
 
 
-@torch.no_grad()
 def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu"):
     """A fine-tuned classifier (this script's best.pt) as a plain function: texts -> class probabilities (N, 2).
     The course's capstone (scripts/compare_classifiers.py) times every stage's classifier through such a function."""
@@ -168,6 +167,7 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu"):
     max_len = min(ckpt["args"].get("max_len") or config.block_size, config.block_size)
     pad_id = 0 if isinstance(tok, CharTokenizer) else tok.token_to_id(EOT)
 
+    @torch.no_grad()  # on the function it returns: a decorator on load_predictor would end before predict runs
     def predict(texts: list[str]) -> torch.Tensor:
         ids, lengths = make_batch(encode(tok, list(texts), max_len), pad_id, device)   # (N, T), (N,)
         return model(ids, lengths).float().softmax(-1).cpu()                           # (N, 2)

@@ -72,30 +72,43 @@ def encode_prompt(tok, prompt: str) -> list[int]:
     return tok.encode(prompt, allowed_special="all") if prompt else [tok.token_to_id(EOT)]
 
 
+def stream_text(model, tok, ids: list[int], max_new_tokens: int, device, temperature: float = 0.8,
+                top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+                seed: int = 1337, use_cache: bool = True):
+    """Sample max_new_tokens tokens after the prompt `ids`; after each one yield (the continuation's text so far, the
+    number of tokens so far). The text holds whole characters only: a UTF-8 character that byte-level BPE split over
+    several tokens shows up once its last byte is there (the last text yielded is always the full decode). generate()
+    below prints these texts; scripts/demo.py streams them into a web page."""
+    idx = torch.tensor([ids], device=device)                                            # (1, T)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    new, text = [], ""
+    for next_id in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                         repetition_penalty=repetition_penalty, use_cache=use_cache, generator=gen):
+        new.append(int(next_id[0]))
+        decoded = tok.decode(new)
+        if not decoded.endswith("\ufffd") or len(new) == max_new_tokens:  # a split character: wait for its last byte
+            text = decoded
+        yield text, len(new)
+
+
 def generate(model, tok, prompt: str, args, device, out=sys.stdout) -> str:
     """Sample a continuation of `prompt`, writing it to `out` as it comes; returns the continuation."""
     ids = encode_prompt(tok, prompt)  # raises on a prompt the tokenizer cannot read, before anything is printed
     out.write(prompt)
     if len(ids) > model.cfg.block_size:
         print(f"(the prompt has {len(ids)} tokens; the model reads its last {model.cfg.block_size})", file=sys.stderr)
-    idx = torch.tensor([ids], device=device)                                            # (1, T)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    new, shown, t0 = [], "", time.perf_counter()
-    for next_id in model.generate_stream(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                         top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                                         use_cache=not args.no_kv_cache, generator=gen):
-        new.append(int(next_id[0]))
+    text, shown, n, t0 = "", "", 0, time.perf_counter()
+    for text, n in stream_text(model, tok, ids, args.max_new_tokens, device, args.temperature, args.top_k, args.top_p,
+                               args.repetition_penalty, args.seed, use_cache=not args.no_kv_cache):
         if not args.no_stream:
-            text = tok.decode(new)
-            if not text.endswith("\ufffd"):  # a UTF-8 character split over tokens: wait for its last byte
-                out.write(text[len(shown):])
-                out.flush()
-                shown = text
-    text = tok.decode(new)
-    out.write(text[len(shown):] if not args.no_stream else text)
+            out.write(text[len(shown):])
+            out.flush()
+            shown = text
+    if args.no_stream:
+        out.write(text)
     out.write("\n")
     seconds = time.perf_counter() - t0
-    print(f"({len(new)} tokens in {seconds:.2f} s, {len(new) / max(seconds, 1e-9):.0f} tokens/s, "
+    print(f"({n} tokens in {seconds:.2f} s, {n / max(seconds, 1e-9):.0f} tokens/s, "
           f"{'no ' if args.no_kv_cache else ''}KV cache)", file=sys.stderr)
     return text
 

@@ -98,7 +98,6 @@ def predict(model: BertClassifier, enc: Encoded, device, batch_size: int = 128) 
     return out
 
 
-@torch.no_grad()
 def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu"):
     """A fine-tuned single-sentence classifier as a plain function: texts -> class probabilities (N, num_labels).
     The course's capstone (scripts/compare_classifiers.py) times every stage's classifier through such a function."""
@@ -108,6 +107,7 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu"):
         raise UserError(f"{checkpoint} is a {ckpt['task']} model; load_predictor takes single-sentence classifiers")
     max_len = min(ckpt.get("args", {}).get("max_len") or 128, model.cfg.max_position)
 
+    @torch.no_grad()  # on the function it returns: a decorator on load_predictor would end before predict runs
     def predict(texts: list[str]) -> torch.Tensor:
         enc = encode(tok, Split(list(texts), None, None, [str(i) for i in range(len(texts))]), max_len)
         ids, segments, mask, _ = make_batch(enc, list(range(len(enc))), device)

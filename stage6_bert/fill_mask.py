@@ -29,7 +29,7 @@ import torch
 from scripts.common import UserError, get_device, positive_int, run_cli
 from stage6_bert.evaluate import load_pretrained
 from stage6_bert.model import BertPretrain
-from stage6_bert.tokenizer import CLS_ID, MASK_ID, SEP_ID
+from stage6_bert.tokenizer import CLS_ID, MASK_ID, SEP_ID, WordPieceTokenizer
 
 MASK = "[MASK]"
 
@@ -58,6 +58,18 @@ def encode_masked(tok, text: str, max_len: int) -> list[int]:
     return ids
 
 
+def load_mlm(checkpoint: str | Path, device) -> tuple[BertPretrain, WordPieceTokenizer]:
+    """A pre-training checkpoint as a model with its masked-LM head, in eval mode, and its tokenizer (fill_mask's input;
+    scripts/demo.py loads its fill-mask model through this too)."""
+    state, cfg, tok, _ = load_pretrained(checkpoint)
+    model = BertPretrain(cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{checkpoint}: the weights do not fit its config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), tok
+
+
 @torch.no_grad()
 def fill_mask(model: BertPretrain, ids: list[int], top_k: int, device) -> list[list[tuple[int, float]]]:
     """For each [MASK] in ids, in order: the top_k (token id, probability) pairs, most probable first."""
@@ -84,14 +96,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     check_text(args.text)   # a bad text is reported before the checkpoint is loaded
     device = get_device(args.device)
-    state, cfg, tok, _ = load_pretrained(args.checkpoint)
-    model = BertPretrain(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"{args.checkpoint}: the weights do not fit its config ({str(e).splitlines()[0]})") from None
-    model.to(device).eval()
-    ids = encode_masked(tok, args.text, cfg.max_position)
+    model, tok = load_mlm(args.checkpoint, device)
+    ids = encode_masked(tok, args.text, model.cfg.max_position)
     guesses = fill_mask(model, ids, args.top_k, device)
     filled = list(ids)
     positions = [i for i, t in enumerate(ids) if t == MASK_ID]

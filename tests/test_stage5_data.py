@@ -140,6 +140,7 @@ def test_finetune_learns_sst2_and_records_the_run(pretrained, tmp_path):
     sentences, labels = data.load_sst2(data_dir, "dev")
     probs = torch.cat([predict([s]) for s in sentences])                        # (N, 2)
     assert torch.allclose(probs.sum(-1), torch.ones(len(sentences)))
+    assert not probs.requires_grad                                              # no autograd graph kept
     hits = sum(int(p.argmax()) == y for p, y in zip(probs, labels))
     assert round(hits / len(labels), 4) == r["metrics"]["accuracy"]
     assert torch.allclose(predict(sentences), probs, atol=1e-5)                 # padding a batch changes nothing

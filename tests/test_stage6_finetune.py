@@ -482,6 +482,7 @@ def test_load_predictor_gives_evaluate_s_predictions(finetuned, glue_dir, pretra
     dev = load_split("sst2", glue_dir, "dev")
     probs = torch.cat([predict([s]) for s in dev.a])                            # (N, 2), one sentence at a time
     assert torch.allclose(probs.sum(-1), torch.ones(len(dev)))
+    assert not probs.requires_grad                                              # no autograd graph kept
     preds = [int(p.argmax()) for p in probs]
     assert compute_metrics("sst2", preds, dev.labels) == json.loads((finetuned / "result.json").read_text())["metrics"]
     assert torch.allclose(predict(dev.a), probs, atol=1e-5)                     # padding a batch changes nothing

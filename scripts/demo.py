@@ -1,0 +1,388 @@
+"""A web demo of every stage's trained model: one tab per stage, each running that stage's own code.
+
+    pip install -r requirements-demo.txt     # gradio, for the page (and playwright, for its browser test)
+    python scripts/demo.py                   # then open http://127.0.0.1:7860
+    python scripts/demo.py --port 8000 --stage1-checkpoint runs/stage1_mlp/sst2/best.pt
+
+Tabs: Stage 1 classifies a review (class probabilities); Stage 2's character LSTM continues a text; Stages 3 and 4
+translate a sentence side by side, each with its attention map; Stage 5's GPT writes a continuation, streamed token by
+token; Stage 6's BERT fills in [MASK] and tells a sentence's sentiment (SST-2).
+
+Each tab loads its model the first time it is used and keeps it. The default checkpoints are where each stage's
+reference training command (MODELS below: the commands of the README's results table) writes its best checkpoint. A tab
+whose checkpoint does not exist yet says which command makes it, and finds the checkpoint on the next submit once it is
+there. Bad input (empty, too long, characters a character-level model never saw) is answered by a message in the page;
+so is an unexpected exception (its traceback goes to the server's log). The server listens on 127.0.0.1 unless --host
+says otherwise, and never opens a public share link.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import html
+import inspect
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python scripts/demo.py`: put the repo root on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version check: the page works offline
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from scripts.common import UserError, get_device, get_logger, run_cli
+from stage1_mlp import evaluate as s1_evaluate, predict as s1_predict
+from stage1_mlp.data import dataset_info as s1_dataset_info
+from stage2_rnn_lstm import evaluate as s2_evaluate, generate as s2_generate
+from stage3_attention_seq2seq import decoding as s3_decoding, evaluate as s3_evaluate, translate as s3_translate
+from stage3_attention_seq2seq.data import tokenize as s3_tokenize
+from stage4_transformer import decoding as s4_decoding, evaluate as s4_evaluate, translate as s4_translate
+from stage4_transformer.data import tokenize as s4_tokenize
+from stage5_gpt import evaluate as s5_evaluate, generate as s5_generate
+from stage6_bert import evaluate as s6_evaluate, fill_mask as s6_fill_mask
+from stage6_bert.tokenizer import MASK_ID
+
+PRETRAIN_BERT = ("python stage6_bert/pretrain.py --layers 4 --hidden 128 --heads 2 --max-len 64 --batch-size 64 "
+                 "--lr 2e-3 --norm pre --dropout 0 --epochs 4 --time-budget 60 --eval-interval 1000")
+# model -> (what it is, where its reference training command writes its best checkpoint, the commands that make it).
+# The commands are those of the README's results table; tests/test_demo.py checks both against the stages' scripts.
+MODELS = {
+    "stage1": ("Stage 1 IMDb classifier", "runs/stage1_mlp/imdb/best.pt", ["python stage1_mlp/train.py"]),
+    "stage2": ("Stage 2 character LSTM", "runs/stage2_rnn_lstm/tiny_shakespeare_lstm/best.pt",
+               ["python stage2_rnn_lstm/train.py"]),
+    "stage3": ("Stage 3 translator", "runs/stage3_attention_seq2seq/multi30k_en_fr/best.pt",
+               ["python stage3_attention_seq2seq/train.py --epochs 8"]),
+    "stage4": ("Stage 4 Transformer", "runs/stage4_transformer/multi30k_en_fr/best.pt",
+               ["python stage4_transformer/train.py --dropout 0.2 --schedule cosine --epochs 30 --time-budget 55 "
+                "--average-last 5"]),
+    "stage5": ("Stage 5 GPT", "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt",
+               ["python stage5_gpt/train.py --dataset wikitext2 --vocab-size 8000 --n-embd 192 --batch-size 16 "
+                "--pos rope --norm rmsnorm --mlp swiglu --no-bias --epochs 10 --time-budget 30"]),
+    "stage6_mlm": ("Stage 6 pre-trained BERT", "runs/stage6_bert/pretrain/best.pt", [PRETRAIN_BERT]),
+    "stage6_sst2": ("Stage 6 SST-2 classifier", "runs/stage6_bert/glue_sst2/best.pt",
+                    [PRETRAIN_BERT, "python stage6_bert/finetune.py --task sst2 --lr 4e-4"]),
+}
+MAX_CHARS = {"stage1": 5000, "stage2": 1000, "stage34": s3_translate.MAX_CHARS, "stage5": 2000, "stage6": 500}
+SST2_LABELS = ("negative", "positive")  # GLUE SST-2: label 0 is negative, 1 positive
+SETTINGS = {"device": torch.device("cpu"), "checkpoints": {key: Path(m[1]) for key, m in MODELS.items()}}
+_loaded: dict = {}  # (model, checkpoint path) -> what its loader returned
+log = logging.getLogger("demo")
+
+
+def configure(device: str | torch.device = "cpu", **checkpoints: str | Path) -> None:
+    """Set the device and any checkpoint paths (keys of MODELS); models already loaded are forgotten."""
+    SETTINGS["device"] = torch.device(device)
+    SETTINGS["checkpoints"].update({key: Path(path) for key, path in checkpoints.items()})
+    _loaded.clear()
+
+
+def missing_checkpoint(key: str) -> str:
+    """'' when the model's checkpoint exists; otherwise a short message with the command that trains it."""
+    name, _, commands = MODELS[key]
+    path = SETTINGS["checkpoints"][key]
+    if path.is_file():
+        return ""
+    steps = ", then ".join(f"`{c}`" for c in commands)
+    return (f"No {name} yet: `{path}` does not exist. Train it from the repository root with {steps}. "
+            f"This tab finds it on the next submit, without a restart.")
+
+
+def load(key: str, loader):
+    """The model behind a tab, loaded by loader(path, device) on first use and kept. A missing checkpoint is looked for
+    again on every call, so a model trained while the demo runs is picked up."""
+    path = SETTINGS["checkpoints"][key]
+    if (key, path) not in _loaded:
+        if missing_checkpoint(key):
+            raise UserError(missing_checkpoint(key))
+        _loaded[key, path] = loader(path, SETTINGS["device"])
+    return _loaded[key, path]
+
+
+def guarded(n_outputs: int):
+    """Make a tab function safe to call from the page: its last output is a message (Markdown). A UserError (bad
+    input, a missing checkpoint) becomes that message; any other exception a one-line message, with its traceback in
+    the log. The other outputs are cleared, and the server goes on serving. Works for generators (streamed outputs)."""
+    def escaped(outputs: tuple) -> tuple:  # the message is Markdown: "<unk>" must show, not vanish as an HTML tag
+        return outputs[:-1] + (html.escape(outputs[-1], quote=False),)
+
+    def message(fn, e: Exception) -> tuple:
+        if isinstance(e, UserError):
+            return escaped((None,) * (n_outputs - 1) + (str(e)[:1].upper() + str(e)[1:],))
+        log.exception(f"{fn.__name__} failed")
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return escaped((None,) * (n_outputs - 1) + (f"Unexpected error: {type(e).__name__}: {first_line}",))
+
+    def wrap(fn):
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def stream(*args):
+                try:
+                    for outputs in fn(*args):
+                        yield escaped(outputs)
+                except Exception as e:
+                    yield message(fn, e)
+            return stream
+
+        @functools.wraps(fn)
+        def call(*args):
+            try:
+                return escaped(fn(*args))
+            except Exception as e:
+                return message(fn, e)
+        return call
+    return wrap
+
+
+def check_text(text: str | None, limit: int) -> str:
+    if text is None or not text.strip():
+        raise UserError("The text is empty: type something first.")
+    if len(text) > limit:
+        raise UserError(f"The text has {len(text):,} characters; this box takes at most {limit:,}.")
+    return text
+
+
+# ----------------------------------------------------------------------------- one function per tab
+
+def load_stage1(path, device):
+    model, vocab, ckpt = s1_evaluate.load_model(path, device)
+    return model, vocab, s1_dataset_info(ckpt["dataset"])["classes"]
+
+
+@guarded(2)
+def stage1_classify(text: str):
+    """-> ({class: probability}, message)."""
+    text = check_text(text, MAX_CHARS["stage1"])
+    model, vocab, classes = load("stage1", load_stage1)
+    probs, known = s1_predict.classify(model, vocab, [text], SETTINGS["device"])
+    if known[0] == 0:
+        raise UserError("None of these words is in the model's vocabulary, so it has nothing to go on: try an "
+                        "English film review.")
+    return {c: float(p) for c, p in zip(classes, probs[0])}, ""
+
+
+@guarded(2)
+def stage2_continue(prompt: str, temperature: float, top_k: float, max_new: float):
+    """-> (the prompt and its sampled continuation, message). top_k 0 = no top-k cut."""
+    prompt = check_text(prompt, MAX_CHARS["stage2"])
+    model, vocab = load("stage2", lambda path, device: s2_evaluate.load_model(path, device)[:2])
+    ids = s2_generate.prompt_to_ids(vocab, prompt)  # characters the model never saw: a message that names them
+    tokens = s2_generate.sample(model, ids, int(max_new), max(float(temperature), 1e-3), int(top_k) or None)
+    return prompt + "".join(s2_generate.token_text(vocab, t) for t in tokens), ""
+
+
+def translate_side(key: str, text: str):
+    """One column of the translation tab: (translation, attention map, message)."""
+    stage3 = key == "stage3"
+    text = (s3_translate if stage3 else s4_translate).check_sentence(text or "")  # empty, too long: messages
+    if stage3:
+        model, src_vocab, tgt_vocab, _ = load(key, s3_evaluate.load_model)
+        translate = functools.partial(s3_decoding.translate, model, src_vocab, tgt_vocab)
+    else:  # one joint vocabulary for both languages
+        model, src_vocab, _ = load(key, s4_evaluate.load_model)
+        translate = functools.partial(s4_decoding.translate, model, src_vocab)
+    unknown = src_vocab.unknown(text)
+    if len(unknown) == len((s3_tokenize if stage3 else s4_tokenize)(text)):
+        raise UserError("None of these words is in the model's source vocabulary: try a short English sentence.")
+    [out] = translate([text], SETTINGS["device"], beam_size=5, with_attention=True)
+    image = None
+    if out["attn"] is not None:  # a Stage 3 model trained with --attention none has no map
+        canvas = FigureCanvasAgg(s3_evaluate.attention_figure(out["src_tokens"], out["tgt_tokens"], out["attn"]))
+        canvas.draw()                                                    # Agg: no display needed
+        image = np.asarray(canvas.buffer_rgba())[..., :3].copy()         # (H, W, 3) uint8
+    return out["text"], image, (f"Not in the vocabulary, read as <unk>: {', '.join(unknown)}" if unknown else "")
+
+
+@guarded(3)
+def stage3_translate(text: str):
+    return translate_side("stage3", text)
+
+
+@guarded(3)
+def stage4_translate(text: str):
+    return translate_side("stage4", text)
+
+
+def stages34_translate(text: str):
+    """-> Stage 3's (translation, map, message), then Stage 4's: each side answers, or says why not, on its own."""
+    return stage3_translate(text) + stage4_translate(text)
+
+
+@guarded(2)
+def stage5_generate(prompt: str, temperature: float, top_k: float, top_p: float, max_new: float):
+    """Yields (the prompt and the continuation so far, message): Gradio shows each as it comes. top_k 0 and top_p 1
+    mean no cut; temperature 0 is greedy."""
+    prompt = check_text(prompt, MAX_CHARS["stage5"])
+    model, tok = load("stage5", lambda path, device: s5_evaluate.load_model(path, device)[:2])
+    ids = s5_generate.encode_prompt(tok, prompt)  # a character tokenizer names the characters it does not know
+    t0, text, n = time.perf_counter(), "", 0
+    for text, n in s5_generate.stream_text(model, tok, ids, int(max_new), SETTINGS["device"], float(temperature),
+                                           int(top_k) or None, float(top_p) if top_p < 1 else None,
+                                           seed=random.randrange(2**31)):
+        yield prompt + text, ""
+    seconds = time.perf_counter() - t0
+    note = f" (the prompt has {len(ids)} tokens; the model reads the last {model.cfg.block_size})" \
+        if len(ids) > model.cfg.block_size else ""
+    yield prompt + text, f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.0f} tokens/s, KV cache){note}"
+
+
+@guarded(2)
+def stage6_fill(text: str, top_k: float):
+    """-> (a Markdown table: the top_k guesses for each [MASK] and the best filled-in text, message)."""
+    text = check_text(text, MAX_CHARS["stage6"])
+    model, tok = load("stage6_mlm", s6_fill_mask.load_mlm)
+    ids = s6_fill_mask.encode_masked(tok, text, model.cfg.max_position)  # no [MASK], too many tokens: messages
+    guesses = s6_fill_mask.fill_mask(model, ids, int(top_k), SETTINGS["device"])
+    positions = [i for i, t in enumerate(ids) if t == MASK_ID]
+    filled, rows = list(ids), []
+    for n, (pos, top) in enumerate(zip(positions, guesses), start=1):
+        filled[pos] = top[0][0]
+        rows += [f"| {n} | {html.escape(tok.vocab[t]).replace('|', '&#124;')} | {p:.3f} |" for t, p in top]
+    best = tok.decode(filled, skip_special_tokens=False).removeprefix("[CLS] ").removesuffix(" [SEP]")
+    table = "| [MASK] | guess | probability |\n|---|---|---|\n" + "\n".join(rows)
+    return f"**Best guess:** {html.escape(best)}\n\n{table}", ""
+
+
+@guarded(2)
+def stage6_sentiment(text: str):
+    """-> ({negative, positive: probability}, message)."""
+    text = check_text(text, MAX_CHARS["stage6"])
+    predict = load("stage6_sst2", s6_evaluate.load_predictor)
+    probs = predict([text])[0]
+    return {label: float(p) for label, p in zip(SST2_LABELS, probs)}, ""
+
+
+def page_notes() -> list[str]:
+    """On every page load: each message box says which checkpoints are missing (the commands that train them)."""
+    return [missing_checkpoint(key) for key in MODELS]
+
+
+# ----------------------------------------------------------------------------- the page
+
+def build_app():
+    """The page: one tab per stage. Every component has an elem_id (scripts/demo_screenshots.py finds them by it)."""
+    import gradio as gr
+
+    def box(eid: str, label: str, limit: int, placeholder: str, lines: int = 2):
+        return gr.Textbox(label=f"{label} (at most {limit:,} characters)", lines=lines, placeholder=placeholder,
+                          elem_id=eid)
+
+    def slider(eid: str, label: str, lo: float, hi: float, value: float, step: float):
+        return gr.Slider(lo, hi, value=value, step=step, label=label, elem_id=eid)
+
+    with gr.Blocks(title="my_llm demo", analytics_enabled=False, delete_cache=(3600, 3600)) as app:  # maps: hourly
+        gr.Markdown("# my_llm: the course's trained models\nEach tab runs its stage's own code on the checkpoint that "
+                    "stage's reference command trains (`python scripts/demo.py --help` lists them).")
+        with gr.Tab("Stage 1: classify", elem_id="tab-stage1"):
+            gr.Markdown("A bag-of-n-grams MLP trained on IMDb reviews: how negative or positive is a review?")
+            s1_in = box("s1-input", "Review", MAX_CHARS["stage1"], "A gripping, beautifully acted film.", lines=4)
+            s1_go = gr.Button("Classify", variant="primary", elem_id="s1-submit")
+            s1_out, s1_msg = gr.Label(label="Class probabilities", elem_id="s1-output"), gr.Markdown(elem_id="s1-message")
+            s1_go.click(stage1_classify, [s1_in], [s1_out, s1_msg])
+        with gr.Tab("Stage 2: continue", elem_id="tab-stage2"):
+            gr.Markdown("A character-level LSTM trained on Tiny Shakespeare continues your text, one character at a "
+                        "time. It knows only the characters it was trained on.")
+            s2_in = box("s2-input", "Text to continue", MAX_CHARS["stage2"], "ROMEO:")
+            with gr.Row():
+                s2_temp = slider("s2-temperature", "temperature", 0.1, 2.0, 0.8, 0.05)
+                s2_topk = slider("s2-top-k", "top-k (0 = off)", 0, 100, 0, 1)
+                s2_len = slider("s2-length", "new characters", 1, 1000, 300, 1)
+            s2_go = gr.Button("Continue", variant="primary", elem_id="s2-submit")
+            s2_out, s2_msg = gr.Textbox(label="Text", lines=8, elem_id="s2-output"), gr.Markdown(elem_id="s2-message")
+            s2_go.click(stage2_continue, [s2_in, s2_temp, s2_topk, s2_len], [s2_out, s2_msg])
+        with gr.Tab("Stages 3 and 4: translate", elem_id="tab-stage34"):
+            gr.Markdown("English to French by Stage 3's recurrent encoder-decoder with attention and Stage 4's "
+                        "Transformer, side by side (beam search, 5 beams).")
+            s34_in = box("s34-input", "English sentence", MAX_CHARS["stage34"], "A man is riding a bike.", lines=1)
+            s34_go = gr.Button("Translate", variant="primary", elem_id="s34-submit")
+            outputs = []
+            with gr.Row():
+                for key, title, what in [("s3", "Stage 3: GRU encoder-decoder with attention",
+                                          "attention weights at each output word"),
+                                         ("s4", "Stage 4: Transformer", "cross-attention of the last decoder layer, "
+                                                                        "averaged over heads")]:
+                    with gr.Column():
+                        gr.Markdown(f"### {title}")
+                        outputs.append(gr.Textbox(label="Translation", elem_id=f"{key}-output"))
+                        gr.Markdown(f"Attention map: {what} (rows) over the source words (columns).")
+                        outputs += [gr.Image(show_label=False, type="numpy", format="png", interactive=False,
+                                             elem_id=f"{key}-attn"), gr.Markdown(elem_id=f"{key}-message")]
+            s34_go.click(stages34_translate, [s34_in], outputs)
+        with gr.Tab("Stage 5: generate", elem_id="tab-stage5"):
+            gr.Markdown("The GPT pre-trained on WikiText-2 writes a continuation, streamed token by token (KV cache).")
+            s5_in = box("s5-input", "Prompt", MAX_CHARS["stage5"], "The history of the city")
+            with gr.Row():
+                s5_temp = slider("s5-temperature", "temperature (0 = greedy)", 0.0, 2.0, 0.8, 0.05)
+                s5_topk = slider("s5-top-k", "top-k (0 = off)", 0, 200, 40, 1)
+                s5_topp = slider("s5-top-p", "top-p (1 = off)", 0.05, 1.0, 0.95, 0.05)
+                s5_len = slider("s5-length", "new tokens", 1, 300, 80, 1)
+            s5_go = gr.Button("Generate", variant="primary", elem_id="s5-submit")
+            s5_out, s5_msg = gr.Textbox(label="Text", lines=8, elem_id="s5-output"), gr.Markdown(elem_id="s5-message")
+            s5_go.click(stage5_generate, [s5_in, s5_temp, s5_topk, s5_topp, s5_len], [s5_out, s5_msg])
+        with gr.Tab("Stage 6: BERT", elem_id="tab-stage6"):
+            gr.Markdown("The pre-trained BERT guesses the words hidden by `[MASK]` (lower-case text, as it was "
+                        "trained on); the BERT fine-tuned on SST-2 tells a sentence's sentiment.")
+            with gr.Row():
+                with gr.Column():
+                    s6m_in = box("s6-mask-input", "Text with [MASK]", MAX_CHARS["stage6"], "the movie was [MASK] .")
+                    s6m_k = slider("s6-mask-top-k", "guesses per [MASK]", 1, 20, 5, 1)
+                    s6m_go = gr.Button("Fill [MASK]", variant="primary", elem_id="s6-mask-submit")
+                    s6m_out, s6m_msg = gr.Markdown(elem_id="s6-mask-output"), gr.Markdown(elem_id="s6-mask-message")
+                with gr.Column():
+                    s6s_in = box("s6-sst2-input", "Sentence", MAX_CHARS["stage6"], "a gripping , beautifully acted film .")
+                    s6s_go = gr.Button("Sentiment", variant="primary", elem_id="s6-sst2-submit")
+                    s6s_out = gr.Label(label="SST-2 sentiment", elem_id="s6-sst2-output")
+                    s6s_msg = gr.Markdown(elem_id="s6-sst2-message")
+            s6m_go.click(stage6_fill, [s6m_in, s6m_k], [s6m_out, s6m_msg])
+            s6s_go.click(stage6_sentiment, [s6s_in], [s6s_out, s6s_msg])
+        app.load(page_notes, None, [s1_msg, s2_msg, outputs[2], outputs[5], s5_msg, s6m_msg, s6s_msg])
+    return app
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="A web demo of every stage's trained model (Gradio). Open the printed "
+                                            "address in a browser.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: reachable from other machines)")
+    p.add_argument("--port", type=port_number, default=7860, help="port to listen on")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where the models run")
+    for key, (name, path, commands) in MODELS.items():
+        p.add_argument(f"--{key.replace('_', '-')}-checkpoint", dest=key, default=path, metavar="PATH",
+                       help=f"the {name}, made by: {commands[-1]}")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    for key, (_, default, _) in MODELS.items():  # a path given by hand must exist; a default one may come later
+        if getattr(args, key) != default and not Path(getattr(args, key)).is_file():
+            raise UserError(f"--{key.replace('_', '-')}-checkpoint {getattr(args, key)}: no such file")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("the demo needs gradio: pip install -r requirements-demo.txt") from None
+    configure(get_device(args.device), **{key: getattr(args, key) for key in MODELS})
+    get_logger("demo")
+    for key in MODELS:
+        log.info(f"{key}: {SETTINGS['checkpoints'][key]}" + (" (missing: its tab says how to train it)"
+                                                            if missing_checkpoint(key) else ""))
+    try:
+        build_app().launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False)
+    except OSError as e:  # the port is taken, or the host is not an address of this machine
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {str(e).splitlines()[0]}") from None
+
+
+if __name__ == "__main__":
+    run_cli(main)

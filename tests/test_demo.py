@@ -1,0 +1,215 @@
+"""scripts/demo.py without a browser: each tab's function called directly, on tiny checkpoints built with each stage's
+own classes (tests/tiny_checkpoints.py). Normal answers, a missing checkpoint (the message names the command that
+trains it), bad input answered by a message, an unexpected exception turned into one line, the flags.
+tests/test_demo_e2e.py drives the same page in a real browser."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import shutil
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio", reason="the demo needs gradio: pip install -r requirements-demo.txt")
+
+import tiny_checkpoints  # noqa: E402
+from conftest import REPO_ROOT, assert_one_line_error, cli  # noqa: E402
+from scripts import demo  # noqa: E402
+
+SOURCE = "A man is riding a bike."  # 8 source tokens with <eos>: the attention map is 0.45 * 8 + 2 inches wide
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return tiny_checkpoints.make_all(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture
+def tiny(checkpoints):
+    demo.configure("cpu", **checkpoints)
+    yield checkpoints
+    demo.configure("cpu", **{key: path for key, (_, path, _) in demo.MODELS.items()})
+
+
+# every tab, called with one text: the tab's outputs (a streamed tab: its last outputs)
+TABS = {
+    "stage1": lambda text: demo.stage1_classify(text),
+    "stage2": lambda text: demo.stage2_continue(text, 0.8, 0, 5),
+    "stage34": lambda text: demo.stages34_translate(text),
+    "stage5": lambda text: list(demo.stage5_generate(text, 0.8, 0, 1.0, 5))[-1],
+    "stage6_mlm": lambda text: demo.stage6_fill(text, 3),
+    "stage6_sst2": lambda text: demo.stage6_sentiment(text),
+}
+TYPICAL = {"stage1": "a wonderful film", "stage2": "ROMEO:", "stage34": SOURCE, "stage5": "The history",
+           "stage6_mlm": "the movie was [MASK] .", "stage6_sst2": "a gripping film ."}
+LIMITS = {"stage1": "stage1", "stage2": "stage2", "stage34": "stage34", "stage5": "stage5", "stage6_mlm": "stage6",
+          "stage6_sst2": "stage6"}
+
+
+def messages(tab: str, outputs: tuple) -> list[str]:
+    """The message boxes of a tab's outputs: the last one, or one per side for Stages 3 and 4."""
+    return [outputs[2], outputs[5]] if tab == "stage34" else [outputs[-1]]
+
+
+def answers(tab: str, outputs: tuple) -> list:
+    """The other outputs: the answers themselves."""
+    return [outputs[i] for i in (0, 1, 3, 4)] if tab == "stage34" else list(outputs[:-1])
+
+
+# ----------------------------------------------------------------------------- answers
+
+def test_stage1_gives_class_probabilities(tiny):
+    probs, message = demo.stage1_classify("A gripping, beautifully acted film with a wonderful cast.")
+    assert list(probs) == ["neg", "pos"] and sum(probs.values()) == pytest.approx(1.0) and message == ""
+
+
+def test_stage2_continues_the_prompt(tiny):
+    text, message = demo.stage2_continue("ROMEO:", 0.8, 5, 40)
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40 and message == ""  # characters: 1 a token
+
+
+def test_stages_3_and_4_translate_with_attention_maps(tiny):
+    text3, image3, message3, text4, image4, message4 = demo.stages34_translate(SOURCE)
+    assert text3.strip() and isinstance(text4, str) and message3 == message4 == ""
+    for image in (image3, image4):   # rows: output tokens (at least <eos>), columns: the 8 source tokens
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert image.shape[1] == round((0.45 * 8 + 2) * 100) and image.shape[0] >= round((0.4 + 1.5) * 100)
+    assert image3.std() > 0 and image4.std() > 0
+
+
+def test_stage5_streams_growing_text(tiny):
+    steps = list(demo.stage5_generate("The history of the city", 0.8, 40, 0.95, 12))
+    texts = [text for text, _ in steps]
+    assert len(steps) == 13 and all(t.startswith("The history of the city") for t in texts)
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert [m for _, m in steps[:-1]] == [""] * 12 and re.match(r"12 tokens in [\d.]+ s", steps[-1][1])
+
+
+def test_stage6_fills_mask_with_k_guesses_each(tiny):
+    table, message = demo.stage6_fill("the movie was [MASK] , [MASK] .", 4)
+    assert message == "" and table.startswith("**Best guess:** the movie was ")
+    assert [sum(line.startswith(f"| {n} |") for line in table.splitlines()) for n in (1, 2)] == [4, 4]
+
+
+def test_stage6_gives_sst2_sentiment(tiny):
+    probs, message = demo.stage6_sentiment("a gripping , beautifully acted film .")
+    assert list(probs) == ["negative", "positive"] and sum(probs.values()) == pytest.approx(1.0) and message == ""
+
+
+# ----------------------------------------------------------------------------- messages instead of errors
+
+@pytest.mark.parametrize("tab", TABS)
+def test_missing_checkpoint_names_the_command_that_trains_it(tab, tiny, tmp_path):
+    keys = ["stage3", "stage4"] if tab == "stage34" else [tab]
+    demo.configure("cpu", **{key: tmp_path / key / "best.pt" for key in keys})
+    outputs = TABS[tab](TYPICAL[tab])
+    for key, message in zip(keys, messages(tab, outputs)):
+        assert f"`{tmp_path / key / 'best.pt'}` does not exist" in message
+        assert all(f"`{command}`" in message for command in demo.MODELS[key][2])
+    assert all(x is None for x in answers(tab, outputs))
+    assert [n for n in demo.page_notes() if n] == [demo.missing_checkpoint(key) for key in keys]
+    for key in keys:  # trained while the demo runs: the next submit finds it
+        shutil.copytree(tiny[key].parent, tmp_path / key)
+    outputs = TABS[tab](TYPICAL[tab])
+    assert all(x is not None for x in answers(tab, outputs))
+    assert not any("does not exist" in m for m in messages(tab, outputs))
+
+
+def test_one_missing_translator_leaves_the_other_side_working(tiny, tmp_path):
+    demo.configure("cpu", stage4=tmp_path / "none.pt")
+    text3, image3, message3, text4, image4, message4 = demo.stages34_translate(SOURCE)
+    assert text3 and image3 is not None and message3 == ""
+    assert text4 is None and image4 is None and "python stage4_transformer/train.py" in message4
+
+
+@pytest.mark.parametrize("tab", TABS)
+def test_empty_and_overlong_text_are_messages(tab, tiny):
+    limit = demo.MAX_CHARS[LIMITS[tab]]
+    for text in ("", "   \n "):
+        assert all("empty" in m.lower() for m in messages(tab, TABS[tab](text)))
+    for m in messages(tab, TABS[tab]("a" * (limit + 1))):
+        assert re.search(f"{limit:,}|{limit}", m) and str(limit + 1) in m.replace(",", "")
+
+
+def test_characters_outside_the_vocabulary_are_named(tiny):
+    text, message = demo.stage2_continue("ROMEO: \u6771\u20ac", 0.8, 0, 5)
+    assert text is None and "never saw" in message and "'\u6771'" in message and "'\u20ac'" in message
+
+
+def test_words_all_unknown_are_a_message(tiny):
+    assert demo.stage1_classify("zzzz qqqq")[1].startswith("None of these words")
+    outputs = demo.stages34_translate("zzzz qqqq")
+    assert all(m.startswith("None of these words") for m in messages("stage34", outputs))
+    some = demo.stages34_translate("A man is riding a zzzz.")  # some unknown: translated, with a note
+    assert all(m == "Not in the vocabulary, read as &lt;unk&gt;: zzzz" for m in messages("stage34", some))
+
+
+def test_fill_mask_without_mask_is_a_message(tiny):
+    table, message = demo.stage6_fill("the movie was great .", 3)
+    assert table is None and "has no [MASK]" in message
+
+
+def test_unexpected_exception_is_one_line_and_the_tab_keeps_working(tiny, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+    monkeypatch.setattr(demo.s1_predict, "classify", broken)
+    monkeypatch.setattr(demo.s5_generate, "stream_text", broken)
+    with caplog.at_level(logging.ERROR, logger="demo"):
+        assert demo.stage1_classify("a good film") == (None, "Unexpected error: RuntimeError: boom")
+        assert list(demo.stage5_generate("The", 0.8, 0, 1.0, 5)) == [(None, "Unexpected error: RuntimeError: boom")]
+    assert "stage1_classify failed" in caplog.text and "Traceback" in caplog.text
+    monkeypatch.undo()
+    assert demo.stage1_classify("a good film")[0] is not None
+
+
+# ----------------------------------------------------------------------------- the reference commands and defaults
+
+def recorded_commands() -> str:
+    texts = [(REPO_ROOT / "README.md").read_text(encoding="utf-8")]
+    for path in REPO_ROOT.glob("stage*/results/*.json"):
+        texts.append(str(json.loads(path.read_text(encoding="utf-8")).get("command")))
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize("key", demo.MODELS)
+def test_commands_are_the_recorded_reference_commands(key):
+    for command in demo.MODELS[key][2]:
+        assert command in recorded_commands()
+
+
+@pytest.mark.parametrize("key", demo.MODELS)
+def test_default_checkpoint_is_where_the_command_writes_it(key):
+    """Parse the command with its script's own parse_args: <out-dir>/best.pt is the demo's default."""
+    words = shlex.split(demo.MODELS[key][2][-1])
+    script = import_module(words[1].removesuffix(".py").replace("/", "."))
+    args = script.parse_args(words[2:])
+    name = script.run_name(args) if hasattr(script, "run_name") else None
+    out_dir = args.out_dir.format(name=name, dataset=getattr(args, "dataset", None),
+                                  model_type=getattr(args, "model_type", None))
+    assert Path(out_dir) / "best.pt" == Path(demo.MODELS[key][1])
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_help_and_defaults(capsys):
+    code, _ = cli(demo.main, ["--help"], capsys)
+    assert code == 0
+    args = demo.parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
+    assert {key: getattr(args, key) for key in demo.MODELS} == {key: m[1] for key, m in demo.MODELS.items()}
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--port", "-1"], r"--port: expected a port number from 1 to 65535, got '-1'"),
+    (["--port", "70000"], r"--port: expected a port number"),
+    (["--stage1-checkpoint", "no/such/best.pt"], r"--stage1-checkpoint no/such/best.pt: no such file"),
+    (["--stage6-sst2-checkpoint", "nope.pt"], r"--stage6-sst2-checkpoint nope.pt: no such file"),
+])
+def test_bad_flags_are_one_line_errors(argv, pattern, capsys):
+    code, err = cli(demo.main, argv, capsys)
+    assert_one_line_error(code, err, pattern)

@@ -1,0 +1,130 @@
+"""Tiny, untrained checkpoints of every model the web demo serves, for tests/test_demo.py and tests/test_demo_e2e.py.
+
+Each is built with its stage's own classes and saved in its stage's own checkpoint format (the dict its train.py,
+pretrain.py or finetune.py writes, with the vocabulary or tokenizer file beside it), so the demo loads them with each
+stage's own loader. The vocabularies are trained on the tests' tiny texts plus the demo's typical inputs
+(scripts/demo_screenshots.py), so those inputs are in-vocabulary. The weights are random: the outputs are nonsense,
+but every tab's plumbing runs as it does on the real models, in milliseconds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from conftest import TINY_PLAY, TINY_WIKI, tiny_parallel, tiny_rows
+from scripts.common import save_checkpoint
+from scripts.demo_screenshots import TABS
+
+TYPED = [text for tab in TABS for text in tab["type"].values()]  # the demo's typical inputs
+
+
+def stage1(folder: Path) -> Path:
+    from stage1_mlp.data import Vocab
+    from stage1_mlp.model import BagOfNgramsMLP, MLPConfig
+    vocab = Vocab.build([text for text, _ in tiny_rows("imdb", "train")] + TYPED, ngram=2, min_freq=1)
+    cfg = MLPConfig(vocab_size=len(vocab), n_classes=2, emb_dim=8, hidden_dim=8)
+    vocab.save(folder / "vocab.json")
+    return save(folder, {"stage": "stage1_mlp", "dataset": "imdb", "config": cfg.to_dict(), "args": {},
+                         "model": BagOfNgramsMLP(cfg).state_dict(),
+                         "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}})
+
+
+def stage2(folder: Path) -> Path:
+    from stage2_rnn_lstm.data import Vocab
+    from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel
+    vocab = Vocab.build(TINY_PLAY, "char")
+    cfg = LMConfig(vocab_size=len(vocab), model_type="lstm", emb_dim=8, hidden_dim=16, n_layers=1, impl="torch")
+    vocab.save(folder / "vocab.json")
+    return save(folder, {"stage": "stage2_rnn_lstm", "dataset": "tiny_shakespeare", "config": cfg.to_dict(),
+                         "args": {"bptt": 32}, "model": RNNLanguageModel(cfg).state_dict(),
+                         "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}})
+
+
+def parallel() -> tuple[list[str], list[str]]:
+    triples = tiny_parallel(60, "demo") + [("A man is riding a bike.", "", "Un homme fait du vélo.")]
+    return [en for en, _, _ in triples], [fr for _, _, fr in triples]
+
+
+def stage3(folder: Path) -> Path:
+    from stage3_attention_seq2seq.data import Vocab
+    from stage3_attention_seq2seq.model import Seq2Seq, Seq2SeqConfig
+    en, fr = parallel()
+    src, tgt = Vocab.build(en, "en", min_freq=1), Vocab.build(fr, "fr", min_freq=1)
+    cfg = Seq2SeqConfig(src_vocab_size=len(src), tgt_vocab_size=len(tgt), emb_dim=8, hidden_dim=16)
+    src.save(folder / "vocab_src.json")
+    tgt.save(folder / "vocab_tgt.json")
+    return save(folder, {"stage": "stage3_attention_seq2seq", "dataset": "multi30k", "config": cfg.to_dict(),
+                         "args": {"src": "en", "tgt": "fr"}, "model": Seq2Seq(cfg).state_dict(),
+                         "vocab": {"files": ["vocab_src.json", "vocab_tgt.json"],
+                                   "fingerprints": [src.fingerprint(), tgt.fingerprint()]}})
+
+
+def stage4(folder: Path) -> Path:
+    from stage4_transformer.data import Vocab
+    from stage4_transformer.model import Transformer, TransformerConfig
+    en, fr = parallel()
+    vocab = Vocab.build(en + fr, min_freq=1, targets=fr)
+    cfg = TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=vocab.n_target, d_model=16, n_heads=2,
+                            n_enc_layers=1, n_dec_layers=1, d_ff=32, share_embeddings=True)
+    vocab.save(folder / "vocab.json")
+    return save(folder, {"stage": "stage4_transformer", "dataset": "multi30k", "config": cfg.to_dict(),
+                         "args": {"src": "en", "tgt": "fr"}, "model": Transformer(cfg).state_dict(),
+                         "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}})
+
+
+def stage5(folder: Path) -> Path:
+    from stage5_gpt.data import tokenizer_fingerprint
+    from stage5_gpt.model import GPT, GPTConfig
+    from stage5_gpt.tokenizer import BPETokenizer
+    tok = BPETokenizer.train(TINY_WIKI["train"] + " ".join(TYPED), 300, progress=False)
+    tok.save(folder / "tokenizer.json")
+    cfg = GPTConfig(vocab_size=len(tok), block_size=32, n_layer=1, n_head=2, n_embd=16, bias=False, pos="rope",
+                    norm="rmsnorm", mlp="swiglu")
+    return save(folder, {"stage": "stage5_gpt", "dataset": "wikitext2", "config": cfg.to_dict(), "args": {},
+                         "model": GPT(cfg).state_dict(),
+                         "data": {"tokenizer": "tokenizer.json",
+                                  "fingerprint": tokenizer_fingerprint(folder / "tokenizer.json")}})
+
+
+def bert_config(folder: Path):
+    from stage6_bert.model import BertConfig
+    from stage6_bert.tokenizer import WordPieceTokenizer
+    tok = WordPieceTokenizer.train([text for text, _ in tiny_rows("sst2", "train")] + TYPED, 200)
+    tok.save(folder / "tokenizer.json")
+    return BertConfig(vocab_size=len(tok), max_position=64, hidden=16, n_layer=1, n_head=2, intermediate=32,
+                      norm="pre")
+
+
+def stage6_mlm(folder: Path) -> Path:
+    from stage6_bert.model import BertPretrain
+    cfg = bert_config(folder)
+    return save(folder, {"stage": "stage6_bert", "kind": "pretrain", "config": cfg.to_dict(), "args": {},
+                         "model": BertPretrain(cfg).state_dict(), "tokenizer": "tokenizer.json"})
+
+
+def stage6_sst2(folder: Path) -> Path:
+    from stage6_bert.model import BertClassifier
+    cfg = bert_config(folder)
+    return save(folder, {"stage": "stage6_bert", "kind": "finetune", "task": "sst2", "config": cfg.to_dict(),
+                         "num_labels": 2, "pooling": "cls", "model": BertClassifier(cfg, 2).state_dict(),
+                         "tokenizer": "tokenizer.json", "args": {"max_len": 64}})
+
+
+def save(folder: Path, checkpoint: dict) -> Path:
+    save_checkpoint(checkpoint, folder / "best.pt")
+    return folder / "best.pt"
+
+
+BUILDERS = {"stage1": stage1, "stage2": stage2, "stage3": stage3, "stage4": stage4, "stage5": stage5,
+            "stage6_mlm": stage6_mlm, "stage6_sst2": stage6_sst2}
+
+
+def make_all(root: Path) -> dict[str, Path]:
+    """{model key of scripts/demo.py's MODELS: the path of its tiny best.pt}, each in its own folder under root."""
+    torch.manual_seed(0)
+    paths = {}
+    for key, build in BUILDERS.items():
+        (root / key).mkdir(parents=True, exist_ok=True)
+        paths[key] = build(root / key)
+    return paths
