@@ -60,8 +60,8 @@ MODELS = {
     "stage3": ("Stage 3 translator", "runs/stage3_attention_seq2seq/multi30k_en_fr/best.pt",
                ["python stage3_attention_seq2seq/train.py --epochs 8"]),
     "stage4": ("Stage 4 Transformer", "runs/stage4_transformer/multi30k_en_fr/best.pt",
-               ["python stage4_transformer/train.py --dropout 0.2 --schedule cosine --epochs 30 --time-budget 55 "
-                "--average-last 5"]),
+               ["python stage4_transformer/train.py --dropout 0.2 --schedule cosine --epochs 30 --time-budget 60 "
+                "--average-last 5 --batch-tokens 2048 --lr 1e-3"]),
     "stage5": ("Stage 5 GPT", "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt",
                ["python stage5_gpt/train.py --dataset wikitext2 --vocab-size 8000 --n-embd 192 --batch-size 16 "
                 "--pos rope --norm rmsnorm --mlp swiglu --no-bias --epochs 10 --time-budget 30"]),

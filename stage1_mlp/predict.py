@@ -37,7 +37,7 @@ def load_predictor(checkpoint: str | Path, device: str | torch.device = "cpu"):
     model, vocab, _ = load_model(checkpoint, device)
 
     def predict(texts: list[str]) -> torch.Tensor:
-        return predict_bags(model, Bags.from_texts(texts, [0] * len(texts), vocab), 256, device)  # (N, n_classes)
+        return classify(model, vocab, texts, device)[0]  # (N, n_classes)
     return predict
 
 
