@@ -21,21 +21,26 @@ if __package__ in (None, ""):  # run as `python scripts/demo_screenshots.py`: pu
 from scripts.common import UserError, positive_float, run_cli
 
 # One entry per tab: the tab's label, its screenshot, what to type where, the buttons to press, and the outputs that
-# must show an answer (a box's text, an image, or a component's text that differs from before the click).
+# must show an answer (a box's text, an image, or a component's text that differs from before the click), each with the
+# message box beside it: a message that a checkpoint does not exist also ends the wait for that output.
 TABS = [
     {"tab": "Stage 1: classify", "file": "demo_stage1.png",
      "type": {"s1-input": "A gripping, beautifully acted film with a wonderful cast."},
-     "click": ["s1-submit"], "wait": ["s1-output"]},
+     "click": ["s1-submit"], "wait": {"s1-output": "s1-message"}},
     {"tab": "Stage 2: continue", "file": "demo_stage2.png", "type": {"s2-input": "ROMEO:"},
-     "click": ["s2-submit"], "wait": ["s2-output"]},
+     "click": ["s2-submit"], "wait": {"s2-output": "s2-message"}},
     {"tab": "Stages 3 and 4: translate", "file": "demo_stage3_4.png", "type": {"s34-input": "A man is riding a bike."},
-     "click": ["s34-submit"], "wait": ["s3-attn", "s4-attn"]},  # a translation may be empty; its map is not
+     "click": ["s34-submit"], "wait": {"s3-attn": "s3-message", "s4-attn": "s4-message"}},  # a translation may be
+    # empty; its map is not
     {"tab": "Stage 5: generate", "file": "demo_stage5.png", "type": {"s5-input": "The history of the city"},
-     "click": ["s5-submit"], "wait": ["s5-output", "s5-message"]},  # the message comes when the stream has ended
+     "click": ["s5-submit"], "wait": {"s5-output": "s5-message", "s5-message": "s5-message"}},  # the message comes
+    # when the stream has ended
     {"tab": "Stage 6: BERT", "file": "demo_stage6.png",
      "type": {"s6-mask-input": "the movie was [MASK] .", "s6-sst2-input": "a gripping , beautifully acted film ."},
-     "click": ["s6-mask-submit", "s6-sst2-submit"], "wait": ["s6-mask-output", "s6-sst2-output"]},
+     "click": ["s6-mask-submit", "s6-sst2-submit"],
+     "wait": {"s6-mask-output": "s6-mask-message", "s6-sst2-output": "s6-sst2-message"}},
 ]
+MISSING = "does not exist"  # in scripts/demo.py's message for a checkpoint that is not there yet
 # What an output shows: a text box's value, an image's address, or else the component's visible text; null while
 # Gradio's progress indicator on it is visible (the answer is still coming).
 SHOWN_JS = """id => { const el = document.getElementById(id); if (!el) return null;
@@ -60,7 +65,8 @@ def shown(page, elem_id: str) -> str | None:
 
 
 def answer(page, tab: dict, timeout_s: float = 60) -> float:
-    """Open the tab, type its inputs, press its buttons; return the seconds until every output shows an answer."""
+    """Open the tab, type its inputs, press its buttons; return the seconds until every output shows an answer (or its
+    message box says that its checkpoint does not exist)."""
     page.get_by_role("tab", name=tab["tab"]).click()
     for elem_id, text in tab["type"].items():
         page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
@@ -68,10 +74,17 @@ def answer(page, tab: dict, timeout_s: float = 60) -> float:
     t0 = time.perf_counter()
     for elem_id in tab["click"]:
         page.locator(f"#{elem_id}").click()
-    for elem_id in tab["wait"]:
-        page.wait_for_function(f"([id, before]) => {{ const v = ({SHOWN_JS})(id); return v && v !== before; }}",
-                               arg=[elem_id, before[elem_id]], timeout=timeout_s * 1000)
+    for elem_id, message_id in tab["wait"].items():
+        page.wait_for_function(f"""([id, before, msg, missing]) => {{ const shown = {SHOWN_JS};
+            const v = shown(id); if (v && v !== before) return true;
+            const m = msg && shown(msg); return !!m && m.includes(missing); }}""",
+                               arg=[elem_id, before[elem_id], message_id, MISSING], timeout=timeout_s * 1000)
     return time.perf_counter() - t0
+
+
+def missing_models(page, tab: dict) -> list[str]:
+    """The message boxes of the tab that say a checkpoint does not exist."""
+    return [m for m in dict.fromkeys(tab["wait"].values()) if MISSING in (shown(page, m) or "")]
 
 
 def drive(url: str, out_dir: str | Path, chromium: str | None = None, log=print, timeout_s: float = 60) -> dict:
@@ -91,7 +104,10 @@ def drive(url: str, out_dir: str | Path, chromium: str | None = None, log=print,
             page.goto(url, wait_until="networkidle", timeout=timeout_s * 1000)
             for tab in TABS:
                 times[tab["tab"]] = answer(page, tab, timeout_s)
-                log(f"tab {tab['tab']!r} answered in {times[tab['tab']]:.2f} s")
+                missing = missing_models(page, tab)
+                log(f"tab {tab['tab']!r} answered in {times[tab['tab']]:.2f} s"
+                    + (f" (no checkpoint behind {', '.join(missing)}: the page shows the command that trains it)"
+                       if missing else ""))
                 page.wait_for_timeout(300)  # let bars and images finish drawing
                 page.screenshot(path=str(out_dir / tab["file"]), full_page=True)
         finally:

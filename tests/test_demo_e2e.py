@@ -87,7 +87,7 @@ def test_bad_input_is_a_message_in_the_page_and_the_server_keeps_serving(server,
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(server, wait_until="networkidle")
             bad = {"tab": "Stage 2: continue", "type": {"s2-input": "ROMEO: \u20ac"}, "click": ["s2-submit"],
-                   "wait": ["s2-message"]}
+                   "wait": {"s2-message": None}}
             demo_screenshots.answer(page, bad)
             assert "never saw" in demo_screenshots.shown(page, "s2-message")
             assert "'\u20ac'" in demo_screenshots.shown(page, "s2-message")
