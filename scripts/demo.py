@@ -47,7 +47,6 @@ from stage4_transformer import decoding as s4_decoding, evaluate as s4_evaluate,
 from stage4_transformer.data import tokenize as s4_tokenize
 from stage5_gpt import evaluate as s5_evaluate, generate as s5_generate
 from stage6_bert import evaluate as s6_evaluate, fill_mask as s6_fill_mask
-from stage6_bert.tokenizer import MASK_ID
 
 PRETRAIN_BERT = ("python stage6_bert/pretrain.py --layers 4 --hidden 128 --heads 2 --max-len 64 --batch-size 64 "
                  "--lr 2e-3 --norm pre --dropout 0 --epochs 4 --time-budget 60 --eval-interval 1000")
@@ -239,12 +238,9 @@ def stage6_fill(text: str, top_k: float):
     model, tok = load("stage6_mlm", s6_fill_mask.load_mlm)
     ids = s6_fill_mask.encode_masked(tok, text, model.cfg.max_position)  # no [MASK], too many tokens: messages
     guesses = s6_fill_mask.fill_mask(model, ids, int(top_k), SETTINGS["device"])
-    positions = [i for i, t in enumerate(ids) if t == MASK_ID]
-    filled, rows = list(ids), []
-    for n, (pos, top) in enumerate(zip(positions, guesses), start=1):
-        filled[pos] = top[0][0]
-        rows += [f"| {n} | {html.escape(tok.vocab[t]).replace('|', '&#124;')} | {p:.3f} |" for t, p in top]
-    best = tok.decode(filled, skip_special_tokens=False).removeprefix("[CLS] ").removesuffix(" [SEP]")
+    rows = [f"| {n} | {html.escape(tok.vocab[t]).replace('|', '&#124;')} | {p:.3f} |"
+            for n, top in enumerate(guesses, start=1) for t, p in top]
+    best = s6_fill_mask.best_guess(tok, ids, guesses)
     table = "| [MASK] | guess | probability |\n|---|---|---|\n" + "\n".join(rows)
     return f"**Best guess:** {html.escape(best)}\n\n{table}", ""
 

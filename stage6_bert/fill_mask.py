@@ -92,6 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def best_guess(tok, ids: list[int], guesses: list[list[tuple[int, float]]]) -> str:
+    """The text with every [MASK] replaced by its most probable token (guesses as fill_mask returns them)."""
+    filled = list(ids)
+    for pos, top in zip([i for i, t in enumerate(ids) if t == MASK_ID], guesses):
+        filled[pos] = top[0][0]
+    return tok.decode(filled, skip_special_tokens=False).removeprefix("[CLS] ").removesuffix(" [SEP]")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     check_text(args.text)   # a bad text is reported before the checkpoint is loaded
@@ -99,14 +107,11 @@ def main(argv=None) -> None:
     model, tok = load_mlm(args.checkpoint, device)
     ids = encode_masked(tok, args.text, model.cfg.max_position)
     guesses = fill_mask(model, ids, args.top_k, device)
-    filled = list(ids)
-    positions = [i for i, t in enumerate(ids) if t == MASK_ID]
-    for n, (pos, top) in enumerate(zip(positions, guesses), start=1):
-        print(f"[MASK] {n} of {len(positions)}:")
+    for n, top in enumerate(guesses, start=1):
+        print(f"[MASK] {n} of {len(guesses)}:")
         for token_id, p in top:
             print(f"  {p:7.4f}  {tok.vocab[token_id]}")
-        filled[pos] = top[0][0]
-    print("best guess:", tok.decode(filled, skip_special_tokens=False).removeprefix("[CLS] ").removesuffix(" [SEP]"))
+    print("best guess:", best_guess(tok, ids, guesses))
 
 
 if __name__ == "__main__":
