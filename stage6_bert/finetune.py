@@ -30,7 +30,6 @@ stage6_bert/results/glue_<task>[_scratch].json with its plot (smoke runs: <out-d
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import random
@@ -53,6 +52,7 @@ from stage6_bert.evaluate import QUICK_DEV, load_pretrained, predict
 from stage6_bert.glue import (SPLITS, TASKS, Encoded, compute_metrics, encode, get_task, load_split, make_batch,
                               write_predictions)
 from stage6_bert.model import BertClassifier, configure_optimizer
+from stage6_bert.pretrain import autocast_for
 
 STAGE = "stage6_bert"
 QUICK_TRAIN, QUICK_TEST = 2_000, 200
@@ -111,16 +111,6 @@ def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * max(0.0, (total - step) / max(1, total - warmup))
-
-
-def autocast_for(device: torch.device, enabled: bool):
-    """Mixed precision on CUDA only: bf16 where the GPU has it (no loss scaling needed), else fp16 with a scaler.
-    CPUs gain little from bf16 autocast for models this small, so it stays off there."""
-    if not (enabled and device.type == "cuda"):
-        return contextlib.nullcontext(), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return torch.autocast("cuda", dtype=dtype), scaler
 
 
 def length_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:

@@ -117,6 +117,28 @@ def test_time_budget_stops_and_ends_the_schedule(data_dir, tmp_path):
     assert train.lr_at(10, 60, args, 10 ** 9) == pytest.approx(args.min_lr)             # ...but the budget is
 
 
+@pytest.mark.skipif(not train.cpu_has_native_bf16(), reason="this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+def test_cpu_bf16_is_on_close_to_fp32_and_resumes_exactly(data_dir, tmp_path):
+    """--cpu-bf16 rounds the matrix products to bf16: the losses differ from fp32's (so it is on), by rounding only
+    (the same model learns); the flag is kept in the checkpoint, so a resume without it continues in bf16, exactly."""
+    fp32, bf16, resumed = tmp_path / "fp32", tmp_path / "bf16", tmp_path / "resumed"
+    args = ["--epochs", "1", "--max-steps", "4", "--eval-interval", "2"]
+    train.main(train_args(data_dir, fp32, *args))
+    train.main(train_args(data_dir, bf16, *args, "--cpu-bf16"))
+    losses_fp32 = [v for _, v in history(fp32)["train_loss"]]
+    losses_bf16 = [v for _, v in history(bf16)["train_loss"]]
+    assert losses_bf16 != losses_fp32 and losses_bf16 == pytest.approx(losses_fp32, abs=0.05)
+    train.main(train_args(data_dir, resumed, "--epochs", "1", "--max-steps", "2", "--eval-interval", "2", "--cpu-bf16"))
+    train.main(train_args(data_dir, resumed, *args, "--resume"))
+    assert history(resumed) == history(bf16)
+
+
+def test_cpu_bf16_without_bf16_instructions_is_one_line(data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    code, err = cli(train.main, train_args(data_dir, tmp_path / "r", "--max-steps", "1", "--cpu-bf16"), capsys)
+    assert_one_line_error(code, err, r"--cpu-bf16: this CPU has no bf16 instructions")
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
 def test_two_processes_match_one(data_dir, tmp_path):
     """Distributed data parallel: each process takes half of the same global batch; DDP averages the gradients, so

@@ -315,6 +315,29 @@ def test_resume_is_exact(corpus_file, tmp_path, nsp):
         assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
 
 
+@pytest.mark.skipif(not pretrain.cpu_has_native_bf16(), reason="this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+def test_cpu_bf16_is_on_close_to_fp32_and_resumes_exactly(corpus_file, tmp_path):
+    """--cpu-bf16 rounds the matrix products to bf16: the losses differ from fp32's (so it is on), by rounding only
+    (the same model learns); the flag is kept in the checkpoint, so a resume without it continues in bf16, exactly."""
+    fp32, bf16, resumed = tmp_path / "fp32", tmp_path / "bf16", tmp_path / "resumed"
+    args = ["--epochs", "1", "--max-steps", "4", "--eval-interval", "2"]
+    pretrain.main(pretrain_args(corpus_file, fp32, *args))
+    pretrain.main(pretrain_args(corpus_file, bf16, *args, "--cpu-bf16"))
+    losses_fp32 = [v for _, v in history(fp32)["train_loss"]]
+    losses_bf16 = [v for _, v in history(bf16)["train_loss"]]
+    assert losses_bf16 != losses_fp32 and losses_bf16 == pytest.approx(losses_fp32, abs=0.05)
+    pretrain.main(pretrain_args(corpus_file, resumed, "--epochs", "1", "--max-steps", "2", "--eval-interval", "2",
+                                "--cpu-bf16"))
+    pretrain.main(pretrain_args(corpus_file, resumed, *args, "--resume"))
+    assert history(resumed) == history(bf16)
+
+
+def test_cpu_bf16_without_bf16_instructions_is_one_line(corpus_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pretrain, "cpu_has_native_bf16", lambda: False)
+    code, err = cli(pretrain.main, pretrain_args(corpus_file, tmp_path / "r", "--max-steps", "1", "--cpu-bf16"), capsys)
+    assert_one_line_error(code, err, r"--cpu-bf16: this CPU has no bf16 instructions")
+
+
 def test_sigterm_saves_and_resume_continues(corpus_file, tmp_path):
     out = tmp_path / "run"
     args = pretrain_args(corpus_file, out, "--epochs", "100000", "--eval-interval", "3")
