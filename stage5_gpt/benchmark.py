@@ -6,13 +6,15 @@ configuration, and generation tokens/s with and without the KV cache.
 
 Training: both models get the same sizes, the same random batch and a full step (forward, loss, backward, clipping,
 AdamW), timed after warm-up steps. The two are timed in alternating rounds and each keeps its best round, so a
-background job slowing one round does not decide the ratio.
+background job slowing one round does not decide the ratio. On a CPU with bf16 instructions a third contestant joins
+the rounds: our model under the bf16 autocast of `train.py --cpu-bf16`, reported as its ratio to our float32 steps.
 Generation: greedy decoding of --new-tokens tokens after a short prompt, once feeding only the newest token with the
 KV cache and once re-reading the whole text every step; the two outputs must be identical.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -26,6 +28,7 @@ import torch.nn as nn
 
 from scripts.common import UserError, get_device, positive_int, run_cli, set_seed
 from stage5_gpt.model import GPT, GPTConfig
+from stage5_gpt.train import cpu_has_native_bf16
 
 
 class HFGPT2(nn.Module):
@@ -45,8 +48,8 @@ class HFGPT2(nn.Module):
         return logits, loss
 
 
-def time_training(model: nn.Module, x, y, steps: int, warmup: int, device) -> float:
-    """Seconds for `steps` full training steps, after `warmup` untimed ones."""
+def time_training(model: nn.Module, x, y, steps: int, warmup: int, device, autocast=None) -> float:
+    """Seconds for `steps` full training steps, after `warmup` untimed ones; the forward pass runs under `autocast`."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     for i in range(warmup + steps):
@@ -54,7 +57,8 @@ def time_training(model: nn.Module, x, y, steps: int, warmup: int, device) -> fl
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        _, loss = model(x, y)
+        with autocast or contextlib.nullcontext():
+            _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -102,14 +106,17 @@ def main(argv=None) -> None:
     g = torch.Generator().manual_seed(0)
     data = torch.randint(args.vocab_size, (args.batch_size, args.block_size + 1), generator=g).to(device)
     x, y = data[:, :-1], data[:, 1:]                                      # (B, T) each
-    models = {}
-    for name, cls in (("ours", GPT), ("GPT2LMHeadModel", HFGPT2)):
+    contestants = [("ours", GPT, None), ("GPT2LMHeadModel", HFGPT2, None)]
+    if device.type == "cpu" and cpu_has_native_bf16():
+        contestants.append(("ours, cpu bf16", GPT, torch.autocast("cpu", dtype=torch.bfloat16)))
+    models, autocasts = {}, {}
+    for name, cls, autocast in contestants:
         set_seed(0)
-        models[name] = cls(cfg).to(device)
+        models[name], autocasts[name] = cls(cfg).to(device), autocast
     best = {name: float("inf") for name in models}
     for _ in range(args.rounds):
         for name, model in models.items():
-            best[name] = min(best[name], time_training(model, x, y, args.steps, args.warmup, device))
+            best[name] = min(best[name], time_training(model, x, y, args.steps, args.warmup, device, autocasts[name]))
     tokens = args.steps * x.numel()
     speeds = {name: tokens / s for name, s in best.items()}
     for name, s in speeds.items():
@@ -117,6 +124,9 @@ def main(argv=None) -> None:
     ratio = speeds["ours"] / speeds["GPT2LMHeadModel"]
     print(f"ours trains at {ratio:.2f}x the speed of GPT2LMHeadModel ({args.n_layer} layers, {args.n_head} heads, "
           f"{args.n_embd} wide, batch {args.batch_size} x {args.block_size}, {device}, {torch.get_num_threads()} threads)")
+    bf16_ratio = speeds["ours, cpu bf16"] / speeds["ours"] if "ours, cpu bf16" in speeds else None
+    if bf16_ratio:
+        print(f"ours with bf16 autocast on this CPU (train.py --cpu-bf16) trains at {bf16_ratio:.2f}x its float32 speed")
 
     # generation: a context long enough for the prompt and every new token, so the cache is used all the way
     gen_cfg = GPTConfig(**{**cfg.to_dict(), "block_size": args.prompt_tokens + args.new_tokens})
@@ -136,6 +146,7 @@ def main(argv=None) -> None:
         Path(args.json).write_text(json.dumps({
             "train_tokens_per_second": {k: round(v) for k, v in speeds.items()},
             "train_ratio_ours_over_hf": round(ratio, 2),
+            "train_ratio_cpu_bf16_over_fp32": round(bf16_ratio, 2) if bf16_ratio else None,
             "generate_tokens_per_second": {k: round(v, 1) for k, v in gen.items()},
             "kv_cache_speedup": round(t_full / t_cache, 1), "identical_greedy_output": same,
             "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -232,6 +232,10 @@ def test_benchmark_runs_and_checks_the_cache(tmp_path):
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["train_tokens_per_second"]["ours"] > 0 and r["train_ratio_ours_over_hf"] > 0
     assert r["identical_greedy_output"] is True and r["kv_cache_speedup"] > 0
+    if train.cpu_has_native_bf16():  # a third contestant: our model under the CPU's bf16 autocast
+        assert r["train_tokens_per_second"]["ours, cpu bf16"] > 0 and r["train_ratio_cpu_bf16_over_fp32"] > 0
+    else:
+        assert r["train_ratio_cpu_bf16_over_fp32"] is None
 
 
 @pytest.mark.parametrize("script", ["evaluate", "generate", "finetune", "benchmark", "tokenizer"])
