@@ -49,7 +49,7 @@ from stage5_gpt import evaluate as s5_evaluate, generate as s5_generate
 from stage6_bert import evaluate as s6_evaluate, fill_mask as s6_fill_mask
 
 PRETRAIN_BERT = ("python stage6_bert/pretrain.py --layers 4 --hidden 128 --heads 2 --max-len 64 --batch-size 64 "
-                 "--lr 2e-3 --norm pre --dropout 0 --epochs 4 --time-budget 60 --eval-interval 1000")
+                 "--lr 2e-3 --norm pre --dropout 0 --epochs 10 --time-budget 60 --eval-interval 2000 --cpu-bf16")
 # model -> (what it is, where its reference training command writes its best checkpoint, the commands that make it).
 # The commands are those of the README's results table; tests/test_demo.py checks both against the stages' scripts.
 MODELS = {
@@ -63,10 +63,10 @@ MODELS = {
                 "--average-last 5 --batch-tokens 2048 --lr 1e-3"]),
     "stage5": ("Stage 5 GPT", "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt",
                ["python stage5_gpt/train.py --dataset wikitext2 --vocab-size 8000 --n-embd 192 --batch-size 16 "
-                "--pos rope --norm rmsnorm --mlp swiglu --no-bias --epochs 10 --time-budget 30"]),
+                "--pos rope --norm rmsnorm --mlp swiglu --no-bias --epochs 10 --time-budget 30 --cpu-bf16"]),
     "stage6_mlm": ("Stage 6 pre-trained BERT", "runs/stage6_bert/pretrain/best.pt", [PRETRAIN_BERT]),
     "stage6_sst2": ("Stage 6 SST-2 classifier", "runs/stage6_bert/glue_sst2/best.pt",
-                    [PRETRAIN_BERT, "python stage6_bert/finetune.py --task sst2 --lr 4e-4"]),
+                    [PRETRAIN_BERT, "python stage6_bert/finetune.py --task sst2 --lr 4e-4 --epochs 4"]),
 }
 MAX_CHARS = {"stage1": 5000, "stage2": 1000, "stage34": s3_translate.MAX_CHARS, "stage5": 2000, "stage6": 500}
 SST2_LABELS = ("negative", "positive")  # GLUE SST-2: label 0 is negative, 1 positive
