@@ -107,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU")
     p.add_argument("--cpu-bf16", action="store_true",
-                   help="bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX): about 2x the "
+                   help="bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX): about 1.6x the "
                         "training tokens/s of fp32 measured on this course's CPU; an error on a CPU without it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
     p.add_argument("--result", default=None, help="result JSON path (default: stage6_bert/results/<run name>.json; "
