@@ -343,7 +343,12 @@ class SentenceVocab:
     @classmethod
     def build(cls, sentences: list[str], min_freq: int = 1) -> "SentenceVocab":
         counts = Counter(w for s in sentences for w in set(tokenize_sentence(s)))  # in how many rows each word is
-        return cls([PAD, UNK] + [w for w, n in counts.most_common() if n >= min_freq and w not in (PAD, UNK)])
+        # Most frequent first, ties alphabetical. The order in which a set yields strings changes from one Python
+        # process to the next (hash randomisation), so leaving ties to the Counter would number the words, and
+        # initialise their embeddings, differently in every run of the same command.
+        kept = [w for w, n in counts.items() if n >= min_freq and w not in (PAD, UNK)]
+        kept.sort(key=lambda w: (-counts[w], w))
+        return cls([PAD, UNK] + kept)
 
     def __len__(self) -> int:
         return len(self.itos)

@@ -13,12 +13,14 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from conftest import assert_one_line_error, cli, run_script, tiny_rows
-from scripts.common import UserError, load_checkpoint, save_checkpoint
+from scripts.common import REPO_ROOT, UserError, load_checkpoint, save_checkpoint
 from stage2_rnn_lstm import classify
 from stage2_rnn_lstm.data import (SentenceVocab, length_batches, load_sst2, make_batch, sentence_split,
                                   tokenize_sentence)
@@ -109,6 +111,21 @@ def test_vocab_json_round_trip(tmp_path):
         SentenceVocab.load(tmp_path / "bad.json")
     with pytest.raises(UserError, match="vocabulary not found"):
         SentenceVocab.load(tmp_path / "missing.json")
+
+
+def test_vocab_order_is_the_same_in_every_process():
+    """Words tied in count get the same ids whatever PYTHONHASHSEED is: the same command gives the same model."""
+    code = ("import json; from stage2_rnn_lstm.data import SentenceVocab; "
+            "print(json.dumps(SentenceVocab.build([f'w{i} x{i % 7} y z' for i in range(300)]).itos))")
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        outputs.add(proc.stdout)
+    assert len(outputs) == 1
+    itos = json.loads(outputs.pop())
+    assert itos[2:4] == ["y", "z"] and itos[4:11] == [f"x{k}" for k in range(7)]   # by count, then alphabetical
 
 
 def test_length_batches_cover_every_row_once_and_repeat_with_the_seed():
