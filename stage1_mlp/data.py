@@ -178,8 +178,8 @@ class Vocab:
         counts = Counter()
         for text in texts:
             counts.update(set(ngrams(tokenize(text), ngram)))  # document frequency: a spam word counts once a text
-        kept = [g for g, c in counts.most_common(max_size) if c >= min_freq]
-        return cls([UNK] + sorted(kept, key=lambda g: (-counts[g], g)), ngram)
+        kept = sorted((g for g, c in counts.items() if c >= min_freq), key=lambda g: (-counts[g], g))
+        return cls([UNK] + kept[:max_size], ngram)  # sorted before the cut: ties never depend on the order of a set
 
     def __len__(self) -> int:
         return len(self.itos)

@@ -85,6 +85,12 @@ def test_vocab_sorted_by_frequency_then_alphabet():
     assert v.itos == ["<unk>", "a", "b", "c", "d"]
 
 
+def test_vocab_max_size_cuts_ties_alphabetically():
+    """The cut falls inside a tie the same way in every process: sorted first, then cut."""
+    v = Vocab.build(["c", "b", "a"], ngram=1, min_freq=1, max_size=2)
+    assert v.itos == ["<unk>", "a", "b"]
+
+
 def test_encode_unknown_unigram_maps_to_unk():
     """A word the vocabulary never saw becomes id 0."""
     v = Vocab.build(["great film", "great film"], min_freq=2)
