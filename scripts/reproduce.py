@@ -55,8 +55,10 @@ READS_CHECKPOINT = {
     "stage5_gpt/finetune.py": ("--checkpoint", "runs/stage5_gpt/wikitext2/best.pt"),
     "stage6_bert/finetune.py": ("--checkpoint", "runs/stage6_bert/pretrain/best.pt"),
 }
-# Runs whose checkpoints other runs read: result file -> the folder its recorded command writes them to (the script's
-# default --out-dir for that command). tests/test_reproduce.py checks both tables against the scripts.
+# Runs whose checkpoints other runs read: result file -> the folder the reference command writes them to, the script's
+# default --out-dir for the recorded command. A recorded run may have named its own --out-dir (an experiment folder,
+# its checkpoint then copied to the reference folder, as the stage's README says); both folders count as written.
+# tests/test_reproduce.py checks both tables against the scripts.
 WRITES_CHECKPOINTS = {
     "stage5_gpt/results/wikitext2.json": "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu",
     "stage6_bert/results/pretrain.json": "runs/stage6_bert/pretrain",
@@ -182,10 +184,10 @@ def checkpoint_source(run: Run, runs: dict[str, Run]) -> tuple[str | None, str |
     folder = os.path.normpath(Path(path).parent)
     for key, other in runs.items():
         try:
-            writes = flag_value(other.recorded_args[1:], "--out-dir") or WRITES_CHECKPOINTS.get(key)
+            writes = {flag_value(other.recorded_args[1:], "--out-dir"), WRITES_CHECKPOINTS.get(key)} - {None}
         except UserError:  # a command this script cannot re-run writes no checkpoint it could use
             continue
-        if key != run.result and writes and os.path.normpath(writes) == folder:
+        if key != run.result and folder in {os.path.normpath(w) for w in writes}:
             return key, path
     return None, path
 

@@ -164,7 +164,8 @@ def test_stage6_pretrains_first_and_its_fine_tunes_read_the_new_checkpoint(tmp_p
 
 def test_the_checkpoint_tables_agree_with_the_scripts():
     """READS_CHECKPOINT holds each fine-tune script's default --checkpoint; WRITES_CHECKPOINTS the folder each
-    producer's recorded command writes to (its script's --out-dir template filled with run_name)."""
+    producer's reference command writes to: its script's --out-dir template filled with run_name, for the recorded
+    command without the --out-dir of the folder the recorded run happened to use."""
     minimal = {"stage6_bert/finetune.py": ["--task", "rte"]}
     for script, (flag, default) in reproduce.READS_CHECKPOINT.items():
         module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
@@ -173,9 +174,29 @@ def test_the_checkpoint_tables_agree_with_the_scripts():
     runs, _ = load_runs(REPO_ROOT)
     for key, folder in reproduce.WRITES_CHECKPOINTS.items():
         script, *argv = runs[key].recorded_args
+        if "--out-dir" in argv:
+            i = argv.index("--out-dir")
+            argv = argv[:i] + argv[i + 2:]
         module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
         args = module.parse_args(argv)
         assert args.out_dir.format(name=module.run_name(args)) == folder, key
+
+
+def test_stage5_fine_tunes_read_the_checkpoint_of_the_wikitext2_run():
+    """The WikiText-2 run recorded an experiment --out-dir; its checkpoint is still the one the fine-tunes read."""
+    runs, side = load_runs(REPO_ROOT)
+    order = plan(select(runs, side, [], ["sst2_finetune"]), runs, Path("/tmp/unused"), REPO_ROOT, None, quick=False)
+    assert [r.name for r in order] == ["wikitext2", "sst2_finetune"]
+    assert order[1].after == "stage5_gpt/results/wikitext2.json" and order[1].needs is None
+
+
+def test_a_producer_with_its_own_out_dir_still_feeds_its_readers(tmp_path, fake_checkpoint_tables):
+    root = fake_repo(tmp_path / "repo", {
+        "pre": "python stage1_fake/train.py --value 0.5 --out-dir runs/stage1_fake/experiment",
+        "ft": "python stage1_fake/finetune.py --value 0.6 --checkpoint runs/stage1_fake/pre/best.pt"})
+    runs, side = load_runs(root)
+    order = plan(select(runs, side, [], ["ft"]), runs, tmp_path / "out", root, None, quick=False)
+    assert [r.name for r in order] == ["pre", "ft"] and order[1].after == "stage1_fake/results/pre.json"
 
 
 def test_a_failed_run_exits_1_with_one_line_and_skips_the_runs_that_read_its_checkpoint(
