@@ -40,7 +40,8 @@ class HFGPT2(nn.Module):
         self.model = GPT2LMHeadModel(GPT2Config(
             vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
             n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-            activation_function="gelu_new", layer_norm_epsilon=cfg.layer_norm_epsilon))
+            activation_function="gelu_new", layer_norm_epsilon=cfg.layer_norm_epsilon,
+            bos_token_id=None, eos_token_id=None))  # GPT-2's id 50256 is outside a small vocabulary: none, no warning
 
     def forward(self, idx, targets):
         logits = self.model(input_ids=idx).logits                                  # (B, T, V)

@@ -89,7 +89,7 @@ def test_logits_loss_and_greedy_tokens_match_hf_gpt2(hf, attn):
 def test_from_hf_gpt2_and_back(hf):
     torch.manual_seed(0)
     config = hf.GPT2Config(vocab_size=V, n_positions=BLOCK, n_embd=C, n_layer=2, n_head=2, resid_pdrop=0.0,
-                           embd_pdrop=0.0, attn_pdrop=0.0)
+                           embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
     theirs = hf.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         for p in theirs.parameters():
