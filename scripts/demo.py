@@ -63,7 +63,8 @@ MODELS = {
                 "--average-last 5 --batch-tokens 2048 --lr 1e-3"]),
     "stage5": ("Stage 5 GPT", "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt",
                ["python stage5_gpt/train.py --dataset wikitext2 --vocab-size 8000 --n-embd 192 --batch-size 8 "
-                "--block-size 256 --pos rope --norm rmsnorm --mlp swiglu --no-bias --epochs 10 --time-budget 30 --cpu-bf16"]),
+                "--block-size 256 --pos rope --norm rmsnorm --mlp swiglu --no-bias --epochs 10 --time-budget 30 "
+                "--cpu-bf16"]),
     "stage6_mlm": ("Stage 6 pre-trained BERT", "runs/stage6_bert/pretrain/best.pt", [PRETRAIN_BERT]),
     "stage6_sst2": ("Stage 6 SST-2 classifier", "runs/stage6_bert/glue_sst2/best.pt",
                     [PRETRAIN_BERT, "python stage6_bert/finetune.py --task sst2 --lr 4e-4 --epochs 4"]),

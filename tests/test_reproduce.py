@@ -182,10 +182,10 @@ def test_the_checkpoint_tables_agree_with_the_scripts():
         assert args.out_dir.format(name=module.run_name(args)) == folder, key
 
 
-def test_stage5_fine_tunes_read_the_checkpoint_of_the_wikitext2_run():
+def test_stage5_fine_tunes_read_the_checkpoint_of_the_wikitext2_run(tmp_path):
     """The WikiText-2 run recorded an experiment --out-dir; its checkpoint is still the one the fine-tunes read."""
     runs, side = load_runs(REPO_ROOT)
-    order = plan(select(runs, side, [], ["sst2_finetune"]), runs, Path("/tmp/unused"), REPO_ROOT, None, quick=False)
+    order = plan(select(runs, side, [], ["sst2_finetune"]), runs, tmp_path, REPO_ROOT, None, quick=False)
     assert [r.name for r in order] == ["wikitext2", "sst2_finetune"]
     assert order[1].after == "stage5_gpt/results/wikitext2.json" and order[1].needs is None
 
