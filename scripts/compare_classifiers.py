@@ -73,8 +73,8 @@ MODELS = [
     Model("gpt", "stage5_gpt", "GPT, pre-trained + fine-tuned", "stage5_gpt/finetune.py", [], "stage5_gpt.finetune",
           "stage5_gpt/results/sst2_finetune.json", pretrained="gpt", pretrained_result="stage5_gpt/results/wikitext2.json"),
     Model("bert", "stage6_bert", "BERT, pre-trained + fine-tuned", "stage6_bert/finetune.py",
-          ["--task", "sst2", "--lr", "4e-4", "--epochs", "4"], "stage6_bert.evaluate", "stage6_bert/results/glue_sst2.json", pretrained="bert",
-          pretrained_result="stage6_bert/results/pretrain.json"),
+          ["--task", "sst2", "--lr", "4e-4", "--epochs", "4"], "stage6_bert.evaluate",
+          "stage6_bert/results/glue_sst2.json", pretrained="bert", pretrained_result="stage6_bert/results/pretrain.json"),
 ]
 NAMES = [m.name for m in MODELS]
 
