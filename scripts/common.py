@@ -1,12 +1,14 @@
-"""The only code the stages share: device, seeding, logging, data directory, checkpoints, result files.
+"""The only code the stages share: arguments, device, seeding, logging, data directory, atomic files,
+checkpoints, mixed precision and processes, reference runs and result files.
 
-Everything here is plumbing that every stage needs in exactly the same form. Anything that
+Everything here is plumbing that several stages need in exactly the same form. Anything that
 teaches something (models, data pipelines, training loops) lives in the stage folders instead,
 so that each stage reads on its own.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -93,6 +95,26 @@ def probability(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
+
+
+def parse_with_quick_defaults(p: argparse.ArgumentParser, argv: list[str] | None, quick: dict) -> argparse.Namespace:
+    """Parse `argv`; under --quick, parse again with `quick` as the defaults (e.g. {"lr": 1e-2, "epochs": 1}).
+
+    A flag the user typed always wins, because argparse itself decides what was given: abbreviations such as
+    `--n-emb 96` for `--n-embd` count, which a search of argv for "--n-embd" would miss.
+    """
+    args = p.parse_args(argv)
+    if getattr(args, "quick", False) and quick:
+        p.set_defaults(**quick)
+        args = p.parse_args(argv)
+    return args
+
+
+def merge_resumed_args(args: argparse.Namespace, saved: dict, resumable: tuple[str, ...]) -> argparse.Namespace:
+    """The settings of a resumed run: those it started with (`saved`, from its checkpoint), except the flags in
+    `resumable` (where outputs go, which device, --max-steps ...), which this command line sets. A flag newer than
+    the checkpoint keeps this command line's value."""
+    return argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in resumable}})
 
 
 # ----------------------------------------------------------------------------- device, seed, logging
@@ -201,24 +223,18 @@ def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`.
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(f)` on a temporary file beside `path` (opened "wb"), then rename it over `path`.
 
-    os.replace is atomic, so a run killed mid-write leaves the previous checkpoint intact,
-    never a half-written one. Weights that hold NaN or inf (a run that diverged) are refused, so they
-    never replace the last good checkpoint either.
+    os.replace is atomic, so a process killed mid-write leaves the previous file intact, never a half-written one.
+    Every file the course writes goes through here; the temporary name is <name>.tmp<pid>.
     """
     path = Path(path)
-    weights = state.get("model")
-    if isinstance(weights, dict) and any(torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()
-                                         for t in weights.values()):
-        raise UserError(f"not saving {path}: the model's weights hold NaN or inf (training diverged), so the previous "
-                        f"{path.name} is kept; try a lower --lr")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -227,8 +243,41 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             tmp.unlink()
 
 
-def load_checkpoint(path: str | Path, stage: str | None = None) -> dict:
-    """Load a checkpoint safely (weights_only=True); any problem becomes a one-line UserError."""
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file (UTF-8) atomically."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write `obj` as indented JSON, atomically (the course stores everything but tensors as JSON, never pickle)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write a checkpoint atomically (see atomic_write): a run killed mid-write keeps its previous checkpoint.
+
+    Weights that hold NaN or inf (a run that diverged) are refused, so they never replace the last good checkpoint.
+    """
+    path = Path(path)
+    weights = state.get("model")
+    if isinstance(weights, dict) and any(torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()
+                                         for t in weights.values()):
+        raise UserError(f"not saving {path}: the model's weights hold NaN or inf (training diverged), so the previous "
+                        f"{path.name} is kept; try a lower --lr")
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+# What a checkpoint holds, the same words in every stage: its "kind". A script that reads a checkpoint names the kind
+# it needs, and a wrong one is a one-line error instead of a confusing shape mismatch.
+KINDS = ("classifier", "language_model", "translator", "masked_lm")
+_OLD_KINDS = {"sst2_classifier": "classifier", "finetune": "classifier", "pretrain": "masked_lm"}  # before one vocabulary
+
+
+def load_checkpoint(path: str | Path, stage: str | None = None, kind: str | None = None) -> dict:
+    """Load a checkpoint safely (weights_only=True); any problem becomes a one-line UserError.
+
+    `stage` and `kind` (one of KINDS), when given, must match what the checkpoint says it holds.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
@@ -241,18 +290,137 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> dict:
         raise UserError(f"{path} is not a my_llm checkpoint (no model/config inside)")
     if stage is not None and ckpt.get("stage") != stage:
         raise UserError(f"{path} was written by {ckpt.get('stage', 'an unknown stage')}, not {stage}")
+    if "kind" in ckpt:
+        ckpt["kind"] = _OLD_KINDS.get(ckpt["kind"], ckpt["kind"])
+    if kind is not None and ckpt.get("kind", kind) != kind:  # checkpoints older than kinds are taken on trust
+        what = ckpt["kind"].replace("_", " ")
+        raise UserError(f"{path} holds a {what}, not a {kind.replace('_', ' ')}")
     return ckpt
 
 
-# ----------------------------------------------------------------------------- result files
+# ----------------------------------------------------------------------------- mixed precision, several processes
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32.
+    PyTorch has no public test for this, so the private helpers are read with a fallback of False."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
+def autocast_for(device: torch.device, enabled: bool, cpu_bf16: bool = False):
+    """Mixed precision -> (context manager, GradScaler or None).
+
+    On CUDA (--amp): bf16 where the GPU has it (no loss scaling needed), else fp16 with a scaler. On a CPU only when
+    asked (--cpu-bf16): the matrix products run in bf16 while the weights, the optimizer and the loss stay fp32.
+    Opt-in, so that the fp32 reference commands keep reproducing their numbers exactly.
+    """
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        return torch.autocast("cuda", dtype=dtype), scaler
+    if cpu_bf16 and device.type == "cpu":
+        if not cpu_has_native_bf16():
+            raise UserError("--cpu-bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX); leave the flag out")
+        return torch.autocast("cpu", dtype=torch.bfloat16), None
+    return contextlib.nullcontext(), None
+
+
+def setup_distributed(device_name: str, batch_size: int, accum_steps: int = 1) -> tuple[int, int, torch.device]:
+    """Under torchrun (RANK/WORLD_SIZE set): one process per device, gloo on CPU, nccl on GPU -> (rank, world, device).
+    Without torchrun: (0, 1, the device asked for)."""
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:
+        return 0, 1, get_device(device_name)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    device = get_device(device_name)
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise UserError(f"{world} processes on {torch.cuda.device_count()} GPU(s): start at most one per GPU "
+                            f"(--nproc_per_node), or use --device cpu")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if batch_size % (world * accum_steps):
+        raise UserError(f"--batch-size {batch_size} must divide evenly over {world} processes x "
+                        f"{accum_steps} accumulation steps")
+    if device.type == "cpu":  # the processes share the cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    return rank, world, device
+
+
+# ----------------------------------------------------------------------------- reference runs and result files
+#
+# Each stage declares the runs behind the figures it publishes once, in <stage>/reference_runs.py:
+#
+#     REFERENCE_RUNS = {"sst2": ["stage1_mlp/train.py", "--dataset", "sst2", "--lr", "1e-3"], ...}
+#
+# A run's name is the file it publishes: <stage>/results/<name>.json, with its plots beside it. Every run writes its
+# result file into its own --out-dir under runs/ (never into the committed tree); when a script finishes, it asks
+# reference_run_name() whether its settings are one of the declared runs, and if so the result file records that
+# name and the declared command. `python scripts/publish.py <out-dir>/result.json` then copies it into
+# <stage>/results/, the explicit step that changes a published figure.
+
+STAGES = ("stage1_mlp", "stage2_rnn_lstm", "stage3_attention_seq2seq", "stage4_transformer", "stage5_gpt", "stage6_bert")
+# Flags that say where a run reads and writes and on which device, not what it computes: they are not part of
+# the configuration a reference run is matched on (and a published file never records their local values).
+WHERE_FLAGS = ("out_dir", "data_dir", "result", "json", "device", "resume")
+
+
+def resolved_config(args: argparse.Namespace, ignore: tuple[str, ...] = ()) -> dict:
+    """Every setting of a parsed command line except WHERE_FLAGS (and `ignore`): what makes the run what it is."""
+    return {k: v for k, v in vars(args).items() if k not in WHERE_FLAGS and k not in ignore}
+
+
+def reference_run_name(runs: dict[str, list[str]], script: str, parse_args, args: argparse.Namespace,
+                       ignore: tuple[str, ...] = ()) -> str | None:
+    """The name of the declared run (in `runs`, a stage's REFERENCE_RUNS) whose command `script`'s `parse_args`
+    resolves to the same configuration as `args`, or None: the run is an experiment, not a reference run.
+
+    Matching resolved settings, not text, means flag order, `--lr 0.001` for `--lr 1e-3` and a typed default all
+    still count as the reference run."""
+    mine = resolved_config(args, ignore)
+    for name, argv in runs.items():
+        if argv[0] == script and resolved_config(parse_args(list(argv[1:])), ignore) == mine:
+            return name
+    return None
+
+
+def reference_command(argv: list[str]) -> str:
+    """A declared run as the command to paste from the repo root: ["stage1_mlp/train.py", "--x", "1"] ->
+    "python stage1_mlp/train.py --x 1"."""
+    return shlex.join(["python", *argv])
+
+
+def all_reference_runs(root: Path = REPO_ROOT) -> dict[str, list[str]]:
+    """Every stage's declared runs, by the file each publishes: {"stage1_mlp/results/sst2.json": [script, *flags]}."""
+    import importlib
+
+    runs = {}
+    for stage in STAGES:
+        if (root / stage / "reference_runs.py").is_file():
+            module = importlib.import_module(f"{stage}.reference_runs")
+            for name, argv in module.REFERENCE_RUNS.items():
+                runs[f"{stage}/results/{name}.json"] = list(argv)
+    return runs
+
+
+def portable(text: str) -> str:
+    """`text` (a path or a command line) with the machine's own paths taken out: the repository's folder becomes
+    relative to the repo root and the data directory named by $MY_LLM_DATA becomes "$MY_LLM_DATA", so that what a
+    result file records can be pasted on any machine."""
+    data = os.environ.get("MY_LLM_DATA")
+    if data:
+        text = text.replace(str(Path(data).expanduser().resolve()), "$MY_LLM_DATA")
+    return text.replace(f"{REPO_ROOT}{os.sep}", "").replace(str(REPO_ROOT), ".")
+
 
 def git_commit() -> str:
-    """HEAD, with "-dirty" when tracked code differs from it. Result files and READMEs (what runs and
-    scripts/results_table.py write) do not count: a reference run may follow another's uncommitted result."""
+    """HEAD, with "-dirty" when tracked code (.py files, requirements, pyproject.toml) differs from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude,glob)stage*/results/**", ":(exclude,glob)**/README*.md"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py",
+                                "requirements*.txt", "pyproject.toml"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -278,17 +446,20 @@ def note_command(state: dict, script: str, argv: list[str] | None = None) -> Non
 
 def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metrics: dict, headline: str,
                  train_seconds: float, device: torch.device | str, params: int, command: str | list[str],
-                 extra: dict | None = None) -> dict:
+                 run: str | None = None, declared: list[str] | None = None, extra: dict | None = None) -> dict:
     """Write a run's result file: the one schema every stage uses, and the source of every README number.
 
     `headline` names the entry of `metrics` that the README results table shows. `command` is the command line, or
     the list note_command kept: its first entry is the command, the later ones (resumes) go to "resumed_with".
+    `run` is the reference run this is (reference_run_name), and `declared` its flags: the file then records the
+    declared command, the one to paste. Every command is recorded portable() (no absolute paths of this machine).
     """
     commands = [command] if isinstance(command, str) else list(command)
     if headline not in metrics:
         raise ValueError(f"headline metric {headline!r} is not among the metrics {list(metrics)}")
-    result = {
-        "stage": stage,
+    if declared is not None:
+        commands[0] = reference_command(declared)
+    result = {"stage": stage} | ({"run": run} if run else {}) | {
         "dataset": dataset,
         "split": split,
         "metrics": metrics,
@@ -299,19 +470,15 @@ def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metr
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "params": int(params),
-        "command": commands[0],
+        "command": portable(commands[0]),
         "git_commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if len(commands) > 1:
-        result["resumed_with"] = commands[1:]
+        result["resumed_with"] = [portable(c) for c in commands[1:]]
     result.update(extra or {})
-    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(path, result)
     except OSError as e:  # the run itself is safe in its checkpoints; say where the figure could not go
         raise UserError(f"cannot write the result file {path}: {e.strerror or e}; the trained model is in the "
                         f"run's checkpoints, and the metrics were {json.dumps(metrics)}") from None

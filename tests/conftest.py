@@ -224,8 +224,25 @@ def signal_mid_training(script: str, args: list, out_dir: Path, wait_for: str, s
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "real_data: trains on the real data sets in $MY_LLM_DATA "
-                                       "(skipped when it is not set; CI sets it)")
+    config.addinivalue_line("markers", "real_data(*folders): trains or reads the real data sets in $MY_LLM_DATA; "
+                                       "skipped unless each named folder (e.g. \"imdb\") is there (CI sets it)")
+    config.addinivalue_line("markers", "slow: starts subprocesses or several processes; `pytest -m \"not slow\"` "
+                                       "is the quick local loop, CI runs everything")
+
+
+def real_data_root(folders=()) -> Path | None:
+    """$MY_LLM_DATA, resolved, when it is set and holds every folder in `folders`; else None."""
+    root = os.environ.get("MY_LLM_DATA")
+    if not root or not all((Path(root) / f).is_dir() for f in folders):
+        return None
+    return Path(root).resolve()
+
+
+def pytest_runtest_setup(item):
+    """The one gate for real data: a test marked real_data("imdb", ...) is skipped when a folder it names is missing."""
+    marker = item.get_closest_marker("real_data")
+    if marker is not None and real_data_root(marker.args) is None:
+        pytest.skip(f"MY_LLM_DATA does not hold the real data sets {', '.join(marker.args) or ''}".rstrip())
 
 
 # Stage 3: a tiny Multi30k (and Tatoeba) whose "translations" follow a fixed dictionary, with the adjective
@@ -276,9 +293,8 @@ def tiny_mt_data_dir(tmp_path) -> Path:
 
 
 @pytest.fixture
-def real_data_dir() -> Path:
-    """$MY_LLM_DATA when it holds the real data sets (CI sets it); the test is skipped otherwise."""
-    root = os.environ.get("MY_LLM_DATA")
-    if not root or not (Path(root) / "multi30k" / "train.en.gz").is_file():
-        pytest.skip("MY_LLM_DATA does not point at the real data sets")
-    return Path(root).resolve()
+def real_data_dir(request) -> Path:
+    """$MY_LLM_DATA, for a test marked real_data (the marker decides whether it runs; see pytest_runtest_setup)."""
+    marker = request.node.get_closest_marker("real_data")
+    assert marker is not None, "a test that uses real_data_dir must be marked @pytest.mark.real_data(...)"
+    return real_data_root(marker.args)
