@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from scripts.common import (UserError, get_device, load_checkpoint, positive_int, resolve_data_dir, run_cli)
 from stage1_mlp.data import Bags, Vocab, dataset_info, load_split
 from stage1_mlp.model import BagOfNgramsMLP, MLPConfig
+from stage1_mlp.reference_runs import CLASSIFIER_CHECKPOINT
 
 STAGE = "stage1_mlp"
 
@@ -83,7 +84,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[BagOfNgramsMLP, Vocab, dict]:
     """Model, vocabulary and checkpoint from a path; the vocabulary is the vocab.json beside the checkpoint."""
-    ckpt = load_checkpoint(checkpoint, stage=STAGE)
+    ckpt = load_checkpoint(checkpoint, stage=STAGE, kind="classifier")
     vocab_path = Path(checkpoint).parent / ckpt["vocab"]["file"]
     vocab = Vocab.load(vocab_path)
     if vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
@@ -99,7 +100,7 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[BagOfNgram
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Accuracy, macro-F1 and a confusion matrix for a Stage 1 checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/stage1_mlp/imdb/best.pt", help="a best.pt or last.pt from train.py")
+    p.add_argument("--checkpoint", default=CLASSIFIER_CHECKPOINT, help="a best.pt or last.pt from train.py")
     p.add_argument("--data-dir", default=None, help="data folder (default: $MY_LLM_DATA, else ~/.cache/my_llm/data)")
     p.add_argument("--split", default=None, help="split to score (default: the data set's test split; dev for SST-2)")
     p.add_argument("--out", default=None, help="confusion-matrix PNG (default: <checkpoint dir>/confusion_<split>.png)")

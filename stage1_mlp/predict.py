@@ -19,6 +19,7 @@ import torch
 from scripts.common import UserError, get_device, run_cli
 from stage1_mlp.data import Bags, dataset_info
 from stage1_mlp.evaluate import load_model, predict_bags
+from stage1_mlp.reference_runs import CLASSIFIER_CHECKPOINT
 
 
 def classify(model, vocab, texts: list[str], device) -> tuple[torch.Tensor, list[int]]:
@@ -45,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Classify texts given as arguments, or one per line on stdin.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("texts", nargs="*", help="texts to classify (none: read lines from stdin)")
-    p.add_argument("--checkpoint", default="runs/stage1_mlp/imdb/best.pt", help="a best.pt or last.pt from train.py")
+    p.add_argument("--checkpoint", default=CLASSIFIER_CHECKPOINT, help="a best.pt or last.pt from train.py")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", action="store_true", help="print one JSON object per text instead of a table")
     return p.parse_args(argv)

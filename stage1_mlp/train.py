@@ -8,7 +8,9 @@
 Steps: read the data -> carve a validation set out of train -> vocabulary on train only -> bags of
 n-gram ids -> AdamW with a linearly decaying learning rate -> validate after each epoch, keep the
 best, stop early when validation accuracy stops improving -> score the best model once on the test
-split -> write the result file (JSON + curves PNG).
+split -> write the result file (<out-dir>/result.json + curves PNGs). Runs write under runs/ only; a reference run
+(stage1_mlp/reference_runs.py) is published into stage1_mlp/results/ with `python scripts/publish.py
+<out-dir>/result.json`.
 
 Checkpoints (<out-dir>/last.pt after every epoch, on Ctrl-C, SIGTERM and --max-steps; best.pt for the
 best validation accuracy) hold everything needed to resume: the batch order of every epoch comes
@@ -29,16 +31,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
-                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
-                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
+                            merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
+                            positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
+                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
                             write_result)
 from stage1_mlp.data import (DATASETS, Bags, Vocab, dataset_info, load_split, phrase_groups, subsample,
                              train_val_split)
 from stage1_mlp.evaluate import classification_metrics, plot_confusion, predict_bags
 from stage1_mlp.model import BagOfNgramsMLP, MLPConfig
+from stage1_mlp.reference_runs import REFERENCE_RUNS
 
-STAGE = "stage1_mlp"
+STAGE, SCRIPT, KIND = "stage1_mlp", "stage1_mlp/train.py", "classifier"
 QUICK_TRAIN, QUICK_EVAL = 2000, 500  # --quick: slices of the real data, enough to see the loss fall
 QUICK_LR = 1e-2  # --quick without --lr: 2,000 texts are only ~16 steps an epoch, too few to learn at the full-run lr
 RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")  # flags a resumed run may change
@@ -64,12 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patience", type=positive_int, default=2,
                    help="epochs without a better val accuracy before stopping early")
     p.add_argument("--result", default=None,
-                   help="result JSON path (default: stage1_mlp/results/<dataset>.json; <out-dir>/result.json "
-                        "for --quick or --max-steps runs, so smoke runs never overwrite the reference results)")
-    args = p.parse_args(argv)
-    given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
-    if args.quick and "--lr" not in given:
-        args.lr = QUICK_LR
+                   help="result JSON path (default: <out-dir>/result.json); a reference run's result is published "
+                        "with `python scripts/publish.py <out-dir>/result.json`")
+    args = parse_with_quick_defaults(p, argv, {"lr": QUICK_LR})
+    args.out_dir = args.out_dir.format(dataset=args.dataset)
     if not 0.0 < args.val_fraction < 0.5:
         p.error(f"--val-fraction must be in (0, 0.5), got {args.val_fraction}")
     if args.weight_decay < 0:
@@ -77,6 +79,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sentence_weight != 1.0 and not dataset_info(args.dataset).get("phrases"):
         p.error(f"--sentence-weight applies to data sets of sentences and their phrases (sst2), not {args.dataset}")
     return args
+
+
+def resume_run(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, Vocab]:
+    """--resume: the interrupted run's last.pt and vocabulary from --out-dir, and the settings it started with
+    (only the flags in RESUMABLE come from this command line)."""
+    out_dir = Path(args.out_dir)
+    ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE, kind=KIND)
+    if ckpt["args"]["dataset"] != args.dataset:
+        raise UserError(f"{out_dir / 'last.pt'} is a {ckpt['args']['dataset']} run, not {args.dataset}")
+    vocab = Vocab.load(out_dir / "vocab.json")
+    if vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
+        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
+    return merge_resumed_args(args, ckpt["args"], RESUMABLE), ckpt, vocab
 
 
 def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
@@ -124,19 +139,74 @@ def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
     return bags, vocab, weights
 
 
+def save_run(path: Path, args, model: BagOfNgramsMLP, vocab: Vocab, state: dict, optimizer=None,
+             scheduler=None) -> None:
+    """Write a checkpoint: the model, its config and settings, the loop's state and every random-number state.
+    last.pt also holds the optimizer and the schedule (`--resume` needs them); best.pt, the model to use, does not."""
+    obj = {"stage": STAGE, "kind": KIND, "dataset": args.dataset, "config": model.config.to_dict(), "args": vars(args),
+           "model": model.state_dict(), "state": state, "rng": rng_state(),
+           "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}}
+    if optimizer is not None:
+        obj.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+    save_checkpoint(obj, path)
+
+
+@torch.no_grad()
+def validate(model: BagOfNgramsMLP, val: Bags, device: torch.device) -> tuple[float, float]:
+    """Mean loss and accuracy on the validation bags; leaves the model in training mode."""
+    m = classification_metrics(predict_bags(model, val, 1000, device), val.labels)
+    model.train()
+    return m["loss"], m["accuracy"]
+
+
+def stop_message(by: str, args, step: int) -> str:
+    """What the log says when the loop stopped before the end (a signal or --max-steps), and how to continue."""
+    last = Path(args.out_dir) / "last.pt"
+    resume = f"python {SCRIPT} --dataset {args.dataset} --out-dir {args.out_dir} --resume"
+    if by == "max_steps":
+        return f"stopped at --max-steps {args.max_steps}; saved {last}. Continue with: {resume}"
+    return f"stopped by {by} at step {step}; saved {last}. Continue with: {resume}"
+
+
+def final_report(args, model: BagOfNgramsMLP, vocab: Vocab, bags: dict, state: dict, device: torch.device,
+                 data_dir: Path, t_start: float, log) -> None:
+    """Score the best checkpoint once on the held-out test split, then write the result file and its plots."""
+    info = dataset_info(args.dataset)
+    out_dir = Path(args.out_dir)
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind=KIND)["model"])
+    split = info["eval_split"]
+    m = classification_metrics(predict_bags(model, bags["test"], 1000, device), bags["test"].labels)
+    log.info(f"{args.dataset} {split} (best epoch {state['best_epoch']}): accuracy {m['accuracy']:.4f} | "
+             f"macro-F1 {m['macro_f1']:.4f} | train time {state['train_seconds']:.0f}s")
+    result_path = Path(args.result) if args.result else out_dir / "result.json"
+    metrics = {k: m[k] for k in ("accuracy", "macro_f1", "loss")}
+    metrics["best_val_accuracy"] = state["best_val_acc"]
+    run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
+    write_result(result_path, stage=STAGE, dataset=args.dataset, split=split, metrics=metrics, headline="accuracy",
+                 train_seconds=state["train_seconds"], device=device, params=model.num_params(),
+                 command=state["commands"], run=run, declared=REFERENCE_RUNS.get(run),
+                 extra={"wall_seconds": round(time.time() - t_start, 1),  # this process: data prep + training + test
+                        "quick": args.quick, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+                        "steps": state["step"], "vocab_size": len(vocab), "config": model.config.to_dict(),
+                        "hparams": resolved_config(args), "sizes": {k: len(b) for k, b in bags.items()},
+                        "confusion": m["confusion"], "data_dir": portable(str(data_dir.resolve()))})
+    h = state["history"]
+    plot_curves(result_path.with_suffix(".png"), {
+        "loss": {"train (per step)": tuple(zip(*h["train_loss"])), "val": tuple(zip(*h["val_loss"]))},
+        "accuracy": {"val": tuple(zip(*h["val_acc"]))},
+    }, title=f"Stage 1 MLP on {args.dataset}: {split} accuracy {m['accuracy']:.4f}")
+    plot_confusion(m["confusion"], info["classes"], result_path.with_name(result_path.stem + "_confusion.png"),
+                   title=f"{args.dataset} {split}")
+    log.info(f"wrote {result_path} and its plots" + (f" (reference run {run!r}: publish it with "
+                                                      f"`python scripts/publish.py {result_path}`)" if run else ""))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    args.out_dir = args.out_dir.format(dataset=args.dataset)
+    ckpt, vocab = None, None
+    if args.resume:  # the run continues with the settings it started with
+        args, ckpt, vocab = resume_run(args)
     out_dir = Path(args.out_dir)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
-        saved = ckpt["args"]
-        if saved["dataset"] != args.dataset:
-            raise UserError(f"{out_dir / 'last.pt'} is a {saved['dataset']} run, not {args.dataset}")
-        # the run continues with the settings it started with; only these flags may change
-        # (flags newer than the checkpoint keep their values from this command line)
-        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
     log = get_logger(STAGE, out_dir / "train.log")
     log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     device = get_device(args.device)
@@ -146,10 +216,6 @@ def main(argv=None) -> None:
     # ---- data
     data_dir = resolve_data_dir(args.data_dir)
     log.info(f"data directory: {data_dir}")
-    info = dataset_info(args.dataset)
-    vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
-    if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
-        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
     bags, vocab, weights = prepare_data(args, data_dir, vocab, log)
     if not ckpt:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,9 +223,9 @@ def main(argv=None) -> None:
     train = bags["train"]
 
     # ---- model, optimizer, schedule
-    config = MLPConfig(vocab_size=len(vocab), n_classes=len(info["classes"]), emb_dim=args.emb_dim,
-                       hidden_dim=args.hidden_dim, n_layers=args.n_layers, dropout=args.dropout,
-                       ngram_dropout=args.ngram_dropout)
+    config = MLPConfig(vocab_size=len(vocab), n_classes=len(dataset_info(args.dataset)["classes"]),
+                       emb_dim=args.emb_dim, hidden_dim=args.hidden_dim, n_layers=args.n_layers,
+                       dropout=args.dropout, ngram_dropout=args.ngram_dropout)
     model = BagOfNgramsMLP(config).to(device)
     # fused AdamW updates all parameters in one kernel: ~15x faster here, where the embedding table is most of the model
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
@@ -180,21 +246,7 @@ def main(argv=None) -> None:
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}, step {state['step']}")
-    note_command(state, "stage1_mlp/train.py", argv)  # the checkpoints keep it: results name the first
-
-    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
-        obj = {"stage": STAGE, "dataset": args.dataset, "config": config.to_dict(), "args": vars(args),
-               "model": model.state_dict(), "state": state, "rng": rng_state(),
-               "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}}
-        if with_optimizer:
-            obj.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
-        save_checkpoint(obj, path)
-
-    @torch.no_grad()
-    def validate() -> tuple[float, float]:
-        m = classification_metrics(predict_bags(model, bags["val"], 1000, device), bags["val"].labels)
-        model.train()
-        return m["loss"], m["accuracy"]
+    note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
 
     # ---- the training loop
     # Ctrl-C (SIGINT) and `kill` (SIGTERM) only raise a flag; the loop stops between two steps and saves,
@@ -237,7 +289,7 @@ def main(argv=None) -> None:
             if stop["by"]:
                 break
             # ---- end of epoch: validate, keep the best, maybe stop early
-            val_loss, val_acc = validate()
+            val_loss, val_acc = validate(model, bags["val"], device)
             state["history"]["val_loss"].append([state["step"], val_loss])
             state["history"]["val_acc"].append([state["step"], val_acc])
             recent = [v for _, v in state["history"]["train_loss"][-len(batches):]]
@@ -248,57 +300,23 @@ def main(argv=None) -> None:
             state["train_seconds"] = time.time() - t_loop
             if val_acc > state["best_val_acc"]:
                 state["best_val_acc"], state["bad_epochs"], state["best_epoch"] = val_acc, 0, epoch + 1
-                checkpoint(out_dir / "best.pt", with_optimizer=False)
+                save_run(out_dir / "best.pt", args, model, vocab, state)
             else:
                 state["bad_epochs"] += 1
                 if state["bad_epochs"] >= args.patience:
                     log.info(f"early stop: no better val accuracy for {args.patience} epochs")
                     state["done"] = True
-            checkpoint(out_dir / "last.pt")
+            save_run(out_dir / "last.pt", args, model, vocab, state, optimizer, scheduler)
     finally:
         restore_signals()  # leave the caller (a shell, a notebook kernel) as we found it
     state["train_seconds"] = time.time() - t_loop
     if stop["by"]:
-        checkpoint(out_dir / "last.pt")
-        resume = f"python stage1_mlp/train.py --dataset {args.dataset} --out-dir {out_dir} --resume"
+        save_run(out_dir / "last.pt", args, model, vocab, state, optimizer, scheduler)
+        log.info(stop_message(stop["by"], args, state["step"]))
         if stop["by"] != "max_steps":
-            log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. "
-                     f"Continue with: {resume}")
             sys.exit(130)
-        log.info(f"stopped at --max-steps {args.max_steps}; saved {out_dir / 'last.pt'}. Continue with: {resume}")
-    if not state["history"]["val_acc"]:
-        return  # no epoch finished, so there is no best model to report on yet
-
-    # ---- final report: the best model, scored once on the held-out test split
-    best = load_checkpoint(out_dir / "best.pt", stage=STAGE)
-    model.load_state_dict(best["model"])
-    split = info["eval_split"]
-    m = classification_metrics(predict_bags(model, bags["test"], 1000, device), bags["test"].labels)
-    log.info(f"{args.dataset} {split} (best epoch {state['best_epoch']}): accuracy {m['accuracy']:.4f} | "
-             f"macro-F1 {m['macro_f1']:.4f} | train time {state['train_seconds']:.0f}s")
-
-    smoke = args.quick or args.max_steps is not None
-    result_path = Path(args.result) if args.result else (
-        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{args.dataset}.json")
-    metrics = {k: m[k] for k in ("accuracy", "macro_f1", "loss")}
-    metrics["best_val_accuracy"] = state["best_val_acc"]
-    write_result(result_path, stage=STAGE, dataset=args.dataset, split=split, metrics=metrics, headline="accuracy",
-                 train_seconds=state["train_seconds"], device=device, params=model.num_params(),
-                 command=state["commands"],
-                 extra={"wall_seconds": round(time.time() - t_start, 1),  # this process: data prep + training + test
-                        "quick": args.quick, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
-                        "steps": state["step"], "vocab_size": len(vocab), "config": config.to_dict(),
-                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
-                        "sizes": {k: len(b) for k, b in bags.items()}, "confusion": m["confusion"],
-                        "data_dir": str(data_dir)})
-    h = state["history"]
-    plot_curves(result_path.with_suffix(".png"), {
-        "loss": {"train (per step)": tuple(zip(*h["train_loss"])), "val": tuple(zip(*h["val_loss"]))},
-        "accuracy": {"val": tuple(zip(*h["val_acc"]))},
-    }, title=f"Stage 1 MLP on {args.dataset}: {split} accuracy {m['accuracy']:.4f}")
-    plot_confusion(m["confusion"], info["classes"], result_path.with_name(result_path.stem + "_confusion.png"),
-                   title=f"{args.dataset} {split}")
-    log.info(f"wrote {result_path} and its plots")
+    if state["history"]["val_acc"]:  # else no epoch finished, so there is no best model to report on yet
+        final_report(args, model, vocab, bags, state, device, data_dir, t_start, log)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ from scripts.common import UserError, get_device, load_checkpoint, positive_int,
 from stage3_attention_seq2seq.data import Vocab, dataset_info, load_pairs
 from stage3_attention_seq2seq.decoding import bleu, translate
 from stage3_attention_seq2seq.model import Seq2Seq, Seq2SeqConfig
+from stage3_attention_seq2seq.reference_runs import TRANSLATOR_CHECKPOINT
 
 STAGE = "stage3_attention_seq2seq"
 
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocab, Vocab, dict]:
     """Model, source and target vocabularies (the JSON files beside the checkpoint) and the checkpoint."""
-    ckpt = load_checkpoint(checkpoint, stage=STAGE)
+    ckpt = load_checkpoint(checkpoint, stage=STAGE, kind="translator")
     vocabs = [Vocab.load(Path(checkpoint).parent / f) for f in ckpt["vocab"]["files"]]
     if [v.fingerprint() for v in vocabs] != ckpt["vocab"]["fingerprints"]:
         raise UserError(f"the vocabularies beside {checkpoint} are not the ones it was trained with (fingerprints differ)")
@@ -75,8 +76,7 @@ def attention_figure(src_tokens: list[str], tgt_tokens: list[str], attn: torch.T
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="sacreBLEU on the test sets for a Stage 3 checkpoint; attention maps.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/stage3_attention_seq2seq/multi30k_en_fr/best.pt",
-                   help="a best.pt or last.pt from train.py")
+    p.add_argument("--checkpoint", default=TRANSLATOR_CHECKPOINT, help="a best.pt or last.pt from train.py")
     p.add_argument("--data-dir", default=None, help="data folder (default: $MY_LLM_DATA, else ~/.cache/my_llm/data)")
     p.add_argument("--split", default="test", help="a split name (test2016, test2017, val, ...) or test = every test set")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

@@ -26,15 +26,17 @@ if __package__ in (None, ""):  # run as `python stage3_attention_seq2seq/train.p
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
-                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
-                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
+                            merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
+                            positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
+                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
                             write_result)
 from stage3_attention_seq2seq.data import DATASETS, Vocab, batch_order, check_pair, dataset_info, load_pairs, make_batch
 from stage3_attention_seq2seq.decoding import bleu, translate
 from stage3_attention_seq2seq.model import ATTENTIONS, Seq2Seq, Seq2SeqConfig, init_weights
+from stage3_attention_seq2seq.reference_runs import REFERENCE_RUNS
 
-STAGE = "stage3_attention_seq2seq"
+STAGE, SCRIPT, KIND = "stage3_attention_seq2seq", "stage3_attention_seq2seq/train.py", "translator"
 QUICK_TRAIN, QUICK_EVAL = 2_000, 100   # --quick: sentence pairs of train and of each evaluation split
 QUICK_LR, QUICK_WARMUP = 3e-3, 10      # --quick without --lr / --warmup-steps: a few dozen steps must learn
 RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")  # flags a resumed run may change
@@ -50,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention", choices=ATTENTIONS, default="bahdanau",
                    help="bahdanau (additive), luong (multiplicative) or none (one context vector)")
     p.add_argument("--emb-dim", type=positive_int, default=256, help="word embedding size")
-    p.add_argument("--hidden-dim", type=positive_int, default=512, help="decoder state size (encoder: half per direction)")
+    p.add_argument("--hidden-dim", type=positive_int, default=512,
+                   help="decoder state size (encoder: half per direction)")
     p.add_argument("--dropout", type=probability, default=0.3)
     p.add_argument("--min-freq", type=positive_int, default=2, help="rarer training words become <unk>")
     p.add_argument("--label-smoothing", type=probability, default=0.1)
@@ -62,13 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--length-penalty", type=float, default=0.6, help="alpha in ((5 + length) / 6) ** alpha")
     p.add_argument("--max-len", type=positive_int, default=80, help="training pairs longer than this are skipped")
     p.add_argument("--result", default=None,
-                   help="result JSON path (default: stage3_attention_seq2seq/results/<dataset>_<src>_<tgt>[_<attention>]"
-                        ".json; <out-dir>/result.json for --quick or --max-steps runs)")
-    args = p.parse_args(argv)
-    given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
-    if args.quick:
-        args.lr = args.lr if "--lr" in given else QUICK_LR
-        args.warmup_steps = args.warmup_steps if "--warmup-steps" in given else QUICK_WARMUP
+                   help="result JSON path (default: <out-dir>/result.json); a reference run's result is published "
+                        "with `python scripts/publish.py <out-dir>/result.json`")
+    args = parse_with_quick_defaults(p, argv, {"lr": QUICK_LR, "warmup_steps": QUICK_WARMUP})
+    args.out_dir = args.out_dir.format(name=run_name(args))
     if args.hidden_dim % 2:
         p.error(f"--hidden-dim must be even (the encoder's two directions share it), got {args.hidden_dim}")
     if args.teacher_forcing > 1:
@@ -82,6 +82,20 @@ def run_name(args) -> str:
     """multi30k_en_fr for the default Bahdanau model; _luong / _noattn mark the other attentions."""
     suffix = {"bahdanau": "", "luong": "_luong", "none": "_noattn"}[args.attention]
     return f"{args.dataset}_{args.src}_{args.tgt}{suffix}"
+
+
+def resume_run(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, tuple[Vocab, Vocab]]:
+    """--resume: the interrupted run's last.pt and vocabularies from --out-dir, and the settings it started with
+    (only the flags in RESUMABLE come from this command line)."""
+    out_dir = Path(args.out_dir)
+    ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE, kind=KIND)
+    saved = argparse.Namespace(**ckpt["args"])
+    if run_name(saved) != run_name(args):
+        raise UserError(f"{out_dir / 'last.pt'} is a {run_name(saved)} run, not {run_name(args)}")
+    vocabs = (Vocab.load(out_dir / "vocab_src.json"), Vocab.load(out_dir / "vocab_tgt.json"))
+    if [v.fingerprint() for v in vocabs] != ckpt["vocab"]["fingerprints"]:
+        raise UserError(f"the vocabularies in {out_dir} do not belong to {out_dir / 'last.pt'} (fingerprints differ)")
+    return merge_resumed_args(args, ckpt["args"], RESUMABLE), ckpt, vocabs
 
 
 def prepare_data(args, data_dir: Path, vocabs: tuple[Vocab, Vocab] | None, log):
@@ -134,18 +148,72 @@ def lr_at(step: int, args, total_steps: int) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def save_run(path: Path, args, model: Seq2Seq, vocabs: tuple[Vocab, Vocab], state: dict, optimizer=None) -> None:
+    """Write a checkpoint: the model, its config and settings, the loop's state and every random-number state.
+    last.pt also holds the optimizer (`--resume` needs it); best.pt, the model to use, does not."""
+    obj = {"stage": STAGE, "kind": KIND, "dataset": args.dataset, "config": model.cfg.to_dict(), "args": vars(args),
+           "model": model.state_dict(), "state": state, "rng": rng_state(),
+           "vocab": {"files": ["vocab_src.json", "vocab_tgt.json"], "fingerprints": [v.fingerprint() for v in vocabs]}}
+    if optimizer is not None:
+        obj["optimizer"] = optimizer.state_dict()
+    save_checkpoint(obj, path)
+
+
+def stop_message(by: str, args, step: int) -> str:
+    """What the log says when the loop stopped before the end (a signal or --max-steps), and how to continue."""
+    flags = " ".join(f"--{k} {getattr(args, k)}" for k in ("dataset", "src", "tgt", "attention"))
+    return (f"stopped by {by} at step {step}; saved {Path(args.out_dir) / 'last.pt'}. "
+            f"Continue with: python {SCRIPT} {flags} --out-dir {args.out_dir} --resume")
+
+
+def final_report(args, model: Seq2Seq, vocabs: tuple[Vocab, Vocab], pairs: dict, state: dict, device: torch.device,
+                 data_dir: Path, t_start: float, log) -> None:
+    """The best checkpoint (by validation BLEU), beam search on every test set and on val: hypotheses, the result
+    file and its curves."""
+    out_dir = Path(args.out_dir)
+    src_vocab, tgt_vocab = vocabs
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind=KIND)["model"])
+    test_splits = dataset_info(args.dataset)["test_splits"]
+    metrics, signature = {}, None
+    for split in test_splits + ["val"]:
+        s = score(model, src_vocab, tgt_vocab, pairs[split], device, args.beam_size, args.length_penalty)
+        prefix = "" if split == test_splits[0] else f"{split}_"
+        metrics.update({f"{prefix}bleu": s["bleu"], f"{prefix}bleu_lc": s["bleu_lc"]})
+        signature = {"cased": s["signature"], "lowercased": s["signature_lc"]}
+        (out_dir / f"{split}.hyp.txt").write_text("\n".join(s["hypotheses"]) + "\n", encoding="utf-8")
+    log.info(f"best checkpoint (step {state['best_step']}, beam {args.beam_size}): "
+             + " | ".join(f"{k} {v}" for k, v in metrics.items()))
+    result_path = Path(args.result) if args.result else out_dir / "result.json"
+    headline = "bleu" if args.src != "de" else "bleu_lc"
+    run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
+    write_result(result_path, stage=STAGE, dataset=f"{args.dataset} {args.src}-{args.tgt}", split=test_splits[0],
+                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
+                 params=model.num_params(), command=state["commands"], run=run, declared=REFERENCE_RUNS.get(run),
+                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
+                        "sacrebleu_signature": signature, "decoding": {"beam_size": args.beam_size,
+                                                                       "length_penalty": args.length_penalty},
+                        "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
+                        "best_val_bleu_greedy": state["best_val_bleu"],
+                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
+                        "vocab_sizes": {args.src: len(src_vocab), args.tgt: len(tgt_vocab)},
+                        "config": model.cfg.to_dict(), "hparams": resolved_config(args),
+                        "sizes": {k: len(v) for k, v in pairs.items()}, "data_dir": portable(str(data_dir.resolve()))})
+    h = state["history"]
+    plot_curves(result_path.with_suffix(".png"), {
+        "loss (nats/token)": {"train (per step, smoothed labels)": tuple(zip(*h["train_loss"])),
+                              "val": tuple(zip(*h["val_loss"]))},
+        "val BLEU (greedy)": {"val": tuple(zip(*h["val_bleu"]))},
+    }, title=f"{args.attention} attention, {args.dataset} {args.src}->{args.tgt}\n{headline} {metrics[headline]}")
+    log.info(f"wrote {result_path} and its plot" + (f" (reference run {run!r}: publish it with "
+                                                     f"`python scripts/publish.py {result_path}`)" if run else ""))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    args.out_dir = args.out_dir.format(name=run_name(args))
+    ckpt, vocabs = None, None
+    if args.resume:  # the run continues with the settings it started with
+        args, ckpt, vocabs = resume_run(args)
     out_dir = Path(args.out_dir)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
-        saved = ckpt["args"]
-        if run_name(argparse.Namespace(**saved)) != run_name(args):
-            raise UserError(f"{out_dir / 'last.pt'} is a {run_name(argparse.Namespace(**saved))} run, "
-                            f"not {run_name(args)}")
-        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
     log = get_logger(STAGE, out_dir / "train.log")
     log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     device = get_device(args.device)
@@ -154,12 +222,8 @@ def main(argv=None) -> None:
 
     # ---- data
     data_dir = resolve_data_dir(args.data_dir)
-    vocabs = None
-    if ckpt:
-        vocabs = (Vocab.load(out_dir / "vocab_src.json"), Vocab.load(out_dir / "vocab_tgt.json"))
-        if [v.fingerprint() for v in vocabs] != ckpt["vocab"]["fingerprints"]:
-            raise UserError(f"the vocabularies in {out_dir} do not belong to {out_dir / 'last.pt'} (fingerprints differ)")
-    pairs, (src_vocab, tgt_vocab), train = prepare_data(args, data_dir, vocabs, log)
+    pairs, vocabs, train = prepare_data(args, data_dir, vocabs, log)
+    src_vocab, tgt_vocab = vocabs
     if not ckpt:
         out_dir.mkdir(parents=True, exist_ok=True)
         src_vocab.save(out_dir / "vocab_src.json")
@@ -172,7 +236,8 @@ def main(argv=None) -> None:
                            hidden_dim=args.hidden_dim, attention=args.attention, dropout=args.dropout)
     model = Seq2Seq(config).to(device)
     init_weights(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0,
+                                  fused=device.type in ("cpu", "cuda"))
     log.info(f"model: {model.num_params():,} parameters, {config}")
     log.info(f"{steps_per_epoch} steps per epoch ({args.batch_size} sentence pairs each), {total_steps} in all")
 
@@ -185,16 +250,7 @@ def main(argv=None) -> None:
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
-    note_command(state, "stage3_attention_seq2seq/train.py", argv)  # the checkpoints keep it: results name the first
-
-    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
-        obj = {"stage": STAGE, "dataset": args.dataset, "config": config.to_dict(), "args": vars(args),
-               "model": model.state_dict(), "state": state, "rng": rng_state(),
-               "vocab": {"files": ["vocab_src.json", "vocab_tgt.json"],
-                         "fingerprints": [src_vocab.fingerprint(), tgt_vocab.fingerprint()]}}
-        if with_optimizer:
-            obj["optimizer"] = optimizer.state_dict()
-        save_checkpoint(obj, path)
+    note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
     stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
@@ -249,58 +305,18 @@ def main(argv=None) -> None:
                      f"| val BLEU {val_bleu:.2f} | {state['train_seconds']:.0f}s")
             if val_bleu >= state["best_val_bleu"]:  # on a tie the later epoch wins (more training, same BLEU)
                 state["best_val_bleu"], state["best_step"] = val_bleu, state["step"]
-                checkpoint(out_dir / "best.pt", with_optimizer=False)
-            checkpoint(out_dir / "last.pt")
+                save_run(out_dir / "best.pt", args, model, vocabs, state)
+            save_run(out_dir / "last.pt", args, model, vocabs, state, optimizer)
     finally:
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop
-        checkpoint(out_dir / "last.pt")
-        resume = f"python stage3_attention_seq2seq/train.py {' '.join(f'--{k} {getattr(args, k)}' for k in ('dataset', 'src', 'tgt', 'attention'))} " \
-                 f"--out-dir {out_dir} --resume"
-        log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: {resume}")
+        save_run(out_dir / "last.pt", args, model, vocabs, state, optimizer)
+        log.info(stop_message(stop["by"], args, state["step"]))
         if stop["by"] != "max_steps":
             sys.exit(130)
-    if not state["history"]["val_bleu"]:
-        return  # no epoch finished: nothing to report yet
-
-    # ---- final report: the best checkpoint (by val BLEU), beam search on every test set
-    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE)["model"])
-    metrics, signature = {}, None
-    for split in dataset_info(args.dataset)["test_splits"] + ["val"]:
-        s = score(model, src_vocab, tgt_vocab, pairs[split], device, args.beam_size, args.length_penalty)
-        prefix = "" if split == dataset_info(args.dataset)["test_splits"][0] else f"{split}_"
-        metrics.update({f"{prefix}bleu": s["bleu"], f"{prefix}bleu_lc": s["bleu_lc"]})
-        signature = {"cased": s["signature"], "lowercased": s["signature_lc"]}
-        (out_dir / f"{split}.hyp.txt").write_text("\n".join(s["hypotheses"]) + "\n", encoding="utf-8")
-    log.info(f"best checkpoint (step {state['best_step']}, beam {args.beam_size}): "
-             + " | ".join(f"{k} {v}" for k, v in metrics.items()))
-    smoke = args.quick or args.max_steps is not None
-    name = run_name(args)
-    result_path = Path(args.result) if args.result else (
-        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{name}.json")
-    headline = "bleu" if args.src != "de" else "bleu_lc"
-    test_split = dataset_info(args.dataset)["test_splits"][0]
-    write_result(result_path, stage=STAGE, dataset=f"{args.dataset} {args.src}-{args.tgt}", split=test_split,
-                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
-                 params=model.num_params(), command=state["commands"],
-                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
-                        "sacrebleu_signature": signature, "decoding": {"beam_size": args.beam_size,
-                                                                       "length_penalty": args.length_penalty},
-                        "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
-                        "best_val_bleu_greedy": state["best_val_bleu"],
-                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
-                        "vocab_sizes": {args.src: len(src_vocab), args.tgt: len(tgt_vocab)},
-                        "config": config.to_dict(),
-                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
-                        "sizes": {k: len(v) for k, v in pairs.items()}, "data_dir": str(data_dir)})
-    h = state["history"]
-    plot_curves(result_path.with_suffix(".png"), {
-        "loss (nats/token)": {"train (per step, smoothed labels)": tuple(zip(*h["train_loss"])),
-                              "val": tuple(zip(*h["val_loss"]))},
-        "val BLEU (greedy)": {"val": tuple(zip(*h["val_bleu"]))},
-    }, title=f"{args.attention} attention, {args.dataset} {args.src}->{args.tgt}\n{headline} {metrics[headline]}")
-    log.info(f"wrote {result_path} and its plot")
+    if state["history"]["val_bleu"]:  # else no epoch finished: nothing to report yet
+        final_report(args, model, vocabs, pairs, state, device, data_dir, t_start, log)
 
 
 if __name__ == "__main__":

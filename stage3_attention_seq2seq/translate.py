@@ -21,6 +21,7 @@ from scripts.common import UserError, get_device, positive_int, run_cli
 from stage3_attention_seq2seq.data import normalize
 from stage3_attention_seq2seq.decoding import translate
 from stage3_attention_seq2seq.evaluate import load_model, plot_attention
+from stage3_attention_seq2seq.reference_runs import TRANSLATOR_CHECKPOINT
 
 MAX_CHARS = 1000  # one sentence at a time: the model was trained on captions of a few dozen words
 
@@ -29,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Translate sentences with a Stage 3 checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("sentences", nargs="*", help="sentences to translate (default: one per line from stdin)")
-    p.add_argument("--checkpoint", default="runs/stage3_attention_seq2seq/multi30k_en_fr/best.pt")
+    p.add_argument("--checkpoint", default=TRANSLATOR_CHECKPOINT)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--beam-size", type=positive_int, default=5, help="1 = greedy search")
     p.add_argument("--length-penalty", type=float, default=0.6, help="alpha in ((5 + length) / 6) ** alpha")

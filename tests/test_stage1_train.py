@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import math
-import os
 import random
 import shlex
 import signal
@@ -23,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import N_TEST, N_TRAIN, assert_one_line_error, cli, run_script, signal_mid_training
-from scripts.common import UserError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from scripts.common import (REPO_ROOT, UserError, load_checkpoint, reference_command, reference_run_name,
+                            resolved_config, rng_state, save_checkpoint, set_rng_state)
 from stage1_mlp import evaluate, predict, train
+from stage1_mlp.reference_runs import CLASSIFIER_CHECKPOINT, REFERENCE_RUNS
 from stage1_mlp.data import Vocab, load_split, phrase_groups, train_val_split
 from stage1_mlp.evaluate import classification_metrics
 
@@ -47,10 +48,9 @@ def losses(ckpt: dict) -> list[float]:
 
 @pytest.fixture(scope="module")
 def trained_imdb(shared_tiny_data_dir, tmp_path_factory):
-    """train.py run as a script on the tiny IMDb data: 4 epochs, batch 32, lr 0.01."""
+    """train.main on the tiny IMDb data: 4 epochs, batch 32, lr 0.01 (the scripts as scripts: the slow tests)."""
     out = tmp_path_factory.mktemp("imdb_run")
-    proc = run_script("train", *train_args(shared_tiny_data_dir, out), data_dir=shared_tiny_data_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train.main(train_args(shared_tiny_data_dir, out))
     return out
 
 
@@ -65,6 +65,9 @@ def test_short_run_writes_all_outputs(trained_imdb):
     assert (result["stage"], result["dataset"], result["split"]) == ("stage1_mlp", "imdb", "test")
     assert {"accuracy", "macro_f1", "loss"} <= set(result["metrics"])
     assert result["command"].startswith("python stage1_mlp/train.py --dataset imdb")
+    assert "run" not in result  # a run on other settings is an experiment, not a reference run
+    assert result["hparams"] == resolved_config(train.parse_args(train_args(Path("d"), Path("o"))))
+    assert load_checkpoint(trained_imdb / "best.pt", kind="classifier")["kind"] == "classifier"
     assert result["params"] == sum(t.numel() for t in load_checkpoint(trained_imdb / "best.pt")["model"].values())
     assert sum(map(sum, result["confusion"])) == N_TEST
 
@@ -160,15 +163,63 @@ def test_quick_uses_its_own_lr_unless_lr_is_given():
     assert train.parse_args(["--quick"]).lr == train.QUICK_LR
     assert train.parse_args(["--quick", "--lr", "0.003"]).lr == 0.003
     assert train.parse_args(["--quick", "--lr=0.004"]).lr == 0.004
+    assert train.parse_args(["--quick", "--l", "0.005"]).lr == 0.005  # argparse's abbreviation of --lr counts too
 
 
-def test_quick_run_default_result_goes_to_out_dir(tiny_data_dir, tmp_path, monkeypatch):
-    """Without --result, a --quick run writes <out-dir>/result.json, never into stage1_mlp/results."""
-    monkeypatch.setattr(train, "REPO_ROOT", tmp_path / "repo")  # a stand-in, in case the default ever goes wrong
-    train.main(["--quick", "--dataset", "sst2", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "out"),
-                "--epochs", "1", "--batch-size", "32"])
-    assert json.loads((tmp_path / "out" / "result.json").read_text())["quick"] is True
-    assert not (tmp_path / "repo").exists()
+def test_default_result_goes_to_out_dir(tiny_data_dir, tmp_path):
+    """Without --result, a run (quick or not) writes <out-dir>/result.json, never into stage1_mlp/results."""
+    committed = {p.name: p.read_bytes() for p in (REPO_ROOT / "stage1_mlp" / "results").iterdir()}
+    for flags, out in [(["--quick"], tmp_path / "quick"), ([], tmp_path / "full")]:
+        train.main([*flags, "--dataset", "sst2", "--data-dir", str(tiny_data_dir), "--out-dir", str(out),
+                    "--epochs", "1", "--batch-size", "32"])
+        assert json.loads((out / "result.json").read_text())["quick"] is bool(flags)
+        assert (out / "result.png").is_file() and (out / "result_confusion.png").is_file()
+    assert {p.name: p.read_bytes() for p in (REPO_ROOT / "stage1_mlp" / "results").iterdir()} == committed
+
+
+# ----------------------------------------------------------------------------- reference runs
+
+def test_reference_runs_are_declared_for_every_published_result():
+    """Every stage1_mlp/results/*.json has a declared run, each declaration parses, and the published file records
+    its run name, the declared command, and exactly the configuration that command resolves to."""
+    published = {p.stem for p in (REPO_ROOT / "stage1_mlp" / "results").glob("*.json")}
+    assert set(REFERENCE_RUNS) == published
+    for name, argv in REFERENCE_RUNS.items():
+        assert argv[0] == "stage1_mlp/train.py"
+        assert not {"--out-dir", "--result", "--data-dir", "--device"} & set(argv), name  # where-flags stay out
+        args = train.parse_args(argv[1:])
+        assert reference_run_name(REFERENCE_RUNS, "stage1_mlp/train.py", train.parse_args, args) == name
+        result = json.loads((REPO_ROOT / "stage1_mlp" / "results" / f"{name}.json").read_text())
+        assert (result["run"], result["command"]) == (name, reference_command(argv))
+        assert (result["dataset"], result["hparams"]) == (args.dataset, resolved_config(args))
+        assert result["data_dir"] == "$MY_LLM_DATA"
+
+
+def test_reference_run_name_matches_settings_not_text():
+    """Flag order, another spelling of a number and a typed default still name the reference run; a changed setting
+    does not."""
+    def name(argv):
+        return reference_run_name(REFERENCE_RUNS, "stage1_mlp/train.py", train.parse_args, train.parse_args(argv))
+    assert name([]) == name(["--dataset", "imdb", "--out-dir", "elsewhere", "--device", "cpu"]) == "imdb"
+    assert name(["--sentence-weight", "10", "--epochs", "3", "--lr", "0.001", "--dropout", "0.5", "--emb-dim", "64",
+                 "--dataset", "sst2"]) == "sst2"
+    assert name(["--dataset", "sst2"]) is None and name(["--quick"]) is None and name(["--epochs", "5"]) is None
+
+
+def test_a_reference_run_records_its_name_and_the_declared_command(tiny_data_dir, tmp_path):
+    """A run whose settings are a declared run's (here "imdb", with a default typed out and where-flags added) names
+    that run in its result file and records the declared command, the one to paste."""
+    train.main(["--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path), "--device", "cpu", "--epochs", "6"])
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (result["run"], result["command"]) == ("imdb", reference_command(REFERENCE_RUNS["imdb"]))
+    assert result["hparams"] == resolved_config(train.parse_args([]))
+
+
+def test_classifier_checkpoint_is_what_the_imdb_run_writes():
+    """evaluate.py's and predict.py's default checkpoint is the best.pt of the declared IMDb run."""
+    args = train.parse_args(REFERENCE_RUNS["imdb"][1:])
+    assert f"{args.out_dir}/best.pt" == CLASSIFIER_CHECKPOINT
+    assert evaluate.parse_args([]).checkpoint == predict.parse_args([]).checkpoint == CLASSIFIER_CHECKPOINT
 
 
 # ----------------------------------------------------------------------------- exact resume
@@ -230,6 +281,7 @@ def test_resume_after_ctrl_c_mid_step_is_exact(tiny_data_dir, tmp_path, monkeypa
 
 # ----------------------------------------------------------------------------- Ctrl-C and kill
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_checkpoint_and_resume_continues(tiny_data_dir, tmp_path, sig):
     """SIGINT (Ctrl-C) or SIGTERM during training: exit code 130, a loadable last.pt, and --resume carries on."""
@@ -337,6 +389,7 @@ def test_train_resume_without_checkpoint(tiny_data_dir, tmp_path, capsys):
     assert_one_line_error(code, err, r"^error: checkpoint not found: .*last\.pt")
 
 
+@pytest.mark.slow
 def test_train_missing_data_offline(tmp_path):
     """train.py with an empty data folder and Hugging Face offline fails fast with one line naming MY_LLM_DATA."""
     (tmp_path / "data").mkdir()
@@ -370,6 +423,7 @@ def test_bad_checkpoint(bad_checkpoints, shared_tiny_data_dir, capsys, script, n
     assert_one_line_error(code, err, rf"^error: .*{name}.*{pattern}")
 
 
+@pytest.mark.slow
 def test_bad_checkpoint_as_script(bad_checkpoints, shared_tiny_data_dir):
     """Run as a real script, evaluate.py prints just the one error line for a corrupt checkpoint, exit code 2."""
     proc = run_script("evaluate", "--checkpoint", bad_checkpoints / "truncated.pt", data_dir=shared_tiny_data_dir)
@@ -393,6 +447,7 @@ def test_predict_no_text(trained_imdb, capsys, monkeypatch, argv, stdin):
     assert_one_line_error(code, err, r"^error: no text to classify")
 
 
+@pytest.mark.slow
 def test_predict_empty_stdin_as_script(trained_imdb, tmp_path):
     """Run as a real script with nothing on stdin, predict.py prints one error line and exits with code 2."""
     proc = run_script("predict", "--checkpoint", trained_imdb / "best.pt", data_dir=tmp_path, stdin="")
@@ -402,6 +457,7 @@ def test_predict_empty_stdin_as_script(trained_imdb, tmp_path):
 
 # ----------------------------------------------------------------------------- evaluate.py and predict.py
 
+@pytest.mark.slow
 def test_evaluate_script(trained_imdb, shared_tiny_data_dir):
     """evaluate.py prints one JSON object with accuracy and macro-F1 on the test split and writes the confusion PNG."""
     proc = run_script("evaluate", "--checkpoint", trained_imdb / "best.pt", data_dir=shared_tiny_data_dir)
@@ -425,6 +481,7 @@ def test_evaluate_other_split(trained_imdb, shared_tiny_data_dir, tmp_path, caps
     assert_one_line_error(code, err, r"^error: imdb has no split 'dev'; choose one of: train, test")
 
 
+@pytest.mark.slow
 def test_predict_script_json(trained_imdb, tmp_path):
     """predict.py --json prints one object per text, probabilities summing to 1, and the obvious labels."""
     texts = ["Great, wonderful film. Loved it!", "awful boring movie, I hated it", "qwerty zxcv"]
@@ -453,6 +510,7 @@ def test_predict_reads_stdin(trained_imdb, capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- --help
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [False, True], ids=["path", "module"])
 @pytest.mark.parametrize("script", ["train", "evaluate", "predict"])
 def test_help(tmp_path, script, module):
@@ -498,23 +556,19 @@ def test_classification_metrics_perfect_and_all_wrong():
 
 # ----------------------------------------------------------------------------- the real data (CI)
 
-REAL_DATA = os.environ.get("MY_LLM_DATA")
-HAS_REAL_DATA = bool(REAL_DATA) and (Path(REAL_DATA) / "imdb" / "train.csv.gz").is_file()
-
-
-@pytest.mark.real_data
-@pytest.mark.skipif(not HAS_REAL_DATA, reason="MY_LLM_DATA does not point at the real data sets")
+@pytest.mark.slow
+@pytest.mark.real_data("imdb", "glue/sst2")
 @pytest.mark.parametrize("dataset,min_accuracy", [
     # measured with --quick (seed 1337, lr 0.01): IMDb test 0.872, SST-2 dev 0.730; chance is 0.5
     ("imdb", 0.75),
     ("sst2", 0.65),
 ])
-def test_quick_run_on_real_data(tmp_path, dataset, min_accuracy):
-    """train.py --quick on the real data finishes and scores clearly above chance."""
-    data_dir = Path(REAL_DATA).resolve()
-    proc = run_script("train", "--quick", "--dataset", dataset, "--out-dir", tmp_path / "run",
-                      "--result", tmp_path / "result.json", data_dir=data_dir, timeout=600)
+def test_quick_run_on_real_data(real_data_dir, tmp_path, dataset, min_accuracy):
+    """train.py --quick on the real data finishes and scores clearly above chance; the result file names the data
+    directory as $MY_LLM_DATA, never this machine's path."""
+    proc = run_script("train", "--quick", "--dataset", dataset, "--out-dir", tmp_path / "run", data_dir=real_data_dir,
+                      timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result["quick"] is True and result["data_dir"] == str(data_dir)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["quick"] is True and result["data_dir"] == "$MY_LLM_DATA"
     assert result["metrics"]["accuracy"] > min_accuracy

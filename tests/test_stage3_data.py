@@ -36,6 +36,7 @@ def test_tokens_mark_spaces_and_split_punctuation():
     assert tokenize("") == []
 
 
+@pytest.mark.real_data("multi30k")
 def test_real_multi30k_round_trips(real_data_dir):
     for lang in ("en", "de", "fr"):
         for src, _ in load_pairs("multi30k", real_data_dir, "test2016", lang, "en" if lang != "en" else "fr"):
@@ -157,6 +158,7 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "multi30k").exists() or not list((tmp_path / "multi30k").iterdir())
 
 
+@pytest.mark.real_data("multi30k")
 def test_real_multi30k_counts(real_data_dir):
     sizes = {"train": 29_000, "val": 1_014, "test2016": 1_000, "test2017": 1_000}
     for split, n in sizes.items():

@@ -153,6 +153,7 @@ def test_translate_does_not_depend_on_batching(beam_size):
         assert o["attn"].shape == (len(o["tgt_tokens"]), len(s.split()) + 1)  # + <eos> on the source side
 
 
+@pytest.mark.slow
 def test_bleu_matches_the_sacrebleu_command_line(tmp_path):
     hyps = ["Un homme fait du vélo.", "Deux chiens jouent dans la neige !", "une femme lit un livre"]
     refs = ["Un homme fait du vélo dans la rue.", "Deux chiens jouent dans la neige\u00a0!", "Une femme lit un livre."]

@@ -2,7 +2,8 @@
 evaluate.py (BLEU, signature, attention maps), translate.py (arguments, stdin, interactive, unknown words, bad
 input), bad checkpoints, --help, and a --quick run on the real Multi30k when MY_LLM_DATA points at it.
 
-Every run writes into tmp_path (--out-dir and --result), so the committed results are never touched.
+Every run writes into tmp_path (--out-dir), so the committed results are never touched. The tests that start a
+process are marked slow.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 
 from conftest import (assert_bad_checkpoints_rejected, assert_one_line_error, cli, run_script, signal_mid_training,
                       write_tiny_multi30k)
-from scripts.common import load_checkpoint
+from scripts.common import REPO_ROOT, load_checkpoint, reference_command, reference_run_name, resolved_config
 from stage3_attention_seq2seq import evaluate, train, translate
+from stage3_attention_seq2seq.reference_runs import REFERENCE_RUNS, TRANSLATOR_CHECKPOINT
 
 STAGE = "stage3_attention_seq2seq"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -31,12 +33,10 @@ def train_args(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """train.py as a script: en -> fr with Bahdanau attention on the tiny Multi30k."""
+    """train.main: en -> fr with Bahdanau attention on the tiny Multi30k (the scripts as scripts: the slow tests)."""
     data_dir = write_tiny_multi30k(tmp_path_factory.mktemp("mt") / "data")
     out = tmp_path_factory.mktemp("run")
-    proc = run_script("train", *train_args(data_dir, out, "--epochs", "25"), data_dir=data_dir, stage=STAGE,
-                      timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train.main(train_args(data_dir, out, "--epochs", "25"))
     out.joinpath("data_dir").write_text(str(data_dir))
     return out
 
@@ -52,6 +52,9 @@ def test_run_writes_all_outputs_and_learns(trained):
     assert "tok:13a" in r["sacrebleu_signature"]["cased"] and "case:lc" in r["sacrebleu_signature"]["lowercased"]
     assert r["decoding"] == {"beam_size": 3, "length_penalty": 0.6}
     assert r["metrics"]["bleu"] > 50  # the tiny dictionary language is learnt
+    assert "run" not in r and r["hparams"] == resolved_config(train.parse_args(train_args(Path("d"), Path("o"),
+                                                                                           "--epochs", "25")))
+    assert load_checkpoint(trained / "best.pt", kind="translator")["kind"] == "translator"
     val_bleu = [v for _, v in load_checkpoint(trained / "last.pt")["state"]["history"]["val_bleu"]]
     assert len(val_bleu) == 25 and max(val_bleu) > val_bleu[0]
 
@@ -95,6 +98,7 @@ def test_resume_of_another_run_is_refused(tiny_mt_data_dir, tmp_path, capsys):
     assert_one_line_error(code, err, r"is a multi30k_en_fr run, not multi30k_en_fr_noattn")
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_continues(tiny_mt_data_dir, tmp_path):
     out = tmp_path / "run"
     args = train_args(tiny_mt_data_dir, out, "--epochs", "100000")
@@ -136,6 +140,7 @@ def _translate(trained: Path, *args, stdin: str = ""):
                       stdin=stdin)
 
 
+@pytest.mark.slow
 def test_translate_arguments_stdin_and_maps(trained, tmp_path):
     a = _translate(trained, "A big dog runs.", "The small cat sleeps today.", "--json", "--attention-map",
                    tmp_path / "m.png")
@@ -149,6 +154,7 @@ def test_translate_arguments_stdin_and_maps(trained, tmp_path):
     assert b.returncode == 0 and len(b.stdout.splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_translate_unknown_words_and_interactive(trained):
     a = _translate(trained, "A purple dog runs.")
     assert a.returncode == 0 and "not in the en vocabulary, read as <unk>: purple" in a.stderr
@@ -159,6 +165,7 @@ def test_translate_unknown_words_and_interactive(trained):
     assert len(answers) == 2 and answers[1].startswith("Le ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,stdin,pattern", [
     (["   "], "", r"empty sentence"),
     ([], "\n\n", r"stdin had no sentences"),
@@ -192,6 +199,40 @@ def test_train_missing_data_offline(tmp_path, capsys, monkeypatch):
     assert_one_line_error(code, err, r"data set 'multi30k' not found .*offline")
 
 
+@pytest.mark.slow
+def test_quick_defaults_yield_to_typed_flags():
+    """--quick lowers the lr and the warmup for a short run; a flag the user typed wins, abbreviated or not."""
+    assert (train.parse_args([]).lr, train.parse_args([]).warmup_steps) == (1e-3, 200)
+    quick = train.parse_args(["--quick"])
+    assert (quick.lr, quick.warmup_steps) == (train.QUICK_LR, train.QUICK_WARMUP)
+    typed = train.parse_args(["--quick", "--lr=5e-4", "--warmup", "50"])  # --warmup: argparse's abbreviation
+    assert (typed.lr, typed.warmup_steps) == (5e-4, 50)
+
+
+def test_reference_runs_are_declared_for_every_published_result():
+    """Every results/*.json has a declared run, each declaration parses and writes into runs/<its name>, and the
+    published file records its run name, the declared command, and exactly the configuration it resolves to."""
+    results = REPO_ROOT / STAGE / "results"
+    assert set(REFERENCE_RUNS) == {p.stem for p in results.glob("*.json")}
+    for name, argv in REFERENCE_RUNS.items():
+        assert argv[0] == f"{STAGE}/train.py"
+        assert not {"--out-dir", "--result", "--data-dir", "--device"} & set(argv), name  # where-flags stay out
+        args = train.parse_args(argv[1:])
+        assert args.out_dir == f"runs/{STAGE}/{name}" and train.run_name(args) == name
+        assert reference_run_name(REFERENCE_RUNS, f"{STAGE}/train.py", train.parse_args, args) == name
+        r = json.loads((results / f"{name}.json").read_text())
+        assert (r["run"], r["command"], r["hparams"]) == (name, reference_command(argv), resolved_config(args))
+        assert r["data_dir"] == "$MY_LLM_DATA"
+    other = train.parse_args(["--epochs", "8", "--beam-size", "4"])  # a changed setting: an experiment
+    assert reference_run_name(REFERENCE_RUNS, f"{STAGE}/train.py", train.parse_args, other) is None
+
+
+def test_translator_checkpoint_is_what_the_en_fr_run_writes():
+    """evaluate.py's and translate.py's default checkpoint is the best.pt of the declared en -> fr run."""
+    assert f"{train.parse_args(REFERENCE_RUNS['multi30k_en_fr'][1:]).out_dir}/best.pt" == TRANSLATOR_CHECKPOINT
+    assert evaluate.parse_args([]).checkpoint == translate.parse_args([]).checkpoint == TRANSLATOR_CHECKPOINT
+
+
 @pytest.mark.parametrize("module", [False, True])
 @pytest.mark.parametrize("script", ["train", "evaluate", "translate"])
 def test_help(tmp_path, script, module):
@@ -199,13 +240,14 @@ def test_help(tmp_path, script, module):
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
 
 
-@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.real_data("multi30k")
 def test_quick_run_on_real_data(real_data_dir, tmp_path):
-    """--quick on the real Multi30k files: it reads them, trains on a slice, and scores the test sets."""
-    proc = run_script("train", "--quick", "--epochs", "1", "--out-dir", tmp_path / "run", "--result", tmp_path / "r.json",
-                      "--emb-dim", "32", "--hidden-dim", "64", "--beam-size", "2", data_dir=real_data_dir, stage=STAGE,
-                      timeout=600)
+    """--quick on the real Multi30k files: it reads them, trains on a slice, and scores the test sets; the result
+    goes to <out-dir>/result.json and names the data directory as $MY_LLM_DATA."""
+    proc = run_script("train", "--quick", "--epochs", "1", "--out-dir", tmp_path / "run", "--emb-dim", "32",
+                      "--hidden-dim", "64", "--beam-size", "2", data_dir=real_data_dir, stage=STAGE, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads((tmp_path / "r.json").read_text())
-    assert r["quick"] is True and r["sizes"]["train"] == train.QUICK_TRAIN
+    r = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert r["quick"] is True and r["sizes"]["train"] == train.QUICK_TRAIN and r["data_dir"] == "$MY_LLM_DATA"
     assert r["metrics"]["bleu"] >= 0 and r["vocab_sizes"]["fr"] > 100
