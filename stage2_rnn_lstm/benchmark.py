@@ -5,12 +5,14 @@
 
 Both models get the same config, the same random batches and a full training step (forward, backward,
 gradient clipping, AdamW), timed after warm-up steps. The figure is tokens per second; the ratio says how
-many times faster torch's implementation is (its inner loop runs in C++, ours in Python).
+many times faster torch's implementation is (its inner loop runs in C++, ours in Python). The figures go to
+--json (default runs/stage2_rnn_lstm/benchmark_<model-type>/result.json) with the command that measured them;
+`python scripts/publish.py <that file>` publishes the reference run's (reference_runs.py) into results/.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -20,8 +22,13 @@ if __package__ in (None, ""):  # run as `python stage2_rnn_lstm/benchmark.py`: p
 
 import torch
 
-from scripts.common import get_device, positive_int, run_cli, set_seed
+from scripts.common import (command_line, get_device, git_commit, portable, positive_int, reference_command,
+                            reference_run_name, resolved_config, run_cli, set_seed, write_json)
 from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel, detach_state
+from stage2_rnn_lstm.reference_runs import REFERENCE_RUNS
+
+STAGE = "stage2_rnn_lstm"
+SCRIPT = "stage2_rnn_lstm/benchmark.py"
 
 
 def tokens_per_second(config: LMConfig, batch_size: int, bptt: int, steps: int, warmup: int, device) -> float:
@@ -59,8 +66,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=positive_int, default=10, help="timed training steps per implementation")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    return p.parse_args(argv)
+    p.add_argument("--json", default="runs/stage2_rnn_lstm/benchmark_{model_type}/result.json",
+                   help="write the figures to this JSON file (publish the reference run's with "
+                        "`python scripts/publish.py <file>`)")
+    args = p.parse_args(argv)
+    args.json = args.json.format(model_type=args.model_type)
+    return args
 
 
 def main(argv=None) -> None:
@@ -76,11 +87,14 @@ def main(argv=None) -> None:
     print(f"torch's nn.{args.model_type.upper()} is {ratio:.2f}x the speed of the hand-written cells "
           f"({args.n_layers}x{args.hidden_dim}, batch {args.batch_size} x {args.bptt}, {device}, "
           f"{torch.get_num_threads()} threads)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"tokens_per_second": {k: round(v) for k, v in speeds.items()},
-                                               "ratio_torch_over_scratch": round(ratio, 2), "device": str(device),
-                                               "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                               "config": vars(args)}, indent=2) + "\n")
+    run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
+    command = reference_command(REFERENCE_RUNS[run]) if run else command_line(SCRIPT, argv)
+    write_json(args.json, {"stage": STAGE} | ({"run": run} if run else {}) | {
+        "tokens_per_second": {k: round(v) for k, v in speeds.items()}, "ratio_torch_over_scratch": round(ratio, 2),
+        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "config": resolved_config(args), "command": portable(command), "git_commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 A language model predicts each token from the ones before it, so the "labels" are the inputs shifted by one.
 
-The sentence classifier (classify.py) reads SST-2 instead, one sentence per example:
+The sentence classifier (classify.py) reads SST-2 instead, one sentence per example (`sst2_splits`):
 
     train.tsv.gz / dev.tsv.gz (or a download) -> sentences + labels -> whole-sentence validation split
     -> words -> ids (SentenceVocab, JSON) -> batches of similar length, right-padded
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.common import UserError
+from scripts.common import UserError, atomic_write, atomic_write_text
 
 # ----------------------------------------------------------------------------- the data sets
 
@@ -104,11 +104,7 @@ def download(name: str, data_dir: str | Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for split, text in texts.items():
-            path = folder / info["files"][split]
-            tmp = path.with_name(path.name + ".part")
-            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
-                f.write(text)
-            tmp.replace(path)
+            atomic_write(folder / info["files"][split], lambda f: f.write(gzip.compress(text.encode("utf-8"))))
     except OSError as e:
         raise UserError(f"downloaded {source} but cannot write it to {folder}: {e.strerror or e}") from None
 
@@ -176,8 +172,7 @@ class Vocab:
         return "".join(lines) + " ".join(words)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"vocab_type": self.vocab_type, "itos": self.itos}, ensure_ascii=False),
-                              encoding="utf-8")
+        atomic_write_text(path, json.dumps({"vocab_type": self.vocab_type, "itos": self.itos}, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
@@ -263,11 +258,8 @@ def download_sst2(folder: Path) -> None:
             path = folder / SST2["files"][split]
             if path.is_file():  # never overwrite a local file
                 continue
-            tmp = path.with_name(path.name + ".part")
-            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
-                f.write("sentence\tlabel\n")
-                f.writelines(f"{r['sentence']}\t{int(r['label'])}\n" for r in hub[hub_split])
-            tmp.replace(path)
+            text = "sentence\tlabel\n" + "".join(f"{r['sentence']}\t{int(r['label'])}\n" for r in hub[hub_split])
+            atomic_write(path, lambda f: f.write(gzip.compress(text.encode("utf-8"))))
     except OSError as e:
         raise UserError(f"downloaded {hub_id} but cannot write it to {folder}: {e.strerror or e}") from None
 
@@ -358,7 +350,7 @@ class SentenceVocab:
         return [self.stoi.get(w, 1) for w in tokenize_sentence(sentence)] or [1]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"kind": "sentence", "itos": self.itos}, ensure_ascii=False), encoding="utf-8")
+        atomic_write_text(path, json.dumps({"kind": "sentence", "itos": self.itos}, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "SentenceVocab":
@@ -401,3 +393,31 @@ def make_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, to
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
     return ids, lengths
+
+
+def sst2_splits(data_dir: str | Path, val_size: int | None, min_freq: int, vocab: SentenceVocab | None = None,
+                limits: tuple[int, int] | None = None) -> tuple[dict, SentenceVocab, str]:
+    """The classifier's data: {"train", "val", "dev"} -> (id lists, labels), the vocabulary, and a line for the log.
+
+    Val is `val_size` whole sentences held out from train (default: 500, at most 10 % of train; `sentence_split`),
+    always the same ones (its own random.Random(0), whatever a run's --seed). The vocabulary is built on the training
+    rows that remain, unless a resumed run passes its own. `limits` = (train rows, dev rows) cuts both files first.
+    """
+    texts = {s: load_sst2(data_dir, s) for s in ("train", "dev")}
+    if limits:
+        texts = {s: (x[:n], y[:n]) for (s, (x, y)), n in zip(texts.items(), limits)}
+    sentences, labels = texts["train"]
+    n_val = val_size or min(500, len(sentences) // 10)
+    if not 1 <= n_val < len(sentences):
+        raise UserError(f"--val-size {n_val} must leave training rows: train has {len(sentences)}")
+    train_rows, val_rows = sentence_split(sentences, n_val, random.Random(0))
+    vocab = vocab or SentenceVocab.build([sentences[i] for i in train_rows], min_freq)
+    data = {"train": ([vocab.encode(sentences[i]) for i in train_rows], [labels[i] for i in train_rows]),
+            "val": ([vocab.encode(sentences[i]) for i in val_rows], [labels[i] for i in val_rows]),
+            "dev": ([vocab.encode(s) for s in texts["dev"][0]], texts["dev"][1])}
+    dropped = len(sentences) - len(train_rows) - len(val_rows)
+    unk = sum(i == 1 for ids in data["dev"][0] for i in ids) / max(1, sum(len(ids) for ids in data["dev"][0]))
+    summary = (f"SST-2: {len(train_rows):,} train / {len(val_rows):,} val (whole sentences from train; {dropped:,} of "
+               f"their phrases left out of train) / {len(data['dev'][1]):,} dev | vocabulary {len(vocab):,} words "
+               f"(min freq {min_freq}), {unk:.1%} of dev's words are <unk>")
+    return data, vocab, summary

@@ -22,13 +22,14 @@ import torch
 from scripts.common import UserError, get_device, load_checkpoint, positive_int, resolve_data_dir, run_cli
 from stage2_rnn_lstm.data import Vocab, dataset_info, load_text
 from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel
+from stage2_rnn_lstm.reference_runs import LM_CHECKPOINT
 
 STAGE = "stage2_rnn_lstm"
 
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[RNNLanguageModel, Vocab, dict]:
     """Model, vocabulary and checkpoint from a path; the vocabulary is the vocab.json beside the checkpoint."""
-    ckpt = load_checkpoint(checkpoint, stage=STAGE)
+    ckpt = load_checkpoint(checkpoint, stage=STAGE, kind="language_model")
     vocab_path = Path(checkpoint).parent / ckpt["vocab"]["file"]
     vocab = Vocab.load(vocab_path)
     if vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
@@ -44,7 +45,7 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[RNNLanguag
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Loss, perplexity and bits per character for a Stage 2 checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/stage2_rnn_lstm/tiny_shakespeare_lstm/best.pt",
+    p.add_argument("--checkpoint", default=LM_CHECKPOINT,
                    help="a best.pt or last.pt from train.py")
     p.add_argument("--data-dir", default=None, help="data folder (default: $MY_LLM_DATA, else ~/.cache/my_llm/data)")
     p.add_argument("--split", default="all", help="val, test, or all the evaluation splits the data set has")

@@ -22,6 +22,7 @@ from scripts.common import UserError, get_device, positive_float, positive_int, 
 from stage2_rnn_lstm.data import EOS, UNK, Vocab
 from stage2_rnn_lstm.evaluate import load_model
 from stage2_rnn_lstm.model import RNNLanguageModel
+from stage2_rnn_lstm.reference_runs import LM_CHECKPOINT
 
 
 @torch.no_grad()
@@ -75,7 +76,7 @@ def token_text(vocab: Vocab, token: int) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate text with a Stage 2 language model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/stage2_rnn_lstm/tiny_shakespeare_lstm/best.pt")
+    p.add_argument("--checkpoint", default=LM_CHECKPOINT, help="a best.pt or last.pt from train.py")
     p.add_argument("--prompt", default=None, help="text to continue (default: a new line)")
     p.add_argument("--max-new-tokens", type=positive_int, default=500)
     p.add_argument("--temperature", type=positive_float, default=0.8)

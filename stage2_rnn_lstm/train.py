@@ -13,7 +13,9 @@ there (`detach_state`), so gradients flow back at most --bptt steps.
 
 Checkpoints (<out-dir>/last.pt after every epoch, on Ctrl-C, SIGTERM and --max-steps; best.pt for the best
 validation loss) hold the model, optimizer, schedule, random-number states *and the carried hidden state*,
-so a resumed run repeats the losses an uninterrupted run would have had.
+so a resumed run repeats the losses an uninterrupted run would have had. The result file goes to
+<out-dir>/result.json; `python scripts/publish.py <out-dir>/result.json` publishes a reference run's
+(reference_runs.py) into stage2_rnn_lstm/results/.
 """
 from __future__ import annotations
 
@@ -29,14 +31,17 @@ if __package__ in (None, ""):  # run as `python stage2_rnn_lstm/train.py`: put t
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
-                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
-                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
-                            write_result)
+from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
+                            merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
+                            positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
+                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage2_rnn_lstm.data import DATASETS, Vocab, batchify, dataset_info, get_window, load_text
 from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel, detach_state
+from stage2_rnn_lstm.reference_runs import REFERENCE_RUNS
 
 STAGE = "stage2_rnn_lstm"
+SCRIPT = "stage2_rnn_lstm/train.py"
+KIND = "language_model"                  # what its checkpoints hold (scripts.common.KINDS)
 QUICK_TRAIN, QUICK_EVAL = 20_000, 5_000  # --quick: tokens of train and of each evaluation split
 QUICK_LR, QUICK_WARMUP = 1e-2, 5         # --quick without --lr / --warmup-steps: a few dozen steps must learn
 EVAL_BATCH = 16                           # parallel streams when scoring val/test
@@ -77,14 +82,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sgd is the classic recipe for word-level LSTMs (lr around 20, --clip 0.25)")
     p.add_argument("--warmup-steps", type=int, default=100, help="linear warmup, then cosine decay to lr/10")
     p.add_argument("--result", default=None,
-                   help="result JSON path (default: stage2_rnn_lstm/results/<dataset>_<model-type>.json; "
-                        "<out-dir>/result.json for --quick or --max-steps runs)")
-    args = p.parse_args(argv)
-    given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
-    if args.quick:
-        args.lr = args.lr if "--lr" in given else QUICK_LR
-        args.warmup_steps = args.warmup_steps if "--warmup-steps" in given else QUICK_WARMUP
+                   help="result JSON path (default: <out-dir>/result.json; publish a reference run's with "
+                        "`python scripts/publish.py <out-dir>/result.json`)")
+    args = parse_with_quick_defaults(p, argv, {"lr": QUICK_LR, "warmup_steps": QUICK_WARMUP})
     args.vocab_type = args.vocab_type or dataset_info(args.dataset)["vocab_type"]
+    args.out_dir = args.out_dir.format(dataset=args.dataset, model_type=args.model_type)
     if args.tie_weights and args.emb_dim != args.hidden_dim:
         p.error(f"--tie-weights needs --emb-dim == --hidden-dim (got {args.emb_dim} and {args.hidden_dim})")
     if args.warmup_steps < 0 or args.weight_decay < 0:
@@ -92,8 +94,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
-    """Token id streams of every split, and the vocabulary (built on the whole training split)."""
+def load_resume_point(args, out_dir: Path) -> dict:
+    """<out-dir>/last.pt, checked to be a train.py run of this data set and cell that --resume can continue."""
+    ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE, kind=KIND)
+    saved = ckpt["args"]
+    if "optimizer" not in ckpt:
+        raise UserError(f"{out_dir / 'last.pt'} is not the last.pt of a train.py run (it holds no optimizer state)")
+    if (saved["dataset"], saved["model_type"]) != (args.dataset, args.model_type):
+        raise UserError(f"{out_dir / 'last.pt'} is a {saved['dataset']} {saved['model_type']} run, "
+                        f"not {args.dataset} {args.model_type}")
+    return ckpt
+
+
+def prepare_data(args, data_dir: Path, out_dir: Path, ckpt: dict | None, log):
+    """Token id streams of every split, and the vocabulary: built on the whole training split and saved as
+    <out-dir>/vocab.json, or, for a resumed run (`ckpt`), read back from there and checked against the checkpoint."""
+    vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
+    if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
+        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
     splits = dataset_info(args.dataset)["splits"]
     texts = {s: load_text(args.dataset, data_dir, s) for s in splits}
     vocab = vocab or Vocab.build(texts["train"], args.vocab_type)
@@ -102,7 +120,26 @@ def prepare_data(args, data_dir: Path, vocab: Vocab | None, log):
         ids = {s: v[: QUICK_TRAIN if s == "train" else QUICK_EVAL] for s, v in ids.items()}
     log.info(f"{args.dataset} ({args.vocab_type}s): vocabulary {len(vocab):,} | "
              + " / ".join(f"{len(v):,} {s}" for s, v in ids.items()) + " tokens")
+    if not ckpt:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        vocab.save(out_dir / "vocab.json")
     return ids, vocab
+
+
+def build_model(args, vocab_size: int, device: torch.device):
+    """The model config from the flags, the model on `device`, and its optimizer."""
+    config = LMConfig(vocab_size=vocab_size, model_type=args.model_type, emb_dim=args.emb_dim,
+                      hidden_dim=args.hidden_dim, n_layers=args.n_layers, dropout=args.dropout,
+                      tie_weights=args.tie_weights, impl=args.impl, adaptive_cutoffs=args.adaptive_cutoffs)
+    if config.adaptive_cutoffs and config.adaptive_cutoffs[-1] >= vocab_size:
+        raise UserError(f"--adaptive-cutoffs must stay below the vocabulary size {vocab_size:,}")
+    model = RNNLanguageModel(config).to(device)
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                      fused=device.type in ("cpu", "cuda"))
+    return config, model, optimizer
 
 
 @torch.no_grad()
@@ -127,18 +164,54 @@ def lr_at(step: int, args, total_steps: int) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def save_run(path: Path, args, model, vocab: Vocab, state: dict, hidden, optimizer=None) -> None:
+    """A checkpoint: weights, flags, progress, random-number states and the carried hidden state; with the
+    optimizer's state (last.pt) it is one that --resume continues exactly, without it (best.pt) one to use."""
+    obj = {"stage": STAGE, "kind": KIND, "dataset": args.dataset, "config": model.config.to_dict(), "args": vars(args),
+           "model": model.state_dict(), "state": state, "rng": rng_state(), "hidden": hidden,
+           "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}}
+    if optimizer is not None:
+        obj["optimizer"] = optimizer.state_dict()
+    save_checkpoint(obj, path)
+
+
+def final_report(args, model, vocab: Vocab, ids: dict, state: dict, device, data_dir: Path, t_start: float,
+                 log) -> None:
+    """Score best.pt on val (and test, where the data set has one), write the result file and its loss curves."""
+    out_dir = Path(args.out_dir)
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind=KIND)["model"])
+    metrics = {}
+    for split in [s for s in ("val", "test") if s in ids]:
+        loss = evaluate_loss(model, ids[split], args.bptt, device)
+        metrics.update({f"{split}_loss": round(loss, 4), f"{split}_ppl": round(math.exp(loss), 2)})
+        if args.vocab_type == "char":
+            metrics[f"{split}_bpc"] = round(loss / math.log(2), 4)  # bits per character
+    log.info(f"best checkpoint (step {state['best_step']}): " + " | ".join(f"{k} {v}" for k, v in metrics.items()))
+    result_path = Path(args.result) if args.result else out_dir / "result.json"
+    run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
+    headline = "test_ppl" if "test_ppl" in metrics else "val_loss"
+    write_result(result_path, stage=STAGE, dataset=args.dataset, split="test" if "test" in ids else "val",
+                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
+                 params=model.num_params(), command=state["commands"], run=run, declared=REFERENCE_RUNS.get(run),
+                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
+                        "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
+                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
+                        "vocab_size": len(vocab), "config": model.config.to_dict(), "hparams": resolved_config(args),
+                        "sizes": {k: len(v) for k, v in ids.items()}, "data_dir": portable(str(data_dir))})
+    h = state["history"]
+    plot_curves(result_path.with_suffix(".png"), {
+        "loss (nats/token)": {"train (per step)": tuple(zip(*h["train_loss"])), "val": tuple(zip(*h["val_loss"]))},
+    }, title=f"{args.model_type.upper()}, {args.dataset}\n{headline} {metrics[headline]}")
+    log.info(f"wrote {result_path} and its plot" + (f" (reference run {run}: publish it with "
+                                                   f"`python scripts/publish.py {result_path}`)" if run else ""))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    args.out_dir = args.out_dir.format(dataset=args.dataset, model_type=args.model_type)
     out_dir = Path(args.out_dir)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
-        saved = ckpt["args"]
-        if (saved["dataset"], saved["model_type"]) != (args.dataset, args.model_type):
-            raise UserError(f"{out_dir / 'last.pt'} is a {saved['dataset']} {saved['model_type']} run, "
-                            f"not {args.dataset} {args.model_type}")
-        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
+    ckpt = load_resume_point(args, out_dir) if args.resume else None
+    if ckpt:
+        args = merge_resumed_args(args, ckpt["args"], RESUMABLE)
     log = get_logger(STAGE, out_dir / "train.log")
     log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     device = get_device(args.device)
@@ -147,29 +220,13 @@ def main(argv=None) -> None:
 
     # ---- data
     data_dir = resolve_data_dir(args.data_dir)
-    vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
-    if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
-        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
-    ids, vocab = prepare_data(args, data_dir, vocab, log)
-    if not ckpt:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        vocab.save(out_dir / "vocab.json")
+    ids, vocab = prepare_data(args, data_dir, out_dir, ckpt, log)
     train = batchify(ids["train"], args.batch_size).to(device)  # (B, N)
     windows = list(range(0, train.shape[1] - 1, args.bptt))    # start of every BPTT window in an epoch
     total_steps = args.epochs * len(windows)
 
     # ---- model and optimizer
-    config = LMConfig(vocab_size=len(vocab), model_type=args.model_type, emb_dim=args.emb_dim,
-                      hidden_dim=args.hidden_dim, n_layers=args.n_layers, dropout=args.dropout,
-                      tie_weights=args.tie_weights, impl=args.impl, adaptive_cutoffs=args.adaptive_cutoffs)
-    if config.adaptive_cutoffs and config.adaptive_cutoffs[-1] >= len(vocab):
-        raise UserError(f"--adaptive-cutoffs must stay below the vocabulary size {len(vocab):,}")
-    model = RNNLanguageModel(config).to(device)
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                      fused=device.type in ("cpu", "cuda"))
+    config, model, optimizer = build_model(args, len(vocab), device)
     log.info(f"model: {model.num_params():,} parameters, {config}")
     log.info(f"{len(windows)} steps per epoch ({args.batch_size} streams x {args.bptt} tokens), {total_steps} in all")
 
@@ -183,15 +240,7 @@ def main(argv=None) -> None:
         state, hidden = ckpt["state"], ckpt["hidden"]
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, window {state['window']}, step {state['step']}")
-    note_command(state, "stage2_rnn_lstm/train.py", argv)  # the checkpoints keep it: results name the first
-
-    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
-        obj = {"stage": STAGE, "dataset": args.dataset, "config": config.to_dict(), "args": vars(args),
-               "model": model.state_dict(), "state": state, "rng": rng_state(), "hidden": hidden,
-               "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}}
-        if with_optimizer:
-            obj["optimizer"] = optimizer.state_dict()
-        save_checkpoint(obj, path)
+    note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
     stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
@@ -241,49 +290,20 @@ def main(argv=None) -> None:
                      f"| val ppl {math.exp(val_loss):.2f} | {state['train_seconds']:.0f}s")
             if val_loss < state["best_val_loss"]:
                 state["best_val_loss"], state["best_step"] = val_loss, state["step"]
-                checkpoint(out_dir / "best.pt", with_optimizer=False)
-            checkpoint(out_dir / "last.pt")
+                save_run(out_dir / "best.pt", args, model, vocab, state, hidden)
+            save_run(out_dir / "last.pt", args, model, vocab, state, hidden, optimizer)
     finally:
         restore_signals()
     state["train_seconds"] = time.time() - t_loop
     if stop["by"]:
-        checkpoint(out_dir / "last.pt")
-        resume = f"python stage2_rnn_lstm/train.py --dataset {args.dataset} --model-type {args.model_type} " \
-                 f"--out-dir {out_dir} --resume"
-        log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: {resume}")
+        save_run(out_dir / "last.pt", args, model, vocab, state, hidden, optimizer)
+        resume = f"python {SCRIPT} --dataset {args.dataset} --model-type {args.model_type} --out-dir {out_dir} --resume"
+        log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. "
+                 f"Continue with: {resume}")
         if stop["by"] != "max_steps":
             sys.exit(130)
-    if not state["history"]["val_loss"]:
-        return  # no epoch finished: nothing to report yet
-
-    # ---- final report: the best checkpoint on val (and test, where the data set has one)
-    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE)["model"])
-    metrics = {}
-    for split in [s for s in ("val", "test") if s in ids]:
-        loss = evaluate_loss(model, ids[split], args.bptt, device)
-        metrics.update({f"{split}_loss": round(loss, 4), f"{split}_ppl": round(math.exp(loss), 2)})
-        if args.vocab_type == "char":
-            metrics[f"{split}_bpc"] = round(loss / math.log(2), 4)  # bits per character
-    log.info(f"best checkpoint (step {state['best_step']}): " + " | ".join(f"{k} {v}" for k, v in metrics.items()))
-    smoke = args.quick or args.max_steps is not None
-    name = f"{args.dataset}_{args.model_type}"
-    result_path = Path(args.result) if args.result else (
-        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{name}.json")
-    headline = "test_ppl" if "test_ppl" in metrics else "val_loss"
-    write_result(result_path, stage=STAGE, dataset=args.dataset, split="test" if "test" in ids else "val",
-                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
-                 params=model.num_params(), command=state["commands"],
-                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
-                        "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
-                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
-                        "vocab_size": len(vocab), "config": config.to_dict(),
-                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
-                        "sizes": {k: len(v) for k, v in ids.items()}, "data_dir": str(data_dir)})
-    h = state["history"]
-    plot_curves(result_path.with_suffix(".png"), {
-        "loss (nats/token)": {"train (per step)": tuple(zip(*h["train_loss"])), "val": tuple(zip(*h["val_loss"]))},
-    }, title=f"{args.model_type.upper()}, {args.dataset}\n{headline} {metrics[headline]}")
-    log.info(f"wrote {result_path} and its plot")
+    if state["history"]["val_loss"]:  # at least one epoch finished: report the best checkpoint
+        final_report(args, model, vocab, ids, state, device, data_dir, t_start, log)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Stage 2 SST-2 classifier: the model (shapes, padding changes nothing, scratch = torch), the whole-sentence
 validation split, the sentence vocabulary (JSON), the SST-2 reader and its download path (a patched
-`datasets.load_dataset`), classify.py end to end on tiny files (result file, load_predictor, exact resume after
---max-steps and after SIGTERM), and one-line errors for bad input.
+`datasets.load_dataset`), classify.py end to end on tiny files (result file, the reference-run record, exact resume
+after --max-steps and after SIGTERM), its default --out-dir, and one-line errors for bad input. predict.py (the
+trained model for other scripts) is tested in test_stage2_predict.py.
 
-Every run writes into tmp_path (--out-dir and --result), so the committed stage2_rnn_lstm/results are never touched,
-and the data are the tiny files conftest.py writes: nothing is downloaded and no real data set is copied.
+Every run writes into tmp_path (--out-dir and --result), so nothing lands in runs/ or the committed results, and the
+data are the tiny files conftest.py writes: nothing is downloaded and no real data set is copied.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, cli, run_script, tiny_rows
-from scripts.common import REPO_ROOT, UserError, load_checkpoint, save_checkpoint
+from scripts.common import REPO_ROOT, UserError, load_checkpoint, reference_command, resolved_config, save_checkpoint
 from stage2_rnn_lstm import classify
-from stage2_rnn_lstm.data import (SentenceVocab, length_batches, load_sst2, make_batch, sentence_split,
+from stage2_rnn_lstm.data import (SentenceVocab, length_batches, load_sst2, make_batch, sentence_split, sst2_splits,
                                   tokenize_sentence)
 from stage2_rnn_lstm.model import ClassifierConfig, RNNClassifier
 
@@ -113,6 +114,7 @@ def test_vocab_json_round_trip(tmp_path):
         SentenceVocab.load(tmp_path / "missing.json")
 
 
+@pytest.mark.slow
 def test_vocab_order_is_the_same_in_every_process():
     """Words tied in count get the same ids whatever PYTHONHASHSEED is: the same command gives the same model."""
     code = ("import json; from stage2_rnn_lstm.data import SentenceVocab; "
@@ -135,6 +137,19 @@ def test_length_batches_cover_every_row_once_and_repeat_with_the_seed():
     assert batches == length_batches(lengths, 16, random.Random(3))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 5   # sorted within pools: a batch holds sentences of similar length
+
+
+def test_sst2_splits_hold_out_whole_sentences(tiny_data_dir):
+    data, vocab, summary = sst2_splits(tiny_data_dir, 20, 1)
+    sentences, labels = load_sst2(tiny_data_dir, "train")
+    assert len(data["val"][1]) == 20 and len(data["dev"][1]) == len(load_sst2(tiny_data_dir, "dev")[1])
+    assert len(data["train"][1]) + 20 <= len(labels) and summary.startswith("SST-2: ")
+    again, _, _ = sst2_splits(tiny_data_dir, 20, 1)
+    assert again == data                                   # the split is fixed, whatever the run's --seed
+    small, _, _ = sst2_splits(tiny_data_dir, 5, 1, vocab, limits=(50, 10))
+    assert len(small["dev"][1]) == 10 and len(small["train"][1]) + 5 <= 50
+    with pytest.raises(UserError, match="--val-size 50 must leave training rows"):
+        sst2_splits(tiny_data_dir, 50, 1, limits=(50, 10))
 
 
 def test_reads_sst2_tsv_with_bare_quotes(tiny_data_dir):
@@ -190,14 +205,34 @@ def test_quick_run_writes_outputs_and_predicts(tiny_data_dir, tmp_path):
     assert r["sizes"]["val"] == 20 and r["sizes"]["dev"] == 60 and r["params"] > 0
     assert r["metrics"]["accuracy"] >= 0.8   # the tiny rows' cue words are easy to learn
 
-    predict = classify.load_predictor(out / "best.pt", "cpu")
-    dev, labels = load_sst2(tiny_data_dir, "dev")
-    probs = predict(dev)
-    assert probs.shape == (len(dev), 2) and torch.allclose(probs.sum(-1), torch.ones(len(dev)), atol=1e-5)
-    accuracy = sum(int(p) == y for p, y in zip(probs.argmax(-1), labels)) / len(labels)
-    assert round(accuracy, 4) == r["metrics"]["accuracy"]          # the predictor is the model that was scored
-    assert torch.allclose(predict([dev[5]])[0], probs[5], atol=1e-6)   # alone or in a batch: the same
-    assert predict(["What a wonderful, brilliant film!", ""]).shape == (2, 2)
+    assert "run" not in r and r["hparams"] == resolved_config(classify.parse_args(run_args(tiny_data_dir, out,
+                                                                                           "--quick")))
+    assert load_checkpoint(out / "best.pt", stage=STAGE)["kind"] == "classifier"
+
+
+def test_a_reference_run_records_its_name_and_declared_command(tiny_data_dir, tmp_path, monkeypatch):
+    """When the settings resolve to a declared run, the result file names it and records the declared command (the
+    one to paste), whatever where-flags and spelling this command line used."""
+    out = tmp_path / "run"
+    argv = run_args(tiny_data_dir, out, "--epochs", "1")
+    declared = [classify.SCRIPT, *argv[6:]]                      # the same run without --data-dir/--out-dir/--result
+    monkeypatch.setattr(classify, "REFERENCE_RUNS", {"tiny_sst2": declared})
+    classify.main(argv + ["--lr", "0.01"])                      # 1e-2 spelt another way is the same run
+    r = json.loads((out / "result.json").read_text())
+    assert r["run"] == "tiny_sst2" and r["command"] == reference_command(declared)
+    assert list(r)[:2] == ["stage", "run"] and r["hparams"] == resolved_config(classify.parse_args(declared[1:]))
+
+
+@pytest.mark.parametrize("argv,out_dir", [
+    ([], "runs/stage2_rnn_lstm/sst2_classifier"),
+    (["--model-type", "gru"], "runs/stage2_rnn_lstm/sst2_classifier_gru"),
+    (["--model-t", "rnn"], "runs/stage2_rnn_lstm/sst2_classifier_rnn"),        # argparse's abbreviation
+    (["--out-dir", "elsewhere", "--model-type", "gru"], "elsewhere"),
+    (["--out", "elsewhere", "--model-type", "gru"], "elsewhere"),                  # abbreviated too
+    (["--out-dir=runs/stage2_rnn_lstm/sst2_classifier", "--model-type", "gru"], "runs/stage2_rnn_lstm/sst2_classifier"),
+])
+def test_default_out_dir_follows_the_cell_unless_given(argv, out_dir):
+    assert classify.parse_args(argv).out_dir == out_dir
 
 
 def interrupt_at_step(monkeypatch, step: int) -> None:
@@ -251,29 +286,24 @@ def test_bad_flags(capsys, flags, pattern):
 
 
 def test_bad_checkpoints(tiny_data_dir, tmp_path, capsys):
-    """--resume and load_predictor: a truncated file, another stage's checkpoint, a Stage 2 language model, none."""
+    """--resume: a truncated file, another stage's checkpoint, a Stage 2 language model, a best.pt (no optimizer)."""
     out = tmp_path / "run"
     classify.main(run_args(tiny_data_dir, out, "--epochs", "1"))
     good = (out / "last.pt").read_bytes()
-    lm = {"stage": STAGE, "model": {}, "config": {"vocab_size": 3}}   # what train.py's checkpoints look like
-    for name, write, pattern in [
-        ("corrupt", lambda p: p.write_bytes(good[:500]), r"cannot read checkpoint .*corrupt"),
-        ("other", lambda p: save_checkpoint({"stage": "stage1_mlp", "model": {}, "config": {}}, p),
+    lm = {"stage": STAGE, "kind": "language_model", "model": {}, "config": {"vocab_size": 3}}   # train.py's kind
+    for write, pattern in [
+        (lambda p: p.write_bytes(good[:500]), r"cannot read checkpoint .*corrupt"),
+        (lambda p: save_checkpoint({"stage": "stage1_mlp", "model": {}, "config": {}}, p),
          r"written by stage1_mlp, not stage2_rnn_lstm"),
-        ("lm", lambda p: save_checkpoint(lm, p), r"language-model checkpoint .*not an SST-2 classifier"),
+        (lambda p: save_checkpoint(lm, p), r"holds a language model, not a classifier"),
+        (lambda p: p.write_bytes((out / "best.pt").read_bytes()), r"is not the last.pt of a classify.py run"),
     ]:
         write(out / "last.pt")
         code, err = cli(classify.main, run_args(tiny_data_dir, out, "--resume"), capsys)
-        assert_one_line_error(code, err, pattern if name != "lm" else r"is not the last.pt of a classify.py run")
-        with pytest.raises(UserError, match=pattern):
-            classify.load_predictor(out / "last.pt", "cpu")
-    with pytest.raises(UserError, match="checkpoint not found"):
-        classify.load_predictor(tmp_path / "missing.pt", "cpu")
-    (out / "vocab.json").write_text(json.dumps({"itos": ["<pad>", "<unk>", "other"]}))
-    with pytest.raises(UserError, match="is not the vocabulary .* was trained with"):
-        classify.load_predictor(out / "best.pt", "cpu")
+        assert_one_line_error(code, err, pattern)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [False, True])
 def test_help(tmp_path, module):
     proc = run_script("classify", "--help", data_dir=tmp_path, module=module, stage=STAGE)

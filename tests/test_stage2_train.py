@@ -1,14 +1,14 @@
 """Stage 2 scripts end to end on tiny data: training, exact resume (the carried hidden state included), Ctrl-C,
-evaluate.py, generate.py (repeatable with a seed, clear errors for bad prompts), bad checkpoints, --help, and a
---quick run on the real data when MY_LLM_DATA points at it.
+the reference-run record in the result file, --quick defaults, evaluate.py, generate.py (repeatable with a seed,
+clear errors for bad prompts), benchmark.py, bad checkpoints, --help, and a --quick run on the real data when
+MY_LLM_DATA holds it.
 
-Every run writes into tmp_path (--out-dir and --result), so the committed stage2_rnn_lstm/results are never touched.
+Every run writes into tmp_path (--out-dir and --result), so nothing lands in runs/ or the committed results.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from conftest import assert_bad_checkpoints_rejected, assert_one_line_error, cli, run_script, signal_mid_training
-from scripts.common import load_checkpoint
-from stage2_rnn_lstm import evaluate, generate, train
+from scripts.common import load_checkpoint, reference_command, resolved_config, save_checkpoint
+from stage2_rnn_lstm import benchmark, evaluate, generate, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,12 +32,11 @@ def train_args(data_dir: Path, out_dir: Path, *extra: str, dataset: str = "tiny_
 
 @pytest.fixture(scope="module")
 def trained_char(tmp_path_factory) -> Path:
-    """train.py as a script: a char LSTM on the tiny play."""
+    """A char LSTM on the tiny play (train.py's main, in this process; the SIGTERM test runs it as a script)."""
     from conftest import write_tiny_lm_data
     data_dir = write_tiny_lm_data(tmp_path_factory.mktemp("lm") / "data")
     out = tmp_path_factory.mktemp("char_run")
-    proc = run_script("train", *train_args(data_dir, out), data_dir=data_dir, stage="stage2_rnn_lstm")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train.main(train_args(data_dir, out))
     out.joinpath("data_dir").write_text(str(data_dir))
     return out
 
@@ -54,6 +53,21 @@ def test_run_writes_all_outputs_and_learns(trained_char):
     assert math.isclose(m["val_ppl"], math.exp(m["val_loss"]), rel_tol=1e-3)
     assert math.isclose(m["val_bpc"], m["val_loss"] / math.log(2), rel_tol=1e-3)
     assert m["val_loss"] < 0.75 * math.log(r["vocab_size"])  # well below a uniform guess over the characters
+    assert "run" not in r and r["hparams"]["max_steps"] is None   # an experiment, not a declared reference run
+    assert load_checkpoint(trained_char / "best.pt", stage="stage2_rnn_lstm")["kind"] == "language_model"
+
+
+def test_a_reference_run_records_its_name_and_declared_command(tiny_lm_data_dir, tmp_path, monkeypatch):
+    """When the settings resolve to a declared run, the result file names it and records the declared command (the
+    one to paste), whatever where-flags, flag order and spelling this command line used."""
+    argv = train_args(tiny_lm_data_dir, tmp_path, "--epochs", "1")
+    declared = [train.SCRIPT, *argv[:2], *argv[8:]]         # without --data-dir, --out-dir, --result
+    monkeypatch.setattr(train, "REFERENCE_RUNS", {"tiny_char": declared})
+    train.main(argv + ["--lr", "0.01"])                     # 1e-2 spelt another way is the same run
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert list(r)[:2] == ["stage", "run"] and r["run"] == "tiny_char"
+    assert r["command"] == reference_command(declared)
+    assert r["hparams"] == resolved_config(train.parse_args(declared[1:]))
 
 
 @pytest.mark.parametrize("model_type,impl", [("rnn", "scratch"), ("gru", "torch")])
@@ -105,6 +119,20 @@ def test_resume_is_exact(tiny_lm_data_dir, tmp_path):
         assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
 
 
+def test_resume_from_a_best_pt_is_a_one_line_error(trained_char, tmp_path, capsys):
+    """best.pt has no optimizer state, so it cannot continue a run; a classifier is another kind of checkpoint."""
+    data_dir = trained_char.joinpath("data_dir").read_text()
+    (tmp_path / "last.pt").write_bytes((trained_char / "best.pt").read_bytes())
+    code, err = cli(train.main, train_args(Path(data_dir), tmp_path, "--resume"), capsys)
+    assert_one_line_error(code, err, r"is not the last.pt of a train.py run")
+    save_checkpoint({"stage": "stage2_rnn_lstm", "kind": "classifier", "model": {}, "config": {}}, tmp_path / "last.pt")
+    code, err = cli(train.main, train_args(Path(data_dir), tmp_path, "--resume"), capsys)
+    assert_one_line_error(code, err, r"holds a classifier, not a language model")
+    code, err = cli(evaluate.main, ["--checkpoint", str(tmp_path / "last.pt")], capsys)
+    assert_one_line_error(code, err, r"holds a classifier, not a language model")
+
+
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_continues(tiny_lm_data_dir, tmp_path):
     """SIGTERM during training: exit 130, a loadable last.pt, and --resume carries on from its step."""
     out = tmp_path / "run"
@@ -140,6 +168,7 @@ def _generate(ckpt: Path, *args: str) -> subprocess.CompletedProcess:
     return run_script("generate", "--checkpoint", ckpt, *args, data_dir=ckpt.parent, stage="stage2_rnn_lstm")
 
 
+@pytest.mark.slow
 def test_generate_is_repeatable_with_a_seed(trained_char):
     ckpt = trained_char / "best.pt"
     a = _generate(ckpt, "--prompt", "ROMEO:", "--max-new-tokens", "60", "--seed", "7")
@@ -150,6 +179,7 @@ def test_generate_is_repeatable_with_a_seed(trained_char):
     assert a.stdout.startswith("ROMEO:") and len(a.stdout.rstrip("\n")) >= len("ROMEO:") + 50
 
 
+@pytest.mark.slow
 def test_generate_top_k_1_is_greedy(trained_char):
     """top-k 1 leaves one choice: different seeds give the same text."""
     ckpt = trained_char / "best.pt"
@@ -167,6 +197,7 @@ def test_generate_bad_prompt(trained_char, capsys, prompt, pattern):
     assert_one_line_error(code, err, pattern)
 
 
+@pytest.mark.slow
 def test_generate_interactive_survives_a_bad_prompt(trained_char):
     proc = run_script("generate", "--checkpoint", trained_char / "best.pt", "--interactive", "--max-new-tokens", "5",
                       "--seed", "0", data_dir=trained_char, stage="stage2_rnn_lstm", stdin="ROMEO\n~~~\nJULIET\n\n")
@@ -182,6 +213,8 @@ def test_quick_uses_its_own_lr_and_warmup_unless_given():
     assert (quick.lr, quick.warmup_steps) == (train.QUICK_LR, train.QUICK_WARMUP)
     given = train.parse_args(["--quick", "--lr=3e-3", "--warmup-steps", "7"])
     assert (given.lr, given.warmup_steps) == (3e-3, 7)
+    abbreviated = train.parse_args(["--quick", "--warm", "7"])   # argparse's prefix of --warmup-steps counts too
+    assert (abbreviated.lr, abbreviated.warmup_steps) == (train.QUICK_LR, 7)
 
 
 def test_word_prompt_without_words_is_an_error(tiny_lm_data_dir, tmp_path, capsys):
@@ -217,6 +250,7 @@ def test_train_missing_data_offline(tmp_path, capsys, monkeypatch):
     assert_one_line_error(code, err, r"data set 'tiny_shakespeare' not found .*offline")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [False, True])
 @pytest.mark.parametrize("script", ["train", "evaluate", "generate", "benchmark"])
 def test_help(tmp_path, script, module):
@@ -224,32 +258,36 @@ def test_help(tmp_path, script, module):
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
 
 
-def test_benchmark_runs(tmp_path):
-    proc = run_script("benchmark", "--hidden-dim", "16", "--emb-dim", "8", "--steps", "1", "--warmup", "0",
-                      "--bptt", "8", "--batch-size", "2", "--json", tmp_path / "b.json", data_dir=tmp_path,
-                      stage="stage2_rnn_lstm")
-    assert proc.returncode == 0, proc.stderr
+def test_benchmark_runs(tmp_path, monkeypatch):
+    """A tiny benchmark: its figures, its settings without the where-flags, and the command that measured them; a
+    run whose settings are a declared one records that run's name and command."""
+    argv = ["--hidden-dim", "16", "--emb-dim", "8", "--steps", "1", "--warmup", "0", "--bptt", "8", "--batch-size",
+            "2", "--device", "cpu", "--json", str(tmp_path / "b.json")]
+    benchmark.main(argv)
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["tokens_per_second"]["scratch"] > 0 and r["ratio_torch_over_scratch"] > 0
+    assert "run" not in r and r["command"].startswith("python stage2_rnn_lstm/benchmark.py --hidden-dim 16")
+    assert r["config"] == resolved_config(benchmark.parse_args(argv)) and "json" not in r["config"]
+    monkeypatch.setattr(benchmark, "REFERENCE_RUNS", {"tiny_bench": [benchmark.SCRIPT, *argv[:-4]]})
+    benchmark.main(argv)
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert r["run"] == "tiny_bench" and r["command"] == reference_command([benchmark.SCRIPT, *argv[:-4]])
+    assert benchmark.parse_args(["--model-type", "gru"]).json == "runs/stage2_rnn_lstm/benchmark_gru/result.json"
 
 
 # ----------------------------------------------------------------------------- the real data (CI)
 
-REAL_DATA = os.environ.get("MY_LLM_DATA")
-HAS_REAL_DATA = bool(REAL_DATA) and (Path(REAL_DATA) / "tiny_shakespeare" / "input.txt.gz").is_file()
-
-
-@pytest.mark.real_data
-@pytest.mark.skipif(not HAS_REAL_DATA, reason="MY_LLM_DATA does not point at the real data sets")
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset,extra", [
-    ("tiny_shakespeare", []),
-    ("wikitext2", ["--adaptive-cutoffs", "2000,10000", "--bptt", "35"]),
+    pytest.param("tiny_shakespeare", [], marks=pytest.mark.real_data("tiny_shakespeare")),
+    pytest.param("wikitext2", ["--adaptive-cutoffs", "2000,10000", "--bptt", "35"],
+                 marks=pytest.mark.real_data("wikitext-2")),
 ])
-def test_quick_run_on_real_data(tmp_path, dataset, extra):
+def test_quick_run_on_real_data(tmp_path, dataset, extra, real_data_dir):
     """--quick on the real files: it reads them, trains on a slice, and ends below a uniform guess."""
     proc = run_script("train", "--quick", "--dataset", dataset, "--out-dir", tmp_path / "run", "--result",
                       tmp_path / "r.json", "--hidden-dim", "64", "--emb-dim", "32", *extra,
-                      data_dir=Path(REAL_DATA).resolve(), stage="stage2_rnn_lstm", timeout=600)
+                      data_dir=real_data_dir, stage="stage2_rnn_lstm", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["quick"] is True
