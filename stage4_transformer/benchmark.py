@@ -1,18 +1,20 @@
 """Training speed of this Transformer against torch's nn.Transformer at the same configuration, in one process.
 
     python stage4_transformer/benchmark.py                       # the reference configuration
-    python stage4_transformer/benchmark.py --steps 20 --json stage4_transformer/results/benchmark.json
+    python stage4_transformer/benchmark.py --steps 20 --json runs/stage4_transformer/benchmark_20.json
 
 Both get the same sizes, the same random padded batches and a full training step (forward, label-smoothed loss,
 backward, clipping, AdamW), timed after warm-up steps, in alternating rounds where each keeps its best. nn.Transformer
 gets the same embeddings (token + sinusoidal positions) and a tied output layer, so only the encoder-decoder stacks
-differ. The figure is source + target tokens
-per second; the ratio is ours over torch's.
+differ. The figure is source + target tokens per second; the ratio is ours over torch's.
+
+The figures go to --json (default runs/stage4_transformer/benchmark.json) with the command, the device, the thread
+count and the torch version; `python scripts/publish.py runs/stage4_transformer/benchmark.json` copies the reference
+run's (reference_runs.py) into stage4_transformer/results/benchmark.json.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -25,8 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scripts.common import get_device, positive_int, run_cli, set_seed
+from scripts.common import (command_line, get_device, portable, positive_int, reference_command, reference_run_name,
+                            resolved_config, run_cli, set_seed, write_json)
 from stage4_transformer.model import Embedding, Transformer, TransformerConfig, causal_mask
+from stage4_transformer.reference_runs import REFERENCE_RUNS
+
+SCRIPT = "stage4_transformer/benchmark.py"
 
 
 class TorchTransformer(nn.Module):
@@ -101,7 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds; each model keeps its best")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--json", default="runs/stage4_transformer/benchmark.json",
+                   help="where the figures go; publish them with `python scripts/publish.py <this file>`")
     return p.parse_args(argv)
 
 
@@ -126,12 +133,13 @@ def main(argv=None) -> None:
     print(f"ours runs at {ratio:.2f}x the speed of nn.Transformer (d_model {args.d_model}, {args.layers}+{args.layers} "
           f"layers, FFN {args.d_ff}, batch {args.batch_size} x ({args.src_len}+{args.tgt_len}), {device}, "
           f"{torch.get_num_threads()} threads)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"tokens_per_second": {k: round(v) for k, v in speeds.items()},
-                                               "ratio_ours_over_torch": round(ratio, 2), "device": str(device),
-                                               "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                               "config": vars(args)}, indent=2) + "\n")
+    run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
+    command = reference_command(REFERENCE_RUNS[run]) if run else portable(command_line(SCRIPT, argv))
+    write_json(args.json, {"stage": "stage4_transformer"} | ({"run": run} if run else {}) | {
+        "command": command, "tokens_per_second": {k: round(v) for k, v in speeds.items()},
+        "ratio_ours_over_torch": round(ratio, 2), "device": str(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "config": resolved_config(args)})
+    print(f"wrote {args.json}", file=sys.stderr)
 
 
 if __name__ == "__main__":

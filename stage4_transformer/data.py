@@ -12,8 +12,9 @@ The task and the test sets are Stage 3's, so the two stages compare on equal ter
 As in Stage 3, BLEU is computed on plain text against the raw references, so the tokeniser must be undone exactly:
 `detokenize(tokenize(x)) == normalize(x)`.
 
-The sentence classifier (classify.py) reads SST-2 with `load_sst2` and reuses the same tokeniser and `Vocab` (one
-language, no target side) and `token_batches` (sentences of similar length together).
+The sentence classifier (classify.py) reads SST-2 with `load_sst2`, holds out a validation split of whole sentences
+(`sst2_splits`, `sentence_split`), and reuses the same tokeniser and `Vocab` (one language, no target side) and
+`token_batches` (sentences of similar length together: `sentence_batches`).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.common import UserError
+from scripts.common import UserError, atomic_write, atomic_write_text
 
 LANGS = ("en", "de", "fr")
 SPLITS = {"train": "train", "val": "val", "test2016": "test_2016_flickr", "test2017": "test_2017_flickr"}
@@ -83,11 +84,8 @@ def download(folder: Path) -> None:
                         f"download failed ({reason}). Set --data-dir or MY_LLM_DATA to a folder that has it, or run "
                         f"with internet access.") from None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         for name, data in blobs.items():
-            tmp = folder / f"{name}.gz.part"
-            tmp.write_bytes(data)
-            tmp.replace(folder / f"{name}.gz")
+            atomic_write(folder / f"{name}.gz", lambda f: f.write(data))
     except OSError as e:
         raise UserError(f"downloaded Multi30k but cannot write it to {folder}: {e.strerror or e}") from None
 
@@ -136,14 +134,9 @@ def download_sst2(folder: Path) -> None:
                         f"downloading {hub_id} failed ({reason}). Set --data-dir or MY_LLM_DATA to a folder that has "
                         f"glue/sst2, or run with internet access.") from None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         for split, hub_split in (("train", "train"), ("dev", "validation")):
-            path = folder / SST2_FILES[split]
-            tmp = path.with_name(path.name + ".part")
-            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
-                f.write("sentence\tlabel\n")
-                f.writelines(f"{r['sentence']}\t{int(r['label'])}\n" for r in hub[hub_split])
-            tmp.replace(path)
+            tsv = "sentence\tlabel\n" + "".join(f"{r['sentence']}\t{int(r['label'])}\n" for r in hub[hub_split])
+            atomic_write(folder / SST2_FILES[split], lambda f: f.write(gzip.compress(tsv.encode("utf-8"))))
     except OSError as e:
         raise UserError(f"downloaded {hub_id} but cannot write it to {folder}: {e.strerror or e}") from None
 
@@ -222,8 +215,7 @@ class Vocab:
         return detokenize(tokens)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"itos": self.itos, "n_target": self.n_target}, ensure_ascii=False),
-                              encoding="utf-8")
+        atomic_write_text(path, json.dumps({"itos": self.itos, "n_target": self.n_target}, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
@@ -238,6 +230,14 @@ class Vocab:
     def fingerprint(self) -> str:
         text = "\n".join(self.itos) + (f"\n#{self.n_target}" if self.n_target != len(self.itos) else "")
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def vocab_beside(checkpoint: str | Path, ckpt: dict) -> Vocab:
+    """The vocabulary file next to a checkpoint, checked against the fingerprint the checkpoint recorded."""
+    vocab = Vocab.load(Path(checkpoint).parent / ckpt["vocab"]["file"])
+    if vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
+        raise UserError(f"the vocabulary beside {checkpoint} is not the one it was trained with (fingerprints differ)")
+    return vocab
 
 
 # ----------------------------------------------------------------------------- batches of about N tokens
@@ -286,3 +286,77 @@ def token_batches(lengths: list[tuple[int, int]], max_tokens: int, seed: int, sh
     if shuffle:
         rng.shuffle(batches)
     return batches
+
+
+# ----------------------------------------------------------------------------- SST-2 splits and batches (classifier)
+
+def sst2_splits(data_dir: str | Path, val_size: int, n_train: int | None = None,
+                n_dev: int | None = None) -> tuple[dict[str, tuple[list[str], list[int]]], int]:
+    """{"train", "val", "dev"} -> (sentences, labels), and how many training rows were dropped as phrases of val.
+
+    GLUE's test labels are private, so dev is the test set here, scored once at the end. Validation is held out from
+    train by `sentence_split` (fixed, whatever the training seed): min(val_size, a tenth of train) whole sentences.
+    n_train / n_dev keep only the first rows of each file (--quick).
+    """
+    texts, labels = load_sst2(data_dir, "train")
+    dev_texts, dev_labels = load_sst2(data_dir, "dev")
+    texts, labels, dev_texts, dev_labels = texts[:n_train], labels[:n_train], dev_texts[:n_dev], dev_labels[:n_dev]
+    n_val = min(val_size, len(texts) // 10)
+    if n_val < 1:
+        raise UserError(f"SST-2 train in {data_dir} has only {len(texts)} rows: too few to hold out a validation split")
+    train_rows, val_rows = sentence_split(texts, n_val, random.Random(0))
+    splits = {"train": ([texts[i] for i in train_rows], [labels[i] for i in train_rows]),
+              "val": ([texts[i] for i in val_rows], [labels[i] for i in val_rows]),
+              "dev": (dev_texts, dev_labels)}
+    return splits, len(texts) - len(train_rows) - len(val_rows)
+
+
+def sentence_split(texts: list[str], n_val: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(train rows, val rows) of a training set made of the phrases of its sentences, as SST-2's is.
+
+    SST-2's train set is every phrase of the parse trees of about 8,500 sentences, so a random held-out row would
+    nearly always be a phrase of another training row, and its score would measure memory. Validation takes `n_val`
+    rows that no other row contains (whole sentences), tried in a random order. Training keeps every other row except
+    those that are a phrase inside a validation sentence: their labels would give its answer away. What is left is
+    dev's situation: sentences never seen, in whole or in part.
+    """
+    words = [t.split() for t in texts]
+    spaced = [f" {' '.join(w)} " for w in words]  # spaces around: "art" is not inside "party"
+    rows_with: dict[str, list[int]] = {}          # word -> the rows that hold it
+    for i, w in enumerate(words):
+        for word in set(w):
+            rows_with.setdefault(word, []).append(i)
+
+    def is_whole(i: int) -> bool:
+        if not words[i]:
+            return False
+        rarest = min(set(words[i]), key=lambda word: len(rows_with[word]))  # a row containing i holds this word too
+        return not any(j != i and spaced[i] in spaced[j] for j in rows_with[rarest])
+
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    val = []
+    for i in order:
+        if len(val) == n_val:
+            break
+        if is_whole(i):
+            val.append(i)
+    if len(val) < n_val:
+        raise UserError(f"--val-size asks for {n_val} whole sentences, but the training set has only {len(val)}")
+    phrases = {" ".join(words[i][a:b]) for i in val
+               for a in range(len(words[i])) for b in range(a + 1, len(words[i]) + 1)}
+    held = set(val)
+    train = [i for i in range(len(texts)) if i not in held and " ".join(words[i]) not in phrases]
+    return train, val
+
+
+def encode_sentences(vocab: Vocab, texts: list[str], max_len: int) -> list[list[int]]:
+    """<bos> tokens <eos> for each text, lower-cased as SST-2 is, cut to max_len ids. The <bos> is the position that
+    --pool first reads; for the mean it is one more token."""
+    return [([BOS_ID] + vocab.encode(t.lower()))[:max_len] for t in texts]
+
+
+def sentence_batches(seqs: list[list[int]], batch_size: int, seed: int, shuffle: bool = True) -> list[list[int]]:
+    """Up to batch_size sentences of similar length per batch (token_batches with no token limit). The batches
+    depend only on `seed` (seed + epoch in training), so a resumed run sees the same ones."""
+    return token_batches([(len(s), 0) for s in seqs], 10 ** 9, seed, shuffle=shuffle, max_sentences=batch_size)

@@ -7,6 +7,9 @@
 A map figure has one row per layer and one column per head. Cross-attention (the default) shows, for every word of
 the translation, where each head looked in the source; encoder and decoder self-attention show how the words of one
 sentence look at each other (the decoder's is lower-triangular: the causal mask).
+
+The sentence classifier's figures are here too: `class_probabilities` (a batch of sentences -> softmax) and
+`classification_metrics` (accuracy and macro-F1), which classify.py and predict.py use.
 """
 from __future__ import annotations
 
@@ -21,19 +24,18 @@ if __package__ in (None, ""):  # run as `python stage4_transformer/evaluate.py`:
 import torch
 
 from scripts.common import UserError, get_device, load_checkpoint, positive_int, resolve_data_dir, run_cli
-from stage4_transformer.data import BOS_ID, SPLITS, Vocab, load_pairs
+from stage4_transformer.data import BOS_ID, SPLITS, Vocab, load_pairs, pad, sentence_batches, vocab_beside
 from stage4_transformer.decoding import bleu, translate
-from stage4_transformer.model import Transformer, TransformerConfig
+from stage4_transformer.model import Transformer, TransformerClassifier, TransformerConfig
+from stage4_transformer.reference_runs import TRANSLATOR_CHECKPOINT
 
 STAGE = "stage4_transformer"
 MAP_KINDS = ("cross", "encoder", "decoder")
 
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[Transformer, Vocab, dict]:
-    ckpt = load_checkpoint(checkpoint, stage=STAGE)
-    vocab = Vocab.load(Path(checkpoint).parent / ckpt["vocab"]["file"])
-    if vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
-        raise UserError(f"the vocabulary beside {checkpoint} is not the one it was trained with (fingerprints differ)")
+    ckpt = load_checkpoint(checkpoint, stage=STAGE, kind="translator")
+    vocab = vocab_beside(checkpoint, ckpt)
     try:
         model = Transformer(TransformerConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["model"])
@@ -60,6 +62,37 @@ def attention_maps(model: Transformer, vocab: Vocab, source: str, translation_id
     return torch.stack(cross_ws)[:, 0].cpu(), tgt_tokens, src_tokens
 
 
+@torch.no_grad()
+def class_probabilities(model: TransformerClassifier, seqs: list[list[int]], device,
+                        batch_size: int = 256) -> torch.Tensor:
+    """The classifier's (N, n_classes) softmax probabilities on the CPU, in the order of `seqs` (encode_sentences)."""
+    was_training = model.training
+    model.eval()
+    probs = torch.zeros(len(seqs), model.cfg.n_classes)
+    for idx in sentence_batches(seqs, batch_size, seed=0, shuffle=False):
+        logits = model(pad([seqs[i] for i in idx]).to(device))     # (B, n_classes)
+        probs[idx] = logits.float().softmax(-1).cpu()
+    model.train(was_training)
+    return probs
+
+
+def classification_metrics(preds: list[int], labels: list[int]) -> dict:
+    """Accuracy, and macro-F1: the mean over the two classes of F1, so that a model that favours one class shows it."""
+    f1s = []
+    for c in (0, 1):
+        tp = sum(p == c and y == c for p, y in zip(preds, labels))
+        fp = sum(p == c and y != c for p, y in zip(preds, labels))
+        fn = sum(p != c and y == c for p, y in zip(preds, labels))
+        f1s.append(2 * tp / max(2 * tp + fp + fn, 1))
+    accuracy = sum(p == y for p, y in zip(preds, labels)) / max(len(labels), 1)
+    return {"accuracy": round(accuracy, 4), "macro_f1": round(sum(f1s) / 2, 4)}
+
+
+def score_classifier(model: TransformerClassifier, seqs: list[list[int]], labels: list[int], device) -> dict:
+    """classification_metrics of the classifier's most probable class for each sentence."""
+    return classification_metrics(class_probabilities(model, seqs, device).argmax(-1).tolist(), labels)
+
+
 def plot_maps(path: str | Path, weights: torch.Tensor, rows: list[str], cols: list[str], title: str = "") -> None:
     """A grid of heat-maps: layers down, heads across. Drawn on a bare Figure: no display or pyplot state needed."""
     from matplotlib.figure import Figure
@@ -84,7 +117,7 @@ def plot_maps(path: str | Path, weights: torch.Tensor, rows: list[str], cols: li
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="sacreBLEU on the test sets for a Stage 4 checkpoint; attention maps.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/stage4_transformer/multi30k_en_fr/best.pt")
+    p.add_argument("--checkpoint", default=TRANSLATOR_CHECKPOINT)
     p.add_argument("--data-dir", default=None, help="data folder (default: $MY_LLM_DATA, else ~/.cache/my_llm/data)")
     p.add_argument("--split", default="test", help="test (= test2016 and test2017), or one of: " + ", ".join(SPLITS))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

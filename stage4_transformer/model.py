@@ -11,6 +11,9 @@ reach the first layers unchanged and training is stable without a long warmup).
 Decoding keeps a cache per decoder layer: the keys and values of the tokens generated so far (self-attention) and of
 the source (cross-attention, computed once). A step then costs one new row of attention instead of the whole prefix;
 the tests check that cached and uncached decoding give the same logits.
+
+The same encoder, with a pooled sentence vector and a linear layer on top, is the stage's sentence classifier
+(`ClassifierConfig`, `TransformerClassifier`, at the end of this file; classify.py trains it on SST-2).
 """
 from __future__ import annotations
 
@@ -277,6 +280,80 @@ class Transformer(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1),
                                    ignore_index=self.cfg.pad_id, label_smoothing=label_smoothing)
         return logits, loss
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ----------------------------------------------------------------------------- the sentence classifier
+
+@dataclass
+class ClassifierConfig:
+    vocab_size: int
+    n_classes: int = 2            # SST-2: negative, positive
+    d_model: int = 128            # width of every token's vector
+    n_heads: int = 4
+    n_layers: int = 2             # encoder layers
+    d_ff: int = 512               # feed-forward hidden size (4 d_model, as in the paper)
+    dropout: float = 0.1          # inside the encoder (as in the translator) and on the sentence vector
+    norm: str = "pre"             # "pre" or "post" LayerNorm
+    pos: str = "sinusoidal"       # "sinusoidal" or "learned" positions
+    pool: str = "mean"            # "mean" of the real tokens' vectors, or "first": the <bos> token's ([CLS]-style)
+    max_len: int = 128            # tokens per sentence, <bos> and <eos> included (longer ones are cut)
+    pad_id: int = 0               # data.PAD_ID
+
+    def __post_init__(self):
+        if self.pool not in ("mean", "first"):
+            raise ValueError(f"pool must be mean|first, got {self.pool!r}")
+        self.encoder_config()  # the encoder's own checks: d_model divisible by n_heads, norm, pos
+
+    def encoder_config(self) -> TransformerConfig:
+        """The translator's config with only the encoder's fields in use: the blocks above read their sizes from it."""
+        return TransformerConfig(src_vocab_size=self.vocab_size, tgt_vocab_size=self.vocab_size, d_model=self.d_model,
+                                 n_heads=self.n_heads, n_enc_layers=self.n_layers, n_dec_layers=0, d_ff=self.d_ff,
+                                 dropout=self.dropout, norm=self.norm, pos=self.pos, max_len=self.max_len,
+                                 pad_id=self.pad_id)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TransformerClassifier(nn.Module):
+    """The translator's encoder -> one vector per sentence -> dropout -> Linear to the classes.
+
+    The sentence vector is, by default, the mean of the encoder's outputs over the real tokens. A [CLS]-style vector
+    (the output at one extra first token, BERT's choice; --pool first) works in BERT because pre-training has already
+    taught the network to gather a summary there. Trained from scratch on short labelled phrases, that one position
+    must learn to collect the sentence through attention alone, and the loss reaches every other word only through
+    its attention weights. The mean gives every word a direct path to the loss (a bag of words, each seen in its
+    context), which is the usual choice for small classifiers trained from scratch. Pads are left out of attention
+    (padding_mask) and out of the mean, so a sentence gets the same prediction alone or padded in a batch.
+    """
+
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        self.cfg = cfg
+        enc = cfg.encoder_config()
+        self.embed = Embedding(cfg.vocab_size, enc)
+        self.encoder = nn.ModuleList(EncoderLayer(enc) for _ in range(cfg.n_layers))
+        # pre-norm leaves the last residual sum un-normalised: one final LayerNorm (as the translator's encoder)
+        self.enc_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.d_model, cfg.n_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T): <bos> sentence <eos>, right-padded -> logits (B, n_classes)."""
+        mask = padding_mask(ids, self.cfg.pad_id)         # (B, 1, 1, T), True on real tokens
+        x = self.embed(ids)                               # (B, T, d)
+        for layer in self.encoder:
+            x, _ = layer(x, mask)                         # (B, T, d): every token now carries its context
+        x = self.enc_norm(x)
+        if self.cfg.pool == "first":
+            sentence = x[:, 0]                            # (B, d): the <bos> position
+        else:
+            real = mask[:, 0, 0, :, None].to(x.dtype)     # (B, T, 1): 1 on real tokens, 0 on pads
+            sentence = (x * real).sum(1) / real.sum(1)    # (B, d): mean over the real tokens only
+        return self.head(self.drop(sentence))             # (B, n_classes)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

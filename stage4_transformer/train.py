@@ -14,11 +14,16 @@ on test2016 and test2017 with beam search. On CUDA, --amp runs the forward pass 
 --time-budget stops training after that many minutes (the cosine schedule then counts progress in time, so it
 reaches its end as the budget runs out). --average-last K keeps the weights of the last K epochs and, if their
 average scores better on validation than best.pt, reports the average (checkpoint averaging, Vaswani et al. 2017).
+
+Outputs in --out-dir (default runs/stage4_transformer/multi30k_<src>_<tgt>): best.pt, last.pt (to --resume; also
+written on Ctrl-C and SIGTERM), vocab.json, train.log, the translations of the test sets (*.hyp.txt), result.json and
+its plot.
+The runs behind the published figures are declared in reference_runs.py; `python scripts/publish.py
+<out-dir>/result.json` copies such a run's result into stage4_transformer/results/.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 import time
@@ -30,15 +35,18 @@ if __package__ in (None, ""):  # run as `python stage4_transformer/train.py`: pu
 import torch
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
-                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
-                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
-                            write_result)
-from stage4_transformer.data import Vocab, check_pair, load_pairs, make_batch, token_batches
+from scripts.common import (UserError, add_common_args, atomic_write_text, autocast_for, catch_stop_signals,
+                            get_device, get_logger, load_checkpoint, merge_resumed_args, note_command,
+                            parse_with_quick_defaults, plot_curves, portable, positive_float, positive_int,
+                            probability, reference_run_name, resolve_data_dir, resolved_config, rng_state, run_cli,
+                            save_checkpoint, set_rng_state, set_seed, write_result)
+from stage4_transformer.data import Vocab, check_pair, load_pairs, make_batch, token_batches, vocab_beside
 from stage4_transformer.decoding import bleu, translate
 from stage4_transformer.model import Transformer, TransformerConfig
+from stage4_transformer.reference_runs import REFERENCE_RUNS
 
 STAGE = "stage4_transformer"
+SCRIPT = "stage4_transformer/train.py"
 TEST_SPLITS = ["test2016", "test2017"]
 QUICK_TRAIN, QUICK_EVAL = 2_000, 100
 QUICK_LR, QUICK_WARMUP = 1e-3, 20
@@ -50,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--src", default="en", help="source language: en, de or fr")
     p.add_argument("--tgt", default="fr", help="target language")
-    add_common_args(p, epochs=10, batch_size=0, lr=1.5e-3, out_dir="runs/stage4_transformer/{name}")
+    add_common_args(p, epochs=10, batch_size=0, lr=1.5e-3, out_dir="runs/stage4_transformer/{name}")  # {name}: run_name
     p.add_argument("--batch-tokens", type=positive_int, default=4096,
                    help="tokens (source + target, padding included) per batch; --batch-size N batches N sentences instead")
     p.add_argument("--accum-steps", type=positive_int, default=1, help="batches whose gradients make one optimizer step")
@@ -79,20 +87,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beam-size", type=positive_int, default=5, help="beam width for the final test scores")
     p.add_argument("--length-penalty", type=float, default=0.6, help="alpha in ((5 + length) / 6) ** alpha")
     p.add_argument("--max-len", type=positive_int, default=100, help="training pairs longer than this are skipped")
-    p.add_argument("--result", default=None, help="result JSON path (default: stage4_transformer/results/"
-                                                  "multi30k_<src>_<tgt>[_postnorm][_learnedpos].json; "
-                                                  "<out-dir>/result.json for smoke runs)")
-    args = p.parse_args(argv)
-    given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
-    if args.quick:
-        args.lr = args.lr if "--lr" in given else QUICK_LR
-        args.warmup_steps = args.warmup_steps if "--warmup-steps" in given else QUICK_WARMUP
+    p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
+                                                  "`python scripts/publish.py <out-dir>/result.json`)")
+    args = parse_with_quick_defaults(p, argv, {"lr": QUICK_LR, "warmup_steps": QUICK_WARMUP})
     if args.average_last < 0 or args.average_last == 1:
         p.error(f"--average-last must be 0 (off) or at least 2, got {args.average_last}")
     if args.d_model % args.n_heads:
         p.error(f"--d-model {args.d_model} must be divisible by --n-heads {args.n_heads}")
     if args.max_len + 1 > 256:
         p.error("--max-len must stay below 256 (the positional table's length)")
+    args.out_dir = args.out_dir.format(name=run_name(args))
     return args
 
 
@@ -164,8 +168,8 @@ def lr_at(step: int, args, total_steps: int, elapsed: float = 0.0) -> float:
 
 def keep_epoch_weights(model, folder: Path, epoch: int, keep: int) -> None:
     """Save this epoch's weights as folder/epochNNN.pt and delete all but the newest `keep` of them."""
-    save_checkpoint({"stage": STAGE, "epoch": epoch, "config": model.cfg.to_dict(), "model": model.state_dict()},
-                    folder / f"epoch{epoch:03d}.pt")
+    save_checkpoint({"stage": STAGE, "kind": "translator", "epoch": epoch, "config": model.cfg.to_dict(),
+                     "model": model.state_dict()}, folder / f"epoch{epoch:03d}.pt")
     for old in sorted(folder.glob("epoch*.pt"))[:-keep]:
         old.unlink()
 
@@ -175,50 +179,23 @@ def average_weights(files: list[Path]) -> dict:
     (the learning rate is never 0); their mean sits nearer its centre than any one of them, and is often better."""
     total = None
     for f in files:
-        weights = load_checkpoint(f, stage=STAGE)["model"]
+        weights = load_checkpoint(f, stage=STAGE, kind="translator")["model"]
         total = weights if total is None else {k: total[k] + v for k, v in weights.items()}
     return {k: v / len(files) for k, v in total.items()}
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """Mixed precision on CUDA only: bf16 where the GPU has it (no loss scaling needed), else fp16."""
-    if not (enabled and device.type == "cuda"):
-        return contextlib.nullcontext(), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return torch.autocast("cuda", dtype=dtype), scaler
+def resume_checkpoint(args) -> dict:
+    """<out-dir>/last.pt, checked to be a run of the same language pair and variant (run_name)."""
+    path = Path(args.out_dir) / "last.pt"
+    ckpt = load_checkpoint(path, stage=STAGE, kind="translator")
+    saved = run_name(argparse.Namespace(**ckpt["args"]))
+    if saved != run_name(args):
+        raise UserError(f"{path} is a {saved} run, not {run_name(args)}")
+    return ckpt
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    args.out_dir = args.out_dir.format(name=run_name(args))
-    out_dir = Path(args.out_dir)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
-        saved = ckpt["args"]
-        if run_name(argparse.Namespace(**saved)) != run_name(args):
-            raise UserError(f"{out_dir / 'last.pt'} is a {run_name(argparse.Namespace(**saved))} run, not {run_name(args)}")
-        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
-    log = get_logger(STAGE, out_dir / "train.log")
-    log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
-    device = get_device(args.device)
-    set_seed(args.seed)
-    t_start = time.time()
-
-    # ---- data
-    data_dir = resolve_data_dir(args.data_dir)
-    vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
-    if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
-        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
-    pairs, vocab, train = prepare_data(args, data_dir, vocab, log)
-    if not ckpt:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        vocab.save(out_dir / "vocab.json")
-    steps_per_epoch = math.ceil(len(epoch_batches(train, args, 0)) / args.accum_steps)
-    total_steps = args.epochs * steps_per_epoch
-
-    # ---- model and optimizer
+def build_model(args, vocab: Vocab, device) -> tuple[Transformer, torch.optim.Optimizer]:
+    """The Transformer at the command line's sizes over the joint vocabulary, and AdamW with the paper's betas."""
     config = TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=vocab.n_target, d_model=args.d_model,
                                n_heads=args.n_heads, n_enc_layers=args.layers, n_dec_layers=args.layers, d_ff=args.d_ff,
                                dropout=args.dropout, norm=args.norm, pos=args.pos,
@@ -226,34 +203,138 @@ def main(argv=None) -> None:
     model = Transformer(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
+    return model, optimizer
+
+
+def optimizer_step(model, optimizer, scaler, clip: float) -> None:
+    """Clip the gradient norm and step; with fp16 loss scaling, unscale the gradients first (and let the scaler skip
+    a step whose gradients overflowed)."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def new_state() -> dict:
+    """A fresh run's progress: where the loop is, the best validation BLEU so far, the curves."""
+    return {"epoch": 0, "batch": 0, "step": 0, "tokens": 0, "best_val_bleu": -1.0, "best_step": 0,
+            "train_seconds": 0.0, "history": {"train_loss": [], "val_loss": [], "val_bleu": []}}
+
+
+def restore_run(ckpt: dict, model, optimizer, scaler, log) -> dict:
+    """Put last.pt's weights, optimizer (and loss scaler) and random state back; return its progress."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    state = ckpt["state"]
+    log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
+    return state
+
+
+def save_run(path: Path, model, args, state: dict, vocab: Vocab, optimizer=None, scaler=None) -> None:
+    """A checkpoint of the run: weights, settings, progress and random state; with `optimizer`, enough to --resume."""
+    obj = {"stage": STAGE, "kind": "translator", "dataset": "multi30k", "config": model.cfg.to_dict(),
+           "args": vars(args), "model": model.state_dict(), "state": state, "rng": rng_state(),
+           "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}}
+    if optimizer is not None:
+        obj["optimizer"] = optimizer.state_dict()
+        obj["scaler"] = scaler.state_dict() if scaler is not None else None
+    save_checkpoint(obj, path)
+
+
+def final_weights(model, args, state: dict, vocab: Vocab, pairs: dict, out_dir: Path, device, log) -> dict:
+    """Load best.pt (the best validation BLEU), or the average of the last --average-last epochs if that scores
+    better on validation (then saved as averaged.pt). Returns which weights the final report scores."""
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind="translator")["model"])
+    final = {"weights": "best.pt", "val_bleu_greedy": state["best_val_bleu"]}
+    epoch_files = sorted((out_dir / "epochs").glob("epoch*.pt")) if args.average_last else []
+    if len(epoch_files) >= 2:
+        best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(average_weights(epoch_files))
+        avg_bleu = score(model, vocab, pairs["val"], device)["bleu"]
+        log.info(f"average of the last {len(epoch_files)} epochs: val BLEU {avg_bleu:.2f} "
+                 f"(best single epoch {state['best_val_bleu']:.2f})")
+        if avg_bleu > state["best_val_bleu"]:
+            save_run(out_dir / "averaged.pt", model, args, state, vocab)
+            final = {"weights": "averaged.pt", "epochs": [f.stem for f in epoch_files], "val_bleu_greedy": avg_bleu}
+        else:
+            model.load_state_dict(best_weights)
+    return final
+
+
+def final_report(args, model, vocab: Vocab, pairs: dict, state: dict, out_dir: Path, data_dir: Path, device,
+                 t_start: float, log) -> None:
+    """The final weights scored with beam search on the test sets and val -> <out-dir>/result.json (or --result), its
+    plot, and each split's translations (<split>.hyp.txt)."""
+    final = final_weights(model, args, state, vocab, pairs, out_dir, device, log)
+    metrics, signature = {}, None
+    for split in TEST_SPLITS + ["val"]:
+        s = score(model, vocab, pairs[split], device, args.beam_size, args.length_penalty)
+        prefix = "" if split == TEST_SPLITS[0] else f"{split}_"
+        metrics.update({f"{prefix}bleu": s["bleu"], f"{prefix}bleu_lc": s["bleu_lc"]})
+        signature = {"cased": s["signature"], "lowercased": s["signature_lc"]}
+        atomic_write_text(out_dir / f"{split}.hyp.txt", "\n".join(s["hypotheses"]) + "\n")
+    log.info(f"{final['weights']} (beam {args.beam_size}): " + " | ".join(f"{k} {v}" for k, v in metrics.items()))
+    result_path = Path(args.result) if args.result else out_dir / "result.json"
+    headline = "bleu" if args.src != "de" else "bleu_lc"
+    run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
+    write_result(result_path, stage=STAGE, dataset=f"multi30k {args.src}-{args.tgt}", split=TEST_SPLITS[0],
+                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
+                 params=model.num_params(), command=state["commands"], run=run, declared=REFERENCE_RUNS.get(run),
+                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
+                        "sacrebleu_signature": signature,
+                        "decoding": {"beam_size": args.beam_size, "length_penalty": args.length_penalty},
+                        "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
+                        "best_val_bleu_greedy": state["best_val_bleu"], "final_weights": final,
+                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
+                        "vocab_size": len(vocab), "config": model.cfg.to_dict(), "hparams": resolved_config(args),
+                        "sizes": {k: len(v) for k, v in pairs.items()}, "data_dir": portable(str(data_dir))})
+    h = state["history"]
+    plot_curves(result_path.with_suffix(".png"), {
+        "loss (nats/token)": {"train (per step, smoothed labels)": tuple(zip(*h["train_loss"])),
+                              "val": tuple(zip(*h["val_loss"]))},
+        "val BLEU (greedy)": {"val": tuple(zip(*h["val_bleu"]))},
+    }, title=f"Transformer ({args.norm}-norm), multi30k {args.src}->{args.tgt}\n{headline} {metrics[headline]}")
+    log.info(f"wrote {result_path} and its plot" + (f" (the reference run {run})" if run else ""))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    ckpt = resume_checkpoint(args) if args.resume else None
+    if ckpt:
+        args = merge_resumed_args(args, ckpt["args"], RESUMABLE)
+    log = get_logger(STAGE, out_dir / "train.log")
+    log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    device = get_device(args.device)
+    set_seed(args.seed)
+    t_start = time.time()
+
+    # ---- data: every split's raw pairs, one joint vocabulary (train only), the encoded training pairs
+    data_dir = resolve_data_dir(args.data_dir)
+    pairs, vocab, train = prepare_data(args, data_dir, vocab_beside(out_dir / "last.pt", ckpt) if ckpt else None, log)
+    if not ckpt:
+        vocab.save(out_dir / "vocab.json")
+    steps_per_epoch = math.ceil(len(epoch_batches(train, args, 0)) / args.accum_steps)
+    total_steps = args.epochs * steps_per_epoch
+
+    # ---- model and optimizer
+    model, optimizer = build_model(args, vocab, device)
     autocast, scaler = autocast_for(device, args.amp)
-    log.info(f"model: {model.num_params():,} parameters, {config}")
+    log.info(f"model: {model.num_params():,} parameters, {model.cfg}")
     log.info(f"about {steps_per_epoch} optimizer steps per epoch (~{args.batch_tokens} tokens x {args.accum_steps}), "
              f"{total_steps} in all")
+    state = restore_run(ckpt, model, optimizer, scaler, log) if ckpt else new_state()
+    note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
 
-    state = {"epoch": 0, "batch": 0, "step": 0, "tokens": 0, "best_val_bleu": -1.0, "best_step": 0,
-             "train_seconds": 0.0, "history": {"train_loss": [], "val_loss": [], "val_bleu": []}}
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
-        set_rng_state(ckpt["rng"])
-        log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
-    note_command(state, "stage4_transformer/train.py", argv)  # the checkpoints keep it: results name the first
-
-    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
-        obj = {"stage": STAGE, "dataset": "multi30k", "config": config.to_dict(), "args": vars(args),
-               "model": model.state_dict(), "state": state, "rng": rng_state(),
-               "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}}
-        if with_optimizer:
-            obj["optimizer"] = optimizer.state_dict()
-            obj["scaler"] = scaler.state_dict() if scaler is not None else None
-        save_checkpoint(obj, path)
-
+    # ---- the loop: an optimizer step = --accum-steps batches; each epoch ends with validation loss and BLEU
     stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
-
     t_loop = time.time() - state["train_seconds"]
     out_of_time = False
     try:
@@ -283,14 +364,7 @@ def main(argv=None) -> None:
                     (scaler.scale(loss * share) if scaler else loss * share).backward()
                     step_loss += loss.item() * share
                     state["tokens"] += int(b["src"].ne(0).sum() + b["tgt_out"].ne(0).sum())
-                if scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                optimizer_step(model, optimizer, scaler, args.clip)
                 state["step"] += 1
                 state["batch"] += 1
                 state["history"]["train_loss"].append([state["step"], round(step_loss, 5)])
@@ -305,6 +379,7 @@ def main(argv=None) -> None:
             bar.close()
             if stop["by"]:
                 break
+            # ---- end of an epoch: validation loss and BLEU (greedy); best.pt is the best BLEU so far
             state["train_seconds"] = time.time() - t_loop
             val_loss = evaluate_loss(model, vocab, pairs["val"], device)
             val_bleu = score(model, vocab, pairs["val"], device)["bleu"]
@@ -319,10 +394,10 @@ def main(argv=None) -> None:
                      f"| val BLEU {val_bleu:.2f} | {state['train_seconds']:.0f}s")
             if val_bleu >= state["best_val_bleu"]:
                 state["best_val_bleu"], state["best_step"] = val_bleu, state["step"]
-                checkpoint(out_dir / "best.pt", with_optimizer=False)
+                save_run(out_dir / "best.pt", model, args, state, vocab)
             if args.average_last:  # the last K epochs' weights, for averaging at the end
                 keep_epoch_weights(model, out_dir / "epochs", state["epoch"], args.average_last)
-            checkpoint(out_dir / "last.pt")
+            save_run(out_dir / "last.pt", model, args, state, vocab, optimizer, scaler)
             if out_of_time:
                 log.info(f"time budget of {args.time_budget} minutes used up at step {state['step']}")
                 break
@@ -330,61 +405,13 @@ def main(argv=None) -> None:
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop
-        checkpoint(out_dir / "last.pt")
+        save_run(out_dir / "last.pt", model, args, state, vocab, optimizer, scaler)
         log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
-                 f"python stage4_transformer/train.py --src {args.src} --tgt {args.tgt} --out-dir {out_dir} --resume")
+                 f"python {SCRIPT} --src {args.src} --tgt {args.tgt} --out-dir {out_dir} --resume")
         if stop["by"] != "max_steps":
             sys.exit(130)
-    if not state["history"]["val_bleu"]:
-        return
-
-    # ---- final report: the best checkpoint (by val BLEU), or the average of the last epochs if it scores better
-    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE)["model"])
-    final = {"weights": "best.pt", "val_bleu_greedy": state["best_val_bleu"]}
-    epoch_files = sorted((out_dir / "epochs").glob("epoch*.pt")) if args.average_last else []
-    if len(epoch_files) >= 2:
-        best_weights = {k: v.clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(average_weights(epoch_files))
-        avg_bleu = score(model, vocab, pairs["val"], device)["bleu"]
-        log.info(f"average of the last {len(epoch_files)} epochs: val BLEU {avg_bleu:.2f} "
-                 f"(best single epoch {state['best_val_bleu']:.2f})")
-        if avg_bleu > state["best_val_bleu"]:
-            checkpoint(out_dir / "averaged.pt", with_optimizer=False)
-            final = {"weights": "averaged.pt", "epochs": [f.stem for f in epoch_files], "val_bleu_greedy": avg_bleu}
-        else:
-            model.load_state_dict(best_weights)
-    metrics, signature = {}, None
-    for split in TEST_SPLITS + ["val"]:
-        s = score(model, vocab, pairs[split], device, args.beam_size, args.length_penalty)
-        prefix = "" if split == TEST_SPLITS[0] else f"{split}_"
-        metrics.update({f"{prefix}bleu": s["bleu"], f"{prefix}bleu_lc": s["bleu_lc"]})
-        signature = {"cased": s["signature"], "lowercased": s["signature_lc"]}
-        (out_dir / f"{split}.hyp.txt").write_text("\n".join(s["hypotheses"]) + "\n", encoding="utf-8")
-    log.info(f"{final['weights']} (beam {args.beam_size}): "
-             + " | ".join(f"{k} {v}" for k, v in metrics.items()))
-    smoke = args.quick or args.max_steps is not None
-    result_path = Path(args.result) if args.result else (
-        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{run_name(args)}.json")
-    headline = "bleu" if args.src != "de" else "bleu_lc"
-    write_result(result_path, stage=STAGE, dataset=f"multi30k {args.src}-{args.tgt}", split=TEST_SPLITS[0],
-                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
-                 params=model.num_params(), command=state["commands"],
-                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
-                        "sacrebleu_signature": signature,
-                        "decoding": {"beam_size": args.beam_size, "length_penalty": args.length_penalty},
-                        "epochs_run": state["epoch"], "steps": state["step"], "best_step": state["best_step"],
-                        "best_val_bleu_greedy": state["best_val_bleu"], "final_weights": final,
-                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
-                        "vocab_size": len(vocab), "config": config.to_dict(),
-                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
-                        "sizes": {k: len(v) for k, v in pairs.items()}, "data_dir": str(data_dir)})
-    h = state["history"]
-    plot_curves(result_path.with_suffix(".png"), {
-        "loss (nats/token)": {"train (per step, smoothed labels)": tuple(zip(*h["train_loss"])),
-                              "val": tuple(zip(*h["val_loss"]))},
-        "val BLEU (greedy)": {"val": tuple(zip(*h["val_bleu"]))},
-    }, title=f"Transformer ({args.norm}-norm), multi30k {args.src}->{args.tgt}\n{headline} {metrics[headline]}")
-    log.info(f"wrote {result_path} and its plot")
+    if state["history"]["val_bleu"]:  # a run stopped before its first validation has nothing to report
+        final_report(args, model, vocab, pairs, state, out_dir, data_dir, device, t_start, log)
 
 
 if __name__ == "__main__":

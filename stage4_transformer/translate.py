@@ -22,6 +22,7 @@ from scripts.common import UserError, get_device, positive_int, run_cli
 from stage4_transformer.data import normalize, tokenize
 from stage4_transformer.decoding import translate
 from stage4_transformer.evaluate import attention_maps, load_model, plot_maps
+from stage4_transformer.reference_runs import TRANSLATOR_CHECKPOINT
 
 MAX_CHARS = 1000  # the model was trained on captions of a few dozen words
 MAX_TOKENS = 200  # and its positional table stops at 256
@@ -31,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Translate sentences with a Stage 4 checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("sentences", nargs="*", help="sentences to translate (default: one per line from stdin)")
-    p.add_argument("--checkpoint", default="runs/stage4_transformer/multi30k_en_fr/best.pt")
+    p.add_argument("--checkpoint", default=TRANSLATOR_CHECKPOINT)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--beam-size", type=positive_int, default=5, help="1 = greedy search")
     p.add_argument("--length-penalty", type=float, default=0.6, help="alpha in ((5 + length) / 6) ** alpha")

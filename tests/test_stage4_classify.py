@@ -1,6 +1,7 @@
 """Stage 4's sentence classifier: the model (shapes, padding changes nothing, the encoder is the translator's), the
-whole-sentence validation split, SST-2 reading and download (patched), a --quick run on tiny files, load_predictor,
-exact resume, SIGTERM, and one-line errors for bad input and bad checkpoints."""
+whole-sentence validation split, SST-2 reading and download (patched), a --quick run on tiny files, a run at the
+reference settings (it records its reference run), predict.py's load_predictor, exact resume, SIGTERM, and one-line
+errors for bad input and bad checkpoints."""
 from __future__ import annotations
 
 import gzip
@@ -12,11 +13,10 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, cli, run_script, signal_mid_training
-from scripts.common import UserError, load_checkpoint, save_checkpoint
-from stage4_transformer import classify
-from stage4_transformer.classify import ClassifierConfig, TransformerClassifier, sentence_split
-from stage4_transformer.data import load_sst2, pad
-from stage4_transformer.model import Transformer, TransformerConfig
+from scripts.common import UserError, load_checkpoint, resolved_config, save_checkpoint
+from stage4_transformer import classify, predict
+from stage4_transformer.data import load_sst2, pad, sentence_split
+from stage4_transformer.model import ClassifierConfig, Transformer, TransformerClassifier, TransformerConfig
 
 STAGE = "stage4_transformer"
 
@@ -130,16 +130,26 @@ def test_quick_run_learns_and_writes_its_outputs(trained):
     assert r["metrics"]["accuracy"] >= 0.8  # the tiny SST-2 has cue words; chance is 0.5
     assert r["command"].startswith("python stage4_transformer/classify.py ") and r["params"] > 0
     assert r["sizes"] == {"train": 180, "val": 20, "dev": 60, "train_phrases_of_val_dropped": 0}
+    assert "run" not in r and r["hparams"] == resolved_config(classify.parse_args(run_args("d", trained)))
+    assert load_checkpoint(trained / "best.pt")["kind"] == "classifier"
+
+
+def test_the_reference_settings_record_their_run(shared_tiny_data_dir, tmp_path):
+    """The declared command's settings (only where-flags added) are the reference run: the result names it."""
+    classify.main(["--data-dir", str(shared_tiny_data_dir), "--out-dir", str(tmp_path), "--device", "cpu"])
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["run"] == "sst2_classifier" and r["command"] == "python stage4_transformer/classify.py"
+    assert str(tmp_path) not in json.dumps(r["hparams"])
 
 
 def test_load_predictor_gives_class_probabilities(trained):
-    predict = classify.load_predictor(trained / "best.pt", "cpu")
-    probs = predict(["great wonderful loved film .", "awful boring dull plot .", "the"])
+    classify_texts = predict.load_predictor(trained / "best.pt", "cpu")
+    probs = classify_texts(["great wonderful loved film .", "awful boring dull plot .", "the"])
     assert probs.shape == (3, 2) and torch.allclose(probs.sum(1), torch.ones(3))
     assert probs[0, 1] > 0.5 > probs[1, 1]
-    assert torch.equal(predict(["the"])[0], probs[2])  # alone or in a batch: the same answer
-    assert predict([]).shape == (0, 2)
-    assert predict(["great " * 300]).shape == (1, 2)  # longer than max_len: cut, not an error
+    assert torch.equal(classify_texts(["the"])[0], probs[2])  # alone or in a batch: the same answer
+    assert classify_texts([]).shape == (0, 2)
+    assert classify_texts(["great " * 300]).shape == (1, 2)  # longer than max_len: cut, not an error
 
 
 def test_resume_is_exact(shared_tiny_data_dir, tmp_path):
@@ -157,6 +167,7 @@ def test_resume_is_exact(shared_tiny_data_dir, tmp_path):
     assert len(ckpt_b["state"]["commands"]) == 3
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_pt_and_resume_finishes(shared_tiny_data_dir, tmp_path):
     out = tmp_path / "run"
     args = run_args(shared_tiny_data_dir, out, "--epochs", "500")
@@ -196,11 +207,15 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys, shared_tiny_data_d
         content(bad / "last.pt")
         code, err = cli(classify.main, run_args(shared_tiny_data_dir, bad, "--resume"), capsys)
         assert_one_line_error(code, err, pattern)
-    save_checkpoint(translator, bad / "translator.pt")
-    with pytest.raises(UserError, match="not a classify.py checkpoint"):
-        classify.load_predictor(bad / "translator.pt", "cpu")
+    save_checkpoint({**translator, "kind": "translator"}, bad / "last.pt")
+    code, err = cli(classify.main, run_args(shared_tiny_data_dir, bad, "--resume"), capsys)
+    assert_one_line_error(code, err, "holds a translator, not a classifier")
+    save_checkpoint({**translator, "kind": "translator"}, bad / "translator.pt")
+    with pytest.raises(UserError, match="holds a translator, not a classifier"):
+        predict.load_predictor(bad / "translator.pt", "cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [False, True])
 def test_help_works_both_ways(module, tmp_path):
     proc = run_script("classify", "--help", data_dir=tmp_path, module=module, stage=STAGE)

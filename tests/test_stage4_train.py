@@ -1,6 +1,6 @@
 """Stage 4 scripts end to end on tiny data: training learns the tiny dictionary language, gradient accumulation,
-exact resume, SIGTERM, evaluate.py (BLEU, signature, per-layer per-head maps), translate.py, bad input and bad
-checkpoints, --help, the benchmark, and a --quick run on the real Multi30k when MY_LLM_DATA points at it."""
+exact resume, SIGTERM, --quick defaults, evaluate.py (BLEU, signature, per-layer per-head maps), translate.py, bad input
+and bad checkpoints, --help, the benchmark, and a --quick run on the real Multi30k when MY_LLM_DATA points at it."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ import torch
 
 from conftest import (assert_bad_checkpoints_rejected, assert_one_line_error, cli, run_script, signal_mid_training,
                       write_tiny_multi30k)
-from scripts.common import load_checkpoint
-from stage4_transformer import evaluate, train, translate
+from scripts.common import load_checkpoint, resolved_config
+from stage4_transformer import benchmark, evaluate, train, translate
 from stage4_transformer.data import token_batches
 
 STAGE = "stage4_transformer"
@@ -21,7 +21,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def train_args(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
-    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--result", str(out_dir / "result.json"),
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir),
             "--epochs", "3", "--batch-tokens", "400", "--d-model", "32", "--n-heads", "4", "--layers", "2",
             "--d-ff", "64", "--dropout", "0.0", "--lr", "3e-3", "--warmup-steps", "20", "--beam-size", "3", *extra]
 
@@ -30,8 +30,7 @@ def train_args(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
 def trained(tmp_path_factory) -> Path:
     data_dir = write_tiny_multi30k(tmp_path_factory.mktemp("mt") / "data")
     out = tmp_path_factory.mktemp("run")
-    proc = run_script("train", *train_args(data_dir, out, "--epochs", "15"), data_dir=data_dir, stage=STAGE, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train.main(train_args(data_dir, out, "--epochs", "15"))
     out.joinpath("data_dir").write_text(str(data_dir))
     return out
 
@@ -42,10 +41,28 @@ def test_run_writes_all_outputs_and_learns(trained):
     assert (trained / "result.png").read_bytes()[:8] == PNG_MAGIC
     r = json.loads((trained / "result.json").read_text())
     assert r["stage"] == STAGE and r["headline_metric"] == "bleu" and r["split"] == "test2016"
+    assert "run" not in r and r["command"].startswith("python stage4_transformer/train.py --data-dir ")
+    assert r["hparams"] == resolved_config(train.parse_args(train_args(Path("d"), trained, "--epochs", "15")))
+    assert load_checkpoint(trained / "best.pt")["kind"] == "translator"
     assert {"bleu", "bleu_lc", "test2017_bleu", "test2017_bleu_lc", "val_bleu"} <= r["metrics"].keys()
     assert "tok:13a" in r["sacrebleu_signature"]["cased"]
     assert r["config"]["share_embeddings"] is True and r["config"]["norm"] == "pre"
     assert r["metrics"]["bleu"] > 60  # the tiny dictionary language is learnt
+
+
+def test_quick_defaults_yield_to_typed_flags_even_abbreviated():
+    assert (train.parse_args([]).lr, train.parse_args([]).warmup_steps) == (1.5e-3, 300)
+    quick = train.parse_args(["--quick"])
+    assert (quick.lr, quick.warmup_steps) == (train.QUICK_LR, train.QUICK_WARMUP)
+    typed = train.parse_args(["--quick", "--warmup", "7", "--lr=0.5"])  # --warmup: argparse's prefix of --warmup-steps
+    assert (typed.lr, typed.warmup_steps) == (0.5, 7)
+
+
+def test_default_out_dir_and_result_follow_the_run_name():
+    assert train.parse_args([]).out_dir == "runs/stage4_transformer/multi30k_en_fr"
+    args = train.parse_args(["--src", "de", "--tgt", "en", "--norm", "post"])
+    assert args.out_dir == "runs/stage4_transformer/multi30k_de_en_postnorm" and args.result is None
+    assert train.parse_args(["--out-dir", "elsewhere"]).out_dir == "elsewhere"
 
 
 def test_token_batches_respect_the_budget():
@@ -108,6 +125,7 @@ def test_time_budget_stops_with_a_validated_checkpoint(tiny_mt_data_dir, tmp_pat
     assert (tmp_path / "result.json").is_file()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_continues(tiny_mt_data_dir, tmp_path):
     out = tmp_path / "run"
     args = train_args(tiny_mt_data_dir, out, "--epochs", "100000")
@@ -130,6 +148,7 @@ def test_evaluate_matches_training_and_draws_maps(trained, tmp_path, capsys):
     assert out["test2016"]["bleu"] == r["metrics"]["bleu"] and out["test2017"]["bleu"] == r["metrics"]["test2017_bleu"]
 
 
+@pytest.mark.slow
 def test_translate_arguments_stdin_interactive(trained, tmp_path):
     a = run_script("translate", "--checkpoint", trained / "best.pt", "A big dog runs.", "A purple cat.", "--json",
                    "--attention-map", tmp_path / "m.png", data_dir=trained, stage=STAGE)
@@ -167,6 +186,7 @@ def test_train_missing_data_offline(tmp_path, capsys, monkeypatch):
     assert_one_line_error(code, err, r"data set 'multi30k' not found .*offline")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [False, True])
 @pytest.mark.parametrize("script", ["train", "evaluate", "translate", "benchmark"])
 def test_help(tmp_path, script, module):
@@ -174,16 +194,20 @@ def test_help(tmp_path, script, module):
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
 
 
-def test_benchmark_runs(tmp_path):
-    proc = run_script("benchmark", "--vocab-size", "100", "--d-model", "16", "--n-heads", "2", "--layers", "1",
-                      "--d-ff", "32", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--json", tmp_path / "b.json",
-                      data_dir=tmp_path, stage=STAGE)
-    assert proc.returncode == 0, proc.stderr
+def test_benchmark_runs_and_records_its_command(tmp_path):
+    flags = ["--vocab-size", "100", "--d-model", "16", "--n-heads", "2", "--layers", "1", "--d-ff", "32",
+             "--batch-size", "4", "--steps", "1", "--warmup", "0", "--rounds", "1"]
+    benchmark.main([*flags, "--json", str(tmp_path / "b.json")])
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["tokens_per_second"]["ours"] > 0 and r["ratio_ours_over_torch"] > 0
+    assert r["stage"] == STAGE and "run" not in r
+    assert r["command"].startswith("python stage4_transformer/benchmark.py --vocab-size 100 ")
+    assert r["config"] == resolved_config(benchmark.parse_args(flags)) and "json" not in r["config"]
+    assert benchmark.parse_args([]).json == "runs/stage4_transformer/benchmark.json"
 
 
-@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.real_data("multi30k")
 def test_quick_run_on_real_data(real_data_dir, tmp_path):
     proc = run_script("train", "--quick", "--epochs", "1", "--out-dir", tmp_path / "run", "--result", tmp_path / "r.json",
                       "--d-model", "32", "--n-heads", "4", "--layers", "1", "--d-ff", "64", "--beam-size", "2",
