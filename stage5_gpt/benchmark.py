@@ -1,8 +1,8 @@
 """Speed of this GPT, in one process: training tokens/s against Hugging Face's GPT2LMHeadModel at the same
 configuration, and generation tokens/s with and without the KV cache.
 
-    python stage5_gpt/benchmark.py                                   # the WikiText-2 reference size
-    python stage5_gpt/benchmark.py --json stage5_gpt/results/benchmark.json
+    python stage5_gpt/benchmark.py              # the WikiText-2 reference size -> runs/stage5_gpt/benchmark.json
+    python scripts/publish.py runs/stage5_gpt/benchmark.json                 # -> stage5_gpt/results/benchmark.json
 
 Training: both models get the same sizes, the same random batch and a full step (forward, loss, backward, clipping,
 AdamW), timed after warm-up steps. The two are timed in alternating rounds and each keeps its best round, so a
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,9 +25,10 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/benchmark.py`: put th
 import torch
 import torch.nn as nn
 
-from scripts.common import UserError, get_device, positive_int, run_cli, set_seed
+from scripts.common import (UserError, command_line, cpu_has_native_bf16, get_device, portable, positive_int,
+                            reference_command, reference_run_name, resolved_config, run_cli, set_seed, write_json)
 from stage5_gpt.model import GPT, GPTConfig
-from stage5_gpt.train import cpu_has_native_bf16
+from stage5_gpt.reference_runs import REFERENCE_RUNS
 
 
 class HFGPT2(nn.Module):
@@ -91,7 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=positive_int, default=512, help="tokens to generate")
     p.add_argument("--prompt-tokens", type=positive_int, default=8)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--json", default="runs/stage5_gpt/benchmark.json",
+                   help="where the figures go (publish the reference run's with "
+                        "`python scripts/publish.py <this file>`)")
     return p.parse_args(argv)
 
 
@@ -142,16 +144,18 @@ def main(argv=None) -> None:
           f"{gen['no_cache']:,.0f} without: {t_full / t_cache:.1f}x faster; identical greedy output: {same}")
     if not same:
         raise UserError("cached and uncached greedy decoding disagree")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "train_tokens_per_second": {k: round(v) for k, v in speeds.items()},
-            "train_ratio_ours_over_hf": round(ratio, 2),
-            "train_ratio_cpu_bf16_over_fp32": round(bf16_ratio, 2) if bf16_ratio else None,
-            "generate_tokens_per_second": {k: round(v, 1) for k, v in gen.items()},
-            "kv_cache_speedup": round(t_full / t_cache, 1), "identical_greedy_output": same,
-            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__, "config": vars(args)}, indent=2) + "\n")
+    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/benchmark.py", parse_args, args)
+    write_json(args.json, {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
+        "train_tokens_per_second": {k: round(v) for k, v in speeds.items()},
+        "train_ratio_ours_over_hf": round(ratio, 2),
+        "train_ratio_cpu_bf16_over_fp32": round(bf16_ratio, 2) if bf16_ratio else None,
+        "generate_tokens_per_second": {k: round(v, 1) for k, v in gen.items()},
+        "kv_cache_speedup": round(t_full / t_cache, 1), "identical_greedy_output": same,
+        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__, "config": resolved_config(args),
+        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
+                            else command_line("stage5_gpt/benchmark.py", argv))})
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

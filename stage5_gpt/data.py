@@ -14,98 +14,16 @@ import csv
 import gzip
 import hashlib
 import json
+import random
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from scripts.common import UserError
+from scripts.common import UserError, atomic_write, atomic_write_text
+from stage5_gpt.corpus import DATASETS, dataset_info, load_text  # noqa: F401  (DATASETS: re-exported for callers)
 from stage5_gpt.tokenizer import EOT, BPETokenizer, read_json
-
-# ----------------------------------------------------------------------------- the data sets
-
-# Tiny Shakespeare is one file; nanoGPT's split (first 90 % train, last 10 % val) makes val losses comparable with
-# nanoGPT's. WikiText-2: the tokenised v1 files (rare words already <unk>), the split Stage 2 uses, so per-word
-# perplexities compare.
-DATASETS = {
-    "tiny_shakespeare": {
-        "folder": "tiny_shakespeare", "files": {"all": "input.txt.gz"}, "splits": ["train", "val"],
-        "tokenizer": "char",
-        "url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-    },
-    "wikitext2": {
-        "folder": "wikitext-2", "splits": ["train", "val", "test"], "tokenizer": "bpe",
-        "files": {"train": "wiki.train.tokens.gz", "val": "wiki.valid.tokens.gz", "test": "wiki.test.tokens.gz"},
-        "hub": ("Salesforce/wikitext", "wikitext-2-v1"),
-        "hub_splits": {"train": "train", "val": "validation", "test": "test"},
-    },
-}
-TRAIN_FRACTION = 0.9  # Tiny Shakespeare: nanoGPT's split
-
-
-def dataset_info(name: str) -> dict:
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    return DATASETS[name]
-
-
-def load_text(name: str, data_dir: str | Path, split: str) -> str:
-    """The raw text of one split, downloading the data set first if its files are missing."""
-    info = dataset_info(name)
-    if split not in info["splits"]:
-        raise UserError(f"{name} has no {split!r} split; it has: {', '.join(info['splits'])}")
-    folder = Path(data_dir) / info["folder"]
-    path = folder / info["files"]["all" if "all" in info["files"] else split]
-    if not path.is_file():
-        download(name, data_dir)
-    try:
-        text = gzip.open(path, "rt", encoding="utf-8", newline="").read()
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (is the file truncated or in another "
-                        f"format? see {folder / 'SOURCE.md'} for the expected one)") from None
-    if "all" in info["files"]:  # one file, split by position
-        cut = int(len(text) * TRAIN_FRACTION)
-        text = text[:cut] if split == "train" else text[cut:]
-    return text
-
-
-def download(name: str, data_dir: str | Path) -> None:
-    """Fetch a data set from its original source and store it in the same format as the offline copy."""
-    info = dataset_info(name)
-    folder = Path(data_dir) / info["folder"]
-    expected = ", ".join(info["files"].values())
-    source = info.get("url") or info["hub"][0]
-    print(f"data set {name!r} not found in {folder}; downloading it from {source} ...", file=sys.stderr)
-    try:
-        if "url" in info:
-            with urllib.request.urlopen(info["url"], timeout=60) as response:
-                texts = {"all": response.read().decode("utf-8")}
-        else:
-            import datasets
-            datasets.logging.set_verbosity_error()
-            hub = datasets.load_dataset(*info["hub"])
-            # each hub row is one line of the original file, newline included; blank lines became ""
-            texts = {split: "".join(r["text"] or " \n" for r in hub[hub_split])
-                     for split, hub_split in info["hub_splits"].items()}
-    except Exception as e:  # no internet, hub down, datasets missing: all end the same way for the user
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(
-            f"data set {name!r} not found in {folder} (expected {expected}), and downloading {source} failed "
-            f"({reason}). Set --data-dir or MY_LLM_DATA to a folder that has it, or run with internet access."
-        ) from None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for split, text in texts.items():
-            path = folder / info["files"][split]
-            tmp = path.with_name(path.name + ".part")
-            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
-                f.write(text)
-            tmp.replace(path)
-    except OSError as e:
-        raise UserError(f"downloaded {source} but cannot write it to {folder}: {e.strerror or e}") from None
-
 
 def count_words(text: str) -> int:
     """Words as Stage 2 counts them: whitespace-separated tokens plus one <eos> per line (WikiText's convention).
@@ -204,15 +122,11 @@ def prepare(name: str, data_dir: str | Path, out_dir: str | Path, vocab_size: in
             "fingerprint": tokenizer_fingerprint(out_dir / "tokenizer.json"), "tokens": {}, "chars": {}, "words": {}}
     for split, text in texts.items():
         ids = np.array(encode_split(tok, text), dtype=np.uint16)
-        tmp = out_dir / f"{split}.bin.part"
-        ids.tofile(tmp)
-        tmp.replace(out_dir / f"{split}.bin")
+        atomic_write(out_dir / f"{split}.bin", lambda f, ids=ids: f.write(ids.tobytes()))
         meta["tokens"][split], meta["chars"][split], meta["words"][split] = len(ids), len(text), count_words(text)
         log(f"{name} {split}: {len(text):,} characters -> {len(ids):,} tokens "
             f"({len(text.encode('utf-8')) / max(len(ids), 1):.2f} bytes per token)")
-    tmp = meta_path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
     return meta
 
 
@@ -310,11 +224,76 @@ def download_sst2(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for split, hub_split in SST2["hub_splits"].items():
-            path = folder / SST2["files"][split]
-            tmp = path.with_name(path.name + ".part")
-            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
-                f.write("sentence\tlabel\n")
-                f.writelines(f"{r['sentence']}\t{int(r['label'])}\n" for r in hub[hub_split])
-            tmp.replace(path)
+            rows = "".join(f"{r['sentence']}\t{int(r['label'])}\n" for r in hub[hub_split])
+            atomic_write(folder / SST2["files"][split],
+                         lambda f, rows=rows: f.write(gzip.compress(("sentence\tlabel\n" + rows).encode("utf-8"))))
     except OSError as e:
         raise UserError(f"downloaded {hub_id} but cannot write it to {folder}: {e.strerror or e}") from None
+
+
+def pad_id_of(tok) -> int:
+    """The id that pads a batch of sentences: <|endoftext|> for BPE, 0 for characters (never read: see make_batch)."""
+    return 0 if isinstance(tok, CharTokenizer) else tok.token_to_id(EOT)
+
+
+def encode_sentences(tok, sentences: list[str], max_len: int) -> list[list[int]]:
+    """Each sentence as ids, cut to its first max_len tokens; characters a char tokenizer lacks are dropped."""
+    if isinstance(tok, CharTokenizer):
+        return [tok.encode("".join(c for c in s if c in tok.stoi))[:max_len] or [0] for s in sentences]
+    return [tok.encode(s)[:max_len] or [tok.token_to_id(EOT)] for s in sentences]
+
+
+def sentence_split(texts: list[str], n_val: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(train rows, val rows) for SST-2's train set, which holds every phrase of its sentences. Validation takes n_val
+    whole sentences (rows no other row contains, in a random order); train keeps every other row except the phrases
+    inside a validation sentence, whose labels would give its answer away."""
+    words = [t.split() for t in texts]
+    padded = [f" {' '.join(w)} " for w in words]  # spaces around: "art" is not inside "party"
+    having: dict[str, list[int]] = {}             # word -> the rows that hold it
+    for i, w in enumerate(words):
+        for word in set(w):
+            having.setdefault(word, []).append(i)
+
+    def whole(i: int) -> bool:  # only the rows with its rarest word can contain row i
+        rarest = min(set(words[i]), key=lambda word: len(having[word]), default=None)
+        return rarest is not None and not any(j != i and padded[i] in padded[j] for j in having[rarest])
+
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    val = []
+    for i in order:
+        if len(val) == n_val:
+            break
+        if whole(i):
+            val.append(i)
+    if len(val) < n_val:
+        raise UserError(f"--val-size asks for {n_val} whole sentences, but the training set has only {len(val)}")
+    inside = {" ".join(words[i][a:b]) for i in val for a in range(len(words[i])) for b in range(a + 1, len(words[i]) + 1)}
+    held = set(val)
+    return [i for i in range(len(texts)) if i not in held and padded[i][1:-1] not in inside], val
+
+
+def make_batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sentences of ids, right-padded with pad_id into one tensor, and their lengths (the classifier reads the last
+    real token of each)."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    ids = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+    return ids.to(device), lengths.to(device)  # (B, T), (B,)
+
+
+def length_batches(seqs: list[list[int]], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:
+    """One epoch's batches, each of sentences of similar length. make_batch pads a batch to its longest sentence, and
+    SST-2 mixes 3-token phrases with 60-token sentences, so random batches would spend much of their time on padding.
+    Shuffle, sort each pool of `pool` batches by length, cut it into batches, shuffle the batches: every sentence once
+    per epoch, a new order each epoch, and the same rng state gives the same batches (what an exact --resume needs)."""
+    order = list(range(len(seqs)))
+    rng.shuffle(order)
+    size = pool * batch_size
+    batches = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start:start + size], key=lambda i: len(seqs[i]))
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches

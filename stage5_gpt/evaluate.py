@@ -1,7 +1,7 @@
 """Score a trained GPT: loss, perplexity and bits per token on each split; per-word perplexity on WikiText-2.
 
     python stage5_gpt/evaluate.py                                            # runs/stage5_gpt/tiny_shakespeare/best.pt
-    python stage5_gpt/evaluate.py --checkpoint runs/stage5_gpt/wikitext2/best.pt --splits test --json
+    python stage5_gpt/evaluate.py --checkpoint runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt --splits test --json
 
 Every token of a split is predicted once, in consecutive windows of the model's context (what train.py reports).
 A per-token perplexity depends on the tokenizer: a tokenizer that cuts text finer has easier tokens. The per-word
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from scripts.common import UserError, get_device, load_checkpoint, positive_int, resolve_data_dir, run_cli
-from stage5_gpt.data import (count_words, dataset_info, encode_split, eval_windows, load_text, load_tokenizer,
-                             tokenizer_fingerprint)
+from stage5_gpt.corpus import dataset_info, load_text
+from stage5_gpt.data import count_words, encode_split, eval_windows, load_tokenizer, tokenizer_fingerprint
 from stage5_gpt.model import GPT, GPTConfig
 
 STAGE = "stage5_gpt"
@@ -32,7 +32,7 @@ STAGE = "stage5_gpt"
 
 def load_model(checkpoint: str | Path, device: torch.device):
     """-> (model in eval mode, its tokenizer, the checkpoint dict). The tokenizer file sits beside the checkpoint."""
-    ckpt = load_checkpoint(checkpoint, stage=STAGE)
+    ckpt = load_checkpoint(checkpoint, stage=STAGE, kind="language_model")
     tok_path = Path(checkpoint).parent / ckpt["data"]["tokenizer"]
     tok = load_tokenizer(tok_path)
     if tokenizer_fingerprint(tok_path) != ckpt["data"]["fingerprint"]:

@@ -19,6 +19,8 @@ be read; attn="sdpa" (the default) calls F.scaled_dot_product_attention, which f
 
 Generation keeps a KV cache: the keys and values of every token seen so far, per layer, so each new token costs one row
 of attention instead of a forward pass over the whole text (see `GPT.generate_stream` for what happens at block_size).
+
+`GPTClassifier` puts a linear head on the body's last hidden state: the model that finetune.py trains on SST-2.
 """
 from __future__ import annotations
 
@@ -317,6 +319,26 @@ class GPT(nn.Module):
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
+
+
+
+class GPTClassifier(nn.Module):
+    """A GPT body and a linear head on the hidden state of each sentence's last real token (finetune.py trains it).
+
+    With causal attention the last token is the only position that has seen the whole sentence; Radford et al. 2018 put
+    their classifier on the last token in the same way."""
+
+    def __init__(self, gpt: GPT, n_classes: int = 2):
+        super().__init__()
+        self.gpt = gpt
+        self.head = nn.Linear(gpt.cfg.n_embd, n_classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids (B, T), right-padded; lengths (B,) -> logits (B, n_classes). The pads come after the last real token,
+        and attention is causal, so they change nothing in its hidden state."""
+        hidden = self.gpt.hidden_states(ids)                                  # (B, T, C)
+        last = hidden[torch.arange(ids.shape[0], device=ids.device), lengths - 1]  # (B, C)
+        return self.head(last)                                                # (B, n_classes)
 
 
 def sample_next(logits: torch.Tensor, idx: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

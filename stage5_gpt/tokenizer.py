@@ -2,8 +2,10 @@
 
     python stage5_gpt/tokenizer.py --dataset wikitext2 --vocab-size 8000   # -> runs/stage5_gpt/wikitext2_bpe8000.json
     python stage5_gpt/tokenizer.py --input notes.txt more.txt.gz --vocab-size 2000 --out my_bpe.json
-    python stage5_gpt/tokenizer.py --dataset wikitext2 --compare-hf --json stage5_gpt/results/tokenizer_wikitext2.json
     python stage5_gpt/tokenizer.py --dataset wikitext2 --compare-hf        # ids checked against HF `tokenizers`
+
+Each run also writes its figures (training time, bytes per token, the comparison) beside the tokenizer, in
+<out>.result.json; the reference run's figures are published with `python scripts/publish.py <that file>`.
 
 Why bytes. Text is turned into its UTF-8 bytes, so the starting alphabet is the 256 byte values: any string at all
 (accents, emoji, Chinese, a stray control character) is a sequence of known symbols, and there is never an unknown
@@ -47,7 +49,10 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/tokenizer.py`: put th
 import regex  # the third-party `regex` module: unlike `re`, it knows \p{L} (any letter) and \p{N} (any digit)
 from tqdm import tqdm
 
-from scripts.common import UserError, command_line, git_commit, positive_int, resolve_data_dir, run_cli
+from scripts.common import (UserError, command_line, git_commit, portable, positive_int, reference_command,
+                            reference_run_name, resolve_data_dir, resolved_config, run_cli, write_json)
+from stage5_gpt.corpus import load_text
+from stage5_gpt.reference_runs import REFERENCE_RUNS
 
 # GPT-2's pre-tokeniser: English contractions, an optional space + letters, an optional space + digits, an optional
 # space + other symbols, whitespace not followed by a non-space (so " dog" keeps its space), any other whitespace.
@@ -321,8 +326,7 @@ def read_text(path: Path) -> str:
 
 
 def dataset_texts(name: str, data_dir: Path) -> tuple[str, str]:
-    """(training text, held-out text) of a data set, read by Stage 5's loader (which downloads it when missing)."""
-    from stage5_gpt.data import load_text  # imported here: data.py imports this module
+    """(training text, held-out text) of a data set, read by corpus.py (which downloads it when missing)."""
     return load_text(name, data_dir, "train"), load_text(name, data_dir, DATASETS[name])
 
 
@@ -339,9 +343,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="JSON file to write (default: runs/stage5_gpt/<data>_bpe<size>.json)")
     p.add_argument("--compare-hf", action="store_true",
                    help="also encode the held-out text with Hugging Face `tokenizers` and check the ids are identical")
-    p.add_argument("--json", default=None, help="also write the figures (training time, bytes per token, the "
-                                                "comparison) to this JSON file")
+    p.add_argument("--json", default=None, help="where the figures (training time, bytes per token, the comparison) go "
+                                                "(default: <out>.result.json; publish the reference run's with "
+                                                "`python scripts/publish.py <that file>`)")
     return p.parse_args(argv)
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    return Path(args.out or f"runs/stage5_gpt/{args.dataset or 'custom'}_bpe{args.vocab_size}.json")
 
 
 def main(argv=None) -> None:
@@ -352,7 +361,7 @@ def main(argv=None) -> None:
     else:
         train_text, held_out = dataset_texts(args.dataset, resolve_data_dir(args.data_dir))
         texts, held_out_name = [train_text], f"{args.dataset} {DATASETS[args.dataset]}"
-    out = Path(args.out or f"runs/stage5_gpt/{args.dataset or 'custom'}_bpe{args.vocab_size}.json")
+    out = default_out(args)
 
     start = time.perf_counter()
     tok = BPETokenizer.train(texts, args.vocab_size, args.special_tokens)
@@ -382,20 +391,22 @@ def main(argv=None) -> None:
         print(f"ids identical to Hugging Face tokenizers on {held_out_name}: {'yes' if same else 'NO'}")
         if not same:
             raise UserError("Hugging Face tokenizers gives different ids: this is a bug, please report it")
-    if args.json:  # a side file next to the result files: no headline metric, so not a row of the results table
-        figures = {"data": args.dataset or args.input, "vocab_size": len(tok), "merges": len(tok.merges),
-                   "train_mb": round(mb, 2), "train_seconds": round(train_seconds, 1), "tokenizer": str(out),
-                   "held_out": held_out_name, "held_out_bytes_per_token": round(n_bytes / max(len(ids), 1), 3),
-                   "held_out_tokens": len(ids), "encode_mb_per_second": round(n_bytes / 1e6 / max(seconds, 1e-9), 2),
-                   "round_trip": True, "identical_to_hf": same if args.compare_hf else None,
-                   "command": command_line("stage5_gpt/tokenizer.py", argv),
-                   "git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        print(f"wrote {path}")
+    # a side file beside the tokenizer: no headline metric, so not a row of the results table
+    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/tokenizer.py", parse_args, args, ignore=("out",))
+    figures = {"stage": "stage5_gpt"} | ({"run": run} if run else {})
+    figures |= {"data": args.dataset or [portable(p) for p in args.input], "vocab_size": len(tok),
+                "merges": len(tok.merges), "train_mb": round(mb, 2), "train_seconds": round(train_seconds, 1),
+                "tokenizer": portable(str(out)), "held_out": held_out_name,
+                "held_out_bytes_per_token": round(n_bytes / max(len(ids), 1), 3), "held_out_tokens": len(ids),
+                "encode_mb_per_second": round(n_bytes / 1e6 / max(seconds, 1e-9), 2), "round_trip": True,
+                "identical_to_hf": same if args.compare_hf else None,
+                "config": resolved_config(args, ignore=("out", "input")),
+                "command": portable(reference_command(REFERENCE_RUNS[run]) if run
+                                    else command_line("stage5_gpt/tokenizer.py", argv)),
+                "git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path = Path(args.json) if args.json else out.with_suffix(".result.json")
+    write_json(path, figures)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

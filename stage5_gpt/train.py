@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,15 +31,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
-                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
-                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
-                            write_result)
-from stage5_gpt.data import DATASETS, eval_windows, get_batch, load_split, load_tokenizer, prepare
+from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_logger, load_checkpoint,
+                            merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
+                            positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
+                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            setup_distributed, write_result)
+from stage5_gpt.corpus import DATASETS
+from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
+from stage5_gpt.reference_runs import REFERENCE_RUNS
 
-STAGE = "stage5_gpt"
-QUICK_CHARS = 50_000  # --quick: the first characters of each split
+STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/train.py"
+QUICK = {"epochs": 1, "n_layer": 2, "n_embd": 64, "block_size": 64, "vocab_size": 400}  # --quick: a tiny model...
+QUICK_CHARS = 50_000                                                                     # ...on the first characters
 RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "compile")
 
 
@@ -76,18 +80,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX): about 1.8x the "
                         "training tokens/s of fp32 measured on this course's CPU; an error on a CPU without it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
-    p.add_argument("--result", default=None, help="result JSON path (default: stage5_gpt/results/<run name>.json; "
-                                                  "<out-dir>/result.json for smoke runs)")
-    args = p.parse_args(argv)
-    if args.quick:
-        given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
-        for flag, value in {"epochs": 1, "n_layer": 2, "n_embd": 64, "block_size": 64, "vocab_size": 400}.items():
-            if "--" + flag.replace("_", "-") not in given:
-                setattr(args, flag, value)
+    p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
+                                                  "`python scripts/publish.py <out-dir>/result.json`)")
+    args = parse_with_quick_defaults(p, argv, QUICK)
     if args.n_embd % args.n_head:
         p.error(f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}")
     if args.min_lr is None:
         args.min_lr = args.lr / 10
+    args.out_dir = args.out_dir.format(name=run_name(args))
     return args
 
 
@@ -120,79 +120,136 @@ def evaluate(model, data, block_size: int, device, batch_size: int = 32) -> tupl
     return total / count, count
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32.
-    PyTorch has no public test for this, so the private helpers are read with a fallback of False."""
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(check is not None and check() for check in checks)
+def resume_from(args: argparse.Namespace) -> tuple[argparse.Namespace, dict | None]:
+    """--resume: (the settings the run started with, merged with this command's RESUMABLE flags, and its last.pt);
+    without --resume: (args, None)."""
+    if not args.resume:
+        return args, None
+    path = Path(args.out_dir) / "last.pt"
+    ckpt = load_checkpoint(path, stage=STAGE, kind="language_model")
+    if run_name(argparse.Namespace(**ckpt["args"])) != run_name(args):
+        raise UserError(f"{path} is a {run_name(argparse.Namespace(**ckpt['args']))} run, not {run_name(args)}")
+    return merge_resumed_args(args, ckpt["args"], RESUMABLE), ckpt
 
 
-def autocast_for(device: torch.device, enabled: bool, cpu_bf16: bool = False):
-    """Mixed precision. On CUDA (--amp): bf16 where the GPU has it (no loss scaling needed), else fp16 with a scaler.
-    On a CPU only when asked (--cpu-bf16): the matrix products run in bf16 while the weights, the optimizer and the
-    loss stay fp32. Opt-in, so that the fp32 reference commands keep reproducing their numbers exactly."""
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-        return torch.autocast("cuda", dtype=dtype), scaler
-    if cpu_bf16 and device.type == "cpu":
-        if not cpu_has_native_bf16():
-            raise UserError("--cpu-bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX); leave the flag out")
-        return torch.autocast("cpu", dtype=torch.bfloat16), None
-    return contextlib.nullcontext(), None
+def prepare_data(args, data_dir: Path, out_dir: Path, master: bool, world: int, ckpt: dict | None, log) -> dict:
+    """The token files in the run folder (data.prepare): rank 0 writes them while the other processes wait, then
+    they find them. -> the data description (splits, vocabulary size, token and word counts, fingerprint)."""
+    max_chars = QUICK_CHARS if args.quick else None
+    meta = prepare(args.dataset, data_dir, out_dir, args.vocab_size, log, args.tokenizer, max_chars) if master else None
+    if world > 1:
+        dist.barrier()
+    meta = meta or prepare(args.dataset, data_dir, out_dir, args.vocab_size, log, args.tokenizer, max_chars)
+    if ckpt and ckpt["data"]["fingerprint"] != meta["fingerprint"]:
+        raise UserError(f"{out_dir / 'tokenizer.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
+    return meta
 
 
-def setup_distributed(args):
-    """Under torchrun (RANK/WORLD_SIZE set): one process per device, gloo on CPU, nccl on GPU. -> rank, world, device."""
-    if "RANK" not in os.environ:
-        return 0, 1, get_device(args.device)
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    device = get_device(args.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if args.batch_size % (world * args.accum_steps):
-        raise UserError(f"--batch-size {args.batch_size} must divide evenly over {world} processes x "
-                        f"{args.accum_steps} accumulation steps")
-    if device.type == "cpu":  # the processes share the cores
-        torch.set_num_threads(max(1, torch.get_num_threads() // world))
-    return rank, world, device
+def new_state() -> dict:
+    """What a run counts, saved in every checkpoint: steps, tokens, the best validation loss, the loss curves."""
+    return {"step": 0, "tokens": 0, "best_val_loss": math.inf, "best_step": 0, "train_seconds": 0.0,
+            "history": {"train_loss": [], "val_loss": []}}
+
+
+def restore(ckpt: dict, model, optimizer, scaler, batch_gen: torch.Generator, log) -> dict:
+    """Put a resumed run back where it stopped (weights, optimizer, loss scaler, the stream of windows, rank 0's
+    random generators: a one-process run resumes exactly, dropout included) -> its training state."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    batch_gen.set_state(ckpt["batch_generator"])
+    set_rng_state(ckpt["rng"])
+    log.info(f"resumed at step {ckpt['state']['step']}")
+    return ckpt["state"]
+
+
+def log_validation(log, state: dict, val_loss: float, eval_interval: int) -> None:
+    """One line per validation: the mean training loss since the last one, the validation loss, the time so far."""
+    recent = [v for _, v in state["history"]["train_loss"][-eval_interval:]]
+    log.info(f"step {state['step']}: train loss {sum(recent) / len(recent):.4f} | val loss {val_loss:.4f} "
+             f"| {state['train_seconds']:.0f}s")
+
+
+def wrap_for_training(model: GPT, compile_it: bool, world: int, device: torch.device) -> torch.nn.Module:
+    """The module the loop calls: the model itself, torch.compile'd (--compile), in DistributedDataParallel (torchrun).
+    Both share `model`'s weights, which is what the checkpoints save."""
+    train_model = torch.compile(model) if compile_it else model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    return train_model
+
+
+def save_run(path: Path, optimizer=None, scaler=None, *, master: bool, args, config: GPTConfig, model: GPT,
+             state: dict, batch_gen: torch.Generator, meta: dict) -> None:
+    """Write a checkpoint (rank 0 only): best.pt holds the weights, last.pt also the optimizer and the loss scaler,
+    everything --resume needs to continue exactly."""
+    if not master:
+        return
+    obj = {"stage": STAGE, "kind": "language_model", "dataset": args.dataset, "config": config.to_dict(),
+           "args": vars(args), "model": model.state_dict(), "state": state, "rng": rng_state(),
+           "batch_generator": batch_gen.get_state(),
+           "data": {"tokenizer": "tokenizer.json", "fingerprint": meta["fingerprint"]}}
+    if optimizer is not None:
+        obj["optimizer"] = optimizer.state_dict()
+        obj["scaler"] = scaler.state_dict() if scaler is not None else None
+    save_checkpoint(obj, path)
+
+
+def final_report(args, out_dir: Path, data_dir: Path, model: GPT, splits: dict, meta: dict, state: dict,
+                 device: torch.device, world: int, t_start: float, log) -> None:
+    """The best checkpoint scored on every split, a sample of its text, the result file and its plot."""
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind="language_model")["model"])
+    metrics = {}
+    for split, data in splits.items():
+        loss, n = evaluate(model, data, args.block_size, device)
+        metrics[f"{split}_loss"], metrics[f"{split}_ppl"] = round(loss, 4), round(math.exp(loss), 2)
+        if meta["tokenizer"] != "char":  # per word: the same total loss spread over the words, as Stage 2 counts them
+            metrics[f"{split}_ppl_word"] = round(math.exp(loss * n / meta["words"][split]), 2)
+    tok = load_tokenizer(out_dir / "tokenizer.json")
+    prompt = torch.tensor([tok.encode("\n")], device=device)
+    model.eval()
+    sample = tok.decode(model.generate(prompt, 300, temperature=0.8, top_k=50,
+                                       generator=torch.Generator(device=device).manual_seed(args.seed))[0].tolist())
+    log.info("best checkpoint (step %d): %s\nsample:\n%s", state["best_step"],
+             " | ".join(f"{k} {v}" for k, v in metrics.items()), sample)
+    headline = "val_loss" if "test_loss" not in metrics else "test_ppl_word" if "test_ppl_word" in metrics else "test_loss"
+    result_path = Path(args.result) if args.result else out_dir / "result.json"
+    run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
+    write_result(result_path, stage=STAGE, dataset=args.dataset, split="test" if "test" in splits else "val",
+                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
+                 params=model.num_params(), command=state["commands"], run=run, declared=REFERENCE_RUNS.get(run),
+                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick, "processes": world,
+                        "steps": state["step"], "best_step": state["best_step"],
+                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
+                        "vocab_size": meta["vocab_size"], "config": model.cfg.to_dict(),
+                        "hparams": resolved_config(args) | {"tokenizer": args.tokenizer and portable(args.tokenizer)},
+                        "tokens": meta["tokens"], "words": meta["words"],
+                        "sample": sample, "data_dir": portable(str(data_dir))})
+    h = state["history"]
+    plot_curves(result_path.with_suffix(".png"), {
+        "loss (nats/token)": {"train (per step)": tuple(zip(*h["train_loss"])), "val": tuple(zip(*h["val_loss"]))},
+    }, title=f"GPT, {args.dataset}: {headline} {metrics[headline]}")
+    log.info(f"wrote {result_path} and its plot" + (f" (the reference run {run!r}: publish it with "
+                                                    f"`python scripts/publish.py {result_path}`)" if run else ""))
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    args, ckpt = resume_from(parse_args(argv))
     if args.batch_size % args.accum_steps:
         raise UserError(f"--batch-size {args.batch_size} must be a multiple of --accum-steps {args.accum_steps}")
-    args.out_dir = args.out_dir.format(name=run_name(args))
-    out_dir = Path(args.out_dir)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
-        saved = ckpt["args"]
-        if run_name(argparse.Namespace(**saved)) != run_name(args):
-            raise UserError(f"{out_dir / 'last.pt'} is a {run_name(argparse.Namespace(**saved))} run, not {run_name(args)}")
-        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
-    rank, world, device = setup_distributed(args)
+    out_dir, data_dir = Path(args.out_dir), resolve_data_dir(args.data_dir)
+    rank, world, device = setup_distributed(args.device, args.batch_size, args.accum_steps)
     master = rank == 0
     log = get_logger(STAGE, out_dir / "train.log" if master else None)
-    if not master:
-        log.disabled = True
+    log.disabled = not master
     log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     set_seed(args.seed)
     t_start = time.time()
 
-    # ---- data: token files in the run folder (rank 0 writes them, the others wait)
-    data_dir = resolve_data_dir(args.data_dir)
-    max_chars = QUICK_CHARS if args.quick else None
-    if master:
-        meta = prepare(args.dataset, data_dir, out_dir, args.vocab_size, log.info, args.tokenizer, max_chars)
-    if world > 1:
-        dist.barrier()
-    if not master:  # finds rank 0's files
-        meta = prepare(args.dataset, data_dir, out_dir, args.vocab_size, log.info, args.tokenizer, max_chars)
-    if ckpt and ckpt["data"]["fingerprint"] != meta["fingerprint"]:
-        raise UserError(f"{out_dir / 'tokenizer.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
+    # ---- data: one long array of token ids per split; a step draws random windows of it
+    meta = prepare_data(args, data_dir, out_dir, master, world, ckpt, log.info)
     splits = {s: load_split(out_dir, s) for s in meta["splits"]}
     tokens_per_step = args.batch_size * args.block_size
     steps_per_epoch = max(1, len(splits["train"]) // tokens_per_step)
@@ -210,65 +267,25 @@ def main(argv=None) -> None:
     log.info(f"{steps_per_epoch} steps per epoch ({args.batch_size} windows x {args.block_size} tokens"
              f"{f' over {world} processes' if world > 1 else ''}), {total_steps} in all"
              + (f", or {args.time_budget} minutes" if args.time_budget else ""))
-
-    state = {"step": 0, "tokens": 0, "best_val_loss": math.inf, "best_step": 0, "train_seconds": 0.0,
-             "history": {"train_loss": [], "val_loss": []}}
     batch_gen = torch.Generator().manual_seed(args.seed)  # the windows: the same stream in every process
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
-        batch_gen.set_state(ckpt["batch_generator"])
-        set_rng_state(ckpt["rng"])  # rank 0's generators: a one-process run resumes exactly, dropout included
-        log.info(f"resumed at step {state['step']}")
-    note_command(state, "stage5_gpt/train.py", argv)  # the checkpoints keep it: results name the first
+    state = restore(ckpt, model, optimizer, scaler, batch_gen, log) if ckpt else new_state()
+    note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
     if rank > 0 or not ckpt:  # dropout: a different stream in each process
         torch.manual_seed(args.seed + rank + state["step"])
-    train_model = model
-    if args.compile:
-        train_model = torch.compile(model)
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
-        if not master:
-            return
-        obj = {"stage": STAGE, "dataset": args.dataset, "config": config.to_dict(), "args": vars(args),
-               "model": model.state_dict(), "state": state, "rng": rng_state(),
-               "batch_generator": batch_gen.get_state(),
-               "data": {"tokenizer": "tokenizer.json", "fingerprint": meta["fingerprint"]}}
-        if with_optimizer:
-            obj["optimizer"] = optimizer.state_dict()
-            obj["scaler"] = scaler.state_dict() if scaler is not None else None
-        save_checkpoint(obj, path)
-
-    def validate() -> None:
-        state["train_seconds"] = time.time() - t_loop[0]
-        val_loss, _ = evaluate(model, splits["val"], args.block_size, device)
-        t_loop[0] = time.time() - state["train_seconds"]  # validation time is not training time
-        state["history"]["val_loss"].append([state["step"], round(val_loss, 5)])
-        recent = [v for _, v in state["history"]["train_loss"][-eval_interval:]]
-        log.info(f"step {state['step']}: train loss {sum(recent) / len(recent):.4f} | val loss {val_loss:.4f} "
-                 f"| {state['train_seconds']:.0f}s")
-        if val_loss < state["best_val_loss"]:
-            state["best_val_loss"], state["best_step"] = val_loss, state["step"]
-            checkpoint(out_dir / "best.pt", with_optimizer=False)
-        checkpoint(out_dir / "last.pt")
+    train_model = wrap_for_training(model, args.compile, world, device)
+    save = functools.partial(save_run, master=master, args=args, config=config, model=model, state=state,
+                             batch_gen=batch_gen, meta=meta)  # save(path) -> best.pt; save(path, optimizer, scaler)
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
-    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
+    stop, restore_signals = catch_stop_signals()
     micro = args.batch_size // args.accum_steps  # windows per micro-step, all processes together
-    t_loop = [time.time() - state["train_seconds"]]
+    t_loop = time.time() - state["train_seconds"]  # training time excludes validation: t_loop moves on after each
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=None if master else True)
     try:
         model.train()
         while state["step"] < total_steps:
-            elapsed = time.time() - t_loop[0]
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(state["step"], elapsed, args, total_steps)
+                g["lr"] = lr_at(state["step"], time.time() - t_loop, args, total_steps)
             optimizer.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), device=device)
             for k in range(args.accum_steps):
@@ -288,7 +305,7 @@ def main(argv=None) -> None:
             else:
                 optimizer.step()
             # one small all-reduce a step: the mean loss over processes, and whether any process must stop
-            over_budget = bool(args.time_budget and time.time() - t_loop[0] >= 60 * args.time_budget)
+            over_budget = bool(args.time_budget and time.time() - t_loop >= 60 * args.time_budget)
             flags = torch.tensor([step_loss.item(), float(stop["by"] is not None), float(over_budget)],
                                  device=device)  # nccl reduces CUDA tensors only
             if world > 1:
@@ -305,7 +322,15 @@ def main(argv=None) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if state["step"] % eval_interval == 0 or state["step"] == total_steps or flags[2] > 0:
-                validate()
+                state["train_seconds"] = time.time() - t_loop
+                val_loss, _ = evaluate(model, splits["val"], args.block_size, device)
+                t_loop = time.time() - state["train_seconds"]  # validation time is not training time
+                state["history"]["val_loss"].append([state["step"], round(val_loss, 5)])
+                log_validation(log, state, val_loss, eval_interval)
+                if val_loss < state["best_val_loss"]:
+                    state["best_val_loss"], state["best_step"] = val_loss, state["step"]
+                    save(out_dir / "best.pt")
+                save(out_dir / "last.pt", optimizer, scaler)
             if flags[2] > 0:
                 log.info(f"time budget of {args.time_budget} minutes used up at step {state['step']}")
                 break
@@ -319,53 +344,16 @@ def main(argv=None) -> None:
         bar.close()
         restore_signals()
     if stop["by"]:
-        state["train_seconds"] = time.time() - t_loop[0]
-        checkpoint(out_dir / "last.pt")
+        state["train_seconds"] = time.time() - t_loop
+        save(out_dir / "last.pt", optimizer, scaler)
         log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
-                 f"python stage5_gpt/train.py --dataset {args.dataset} --out-dir {out_dir} --resume")
-        if world > 1:
-            dist.destroy_process_group()
-        if stop["by"] != "max_steps":
-            sys.exit(130)
-        return
+                 f"python {SCRIPT} --dataset {args.dataset} --out-dir {out_dir} --resume")
     if world > 1:
         dist.destroy_process_group()
-    if not master:
-        return
-
-    # ---- final report: the best checkpoint on every split, a sample, the result file
-    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE)["model"])
-    metrics = {}
-    for split, data in splits.items():
-        loss, n = evaluate(model, data, args.block_size, device)
-        metrics[f"{split}_loss"], metrics[f"{split}_ppl"] = round(loss, 4), round(math.exp(loss), 2)
-        if meta["tokenizer"] != "char":  # per word: the same total loss spread over the words, as Stage 2 counts them
-            metrics[f"{split}_ppl_word"] = round(math.exp(loss * n / meta["words"][split]), 2)
-    tok = load_tokenizer(out_dir / "tokenizer.json")
-    prompt = torch.tensor([tok.encode("\n")], device=device)
-    model.eval()
-    sample = tok.decode(model.generate(prompt, 300, temperature=0.8, top_k=50,
-                                       generator=torch.Generator(device=device).manual_seed(args.seed))[0].tolist())
-    log.info("best checkpoint (step %d): %s\nsample:\n%s", state["best_step"],
-             " | ".join(f"{k} {v}" for k, v in metrics.items()), sample)
-    headline = "val_loss" if "test_loss" not in metrics else "test_ppl_word" if "test_ppl_word" in metrics else "test_loss"
-    smoke = args.quick or args.max_steps is not None
-    result_path = Path(args.result) if args.result else (
-        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{run_name(args)}.json")
-    write_result(result_path, stage=STAGE, dataset=args.dataset, split="test" if "test" in splits else "val",
-                 metrics=metrics, headline=headline, train_seconds=state["train_seconds"], device=device,
-                 params=model.num_params(), command=state["commands"],
-                 extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick, "processes": world,
-                        "steps": state["step"], "best_step": state["best_step"],
-                        "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9)),
-                        "vocab_size": meta["vocab_size"], "config": config.to_dict(),
-                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
-                        "tokens": meta["tokens"], "words": meta["words"], "sample": sample, "data_dir": str(data_dir)})
-    h = state["history"]
-    plot_curves(result_path.with_suffix(".png"), {
-        "loss (nats/token)": {"train (per step)": tuple(zip(*h["train_loss"])), "val": tuple(zip(*h["val_loss"]))},
-    }, title=f"GPT, {args.dataset}: {headline} {metrics[headline]}")
-    log.info(f"wrote {result_path} and its plot")
+    if stop["by"] not in (None, "max_steps"):
+        sys.exit(130)
+    if master and not stop["by"]:
+        final_report(args, out_dir, data_dir, model, splits, meta, state, device, world, t_start, log)
 
 
 if __name__ == "__main__":

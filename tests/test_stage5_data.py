@@ -1,19 +1,18 @@
 """Stage 5 data: the readers on files in the offline formats, the downloads (patched to serve data shaped like the
-real sources), the character tokenizer, SST-2, and fine-tuning end to end on tiny files."""
+real sources), the character tokenizer, SST-2 and its split and batches for fine-tuning (fine-tuning itself:
+test_stage5_finetune.py)."""
 from __future__ import annotations
 
 import gzip
 import io
-import json
 import random
 import urllib.request
 
 import pytest
-import torch
 
-from conftest import TINY_PLAY, TINY_WIKI, assert_one_line_error, cli, write_tiny_data, write_tiny_lm_data
-from scripts.common import UserError, load_checkpoint
-from stage5_gpt import data, finetune, train
+from conftest import TINY_PLAY, TINY_WIKI, write_tiny_data, write_tiny_lm_data
+from scripts.common import UserError
+from stage5_gpt import data
 
 
 def test_tiny_shakespeare_split_is_nanogpts(tmp_path):
@@ -97,31 +96,13 @@ def test_char_tokenizer_round_trip_and_errors(tmp_path):
         data.load_tokenizer(tmp_path / "none.json")
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
-    lm = write_tiny_lm_data(root / "data")
-    write_tiny_data(root / "data")
-    out = root / "lm"
-    train.main(["--data-dir", str(lm), "--out-dir", str(out), "--result", str(out / "result.json"),
-                "--dataset", "wikitext2", "--vocab-size", "300", "--epochs", "2", "--batch-size", "8",
-                "--block-size", "32", "--n-layer", "2", "--n-head", "2", "--n-embd", "32"])
-    return root / "data", out / "best.pt"
-
-
-def ft_args(data_dir, ckpt, out, *extra):
-    return ["--checkpoint", str(ckpt), "--data-dir", str(data_dir), "--out-dir", str(out),
-            "--result", str(out / "result.json"), "--epochs", "3", "--batch-size", "16", "--lr", "3e-3",
-            "--warmup-steps", "5", "--dropout", "0.0", *extra]
-
-
-def test_finetune_length_batches_cover_every_sentence_once_with_little_padding():
+def test_sst2_length_batches_cover_every_sentence_once_with_little_padding():
     rng = random.Random(0)
     seqs = [[1] * rng.randint(1, 60) for _ in range(1000)]
-    batches = finetune.length_batches(seqs, 16, random.Random(3), pool=10)
+    batches = data.length_batches(seqs, 16, random.Random(3), pool=10)
     assert sorted(i for b in batches for i in b) == list(range(1000))
-    assert batches == finetune.length_batches(seqs, 16, random.Random(3), pool=10)  # same rng, same batches
-    assert batches != finetune.length_batches(seqs, 16, random.Random(4), pool=10)
+    assert batches == data.length_batches(seqs, 16, random.Random(3), pool=10)  # same rng, same batches
+    assert batches != data.length_batches(seqs, 16, random.Random(4), pool=10)
     padded = sum(len(b) * max(len(seqs[i]) for i in b) for b in batches)
     shuffled = list(range(1000))
     random.Random(3).shuffle(shuffled)
@@ -129,64 +110,14 @@ def test_finetune_length_batches_cover_every_sentence_once_with_little_padding()
     assert padded < 0.75 * unsorted
 
 
-def test_finetune_learns_sst2_and_records_the_run(pretrained, tmp_path):
-    data_dir, ckpt = pretrained
-    finetune.main(ft_args(data_dir, ckpt, tmp_path / "ft", "--epochs", "10"))
-    r = json.loads((tmp_path / "ft" / "result.json").read_text())
-    assert r["headline_metric"] == "accuracy" and r["split"] == "dev" and r["pretrained"] == str(ckpt)
-    assert r["metrics"]["accuracy"] >= 0.7  # well above chance (0.5): the tiny SST-2 has cue words to find
-    # the fine-tuned model travels with its tokenizer, and load_predictor gives the same dev accuracy one by one
-    predict = finetune.load_predictor(tmp_path / "ft" / "best.pt")
-    sentences, labels = data.load_sst2(data_dir, "dev")
-    probs = torch.cat([predict([s]) for s in sentences])                        # (N, 2)
-    assert torch.allclose(probs.sum(-1), torch.ones(len(sentences)))
-    assert not probs.requires_grad                                              # no autograd graph kept
-    hits = sum(int(p.argmax()) == y for p, y in zip(probs, labels))
-    assert round(hits / len(labels), 4) == r["metrics"]["accuracy"]
-    assert torch.allclose(predict(sentences), probs, atol=1e-5)                 # padding a batch changes nothing
-    finetune.main(ft_args(data_dir, ckpt, tmp_path / "scratch", "--from-scratch", "--epochs", "1"))
-    assert json.loads((tmp_path / "scratch" / "result.json").read_text())["pretrained"] is None
-
-
-def test_finetune_freeze_trains_only_the_head(pretrained, tmp_path):
-    data_dir, ckpt = pretrained
-    finetune.main(ft_args(data_dir, ckpt, tmp_path / "probe", "--freeze", "--epochs", "1"))
-    before = load_checkpoint(ckpt)["model"]
-    after = load_checkpoint(tmp_path / "probe" / "last.pt")["model"]
-    assert all(torch.equal(before[k], after["gpt." + k]) for k in before)
-    assert not torch.equal(after["head.weight"], torch.zeros_like(after["head.weight"]))
-
-
-def test_finetune_resume_is_exact(pretrained, tmp_path):
-    data_dir, ckpt = pretrained
-    a, b = tmp_path / "a", tmp_path / "b"
-    finetune.main(ft_args(data_dir, ckpt, a, "--epochs", "2", "--dropout", "0.1"))
-    finetune.main(ft_args(data_dir, ckpt, b, "--epochs", "2", "--dropout", "0.1", "--max-steps", "5"))
-    finetune.main(ft_args(data_dir, ckpt, b, "--epochs", "2", "--dropout", "0.1", "--resume"))
-    ha, hb = load_checkpoint(a / "last.pt")["state"]["history"], load_checkpoint(b / "last.pt")["state"]["history"]
-    assert ha == hb
-
-
-def test_finetune_bad_input(pretrained, tmp_path, capsys, monkeypatch):
-    import datasets
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
-    data_dir, ckpt = pretrained
-    code, err = cli(finetune.main, ft_args(data_dir, tmp_path / "none.pt", tmp_path / "x"), capsys)
-    assert_one_line_error(code, err, "checkpoint not found")
-    code, err = cli(finetune.main, ft_args(tmp_path / "empty", ckpt, tmp_path / "y"), capsys)
-    assert_one_line_error(code, err, "SST-2 not found")
-    with pytest.raises(SystemExit):
-        finetune.parse_args(["--from-scratch", "--freeze"])
-
-
-def test_finetune_validates_on_whole_sentences_not_their_phrases():
+def test_sst2_validation_is_whole_sentences_not_their_phrases():
     """SST-2 train holds each sentence's phrases: a held-out sentence's phrases must leave train."""
     texts = ["a great film .", "a great film", "great film", "great", "a dull movie .", "dull movie", "dull",
              "movie", "the end .", "the end", "film", "a dull movie ."]   # the last: a duplicate, never whole
     for seed in range(5):
-        train_rows, val_rows = finetune.sentence_split(texts, 2, random.Random(seed))
+        train_rows, val_rows = data.sentence_split(texts, 2, random.Random(seed))
         assert sorted(val_rows) == [0, 8]                    # the only rows no other row contains
         assert sorted(train_rows) == [4, 5, 6, 7, 11]        # "a great film", "great film", "great", "film",
         #                                                      "the end" are inside a held-out sentence
     with pytest.raises(UserError, match="only 2"):
-        finetune.sentence_split(texts, 3, random.Random(0))
+        data.sentence_split(texts, 3, random.Random(0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -235,27 +234,17 @@ def test_same_ids_as_hugging_face_tokenizers(tok):
         assert hf.decode(ids, skip_special_tokens=False) == tok.decode(ids)
 
 
-DATA = os.environ.get("MY_LLM_DATA")
-
-
-def data_file(relative: str) -> Path:
-    path = Path(DATA or "") / relative
-    if not DATA or not path.is_file():
-        pytest.skip(f"{relative} not found in $MY_LLM_DATA")
-    return path
-
-
 def read_gz(path: Path, max_lines: int | None = None) -> str:
     with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
         return f.read() if max_lines is None else "".join(f.readline() for _ in range(max_lines))
 
 
-@pytest.mark.real_data
-def test_same_ids_as_hugging_face_on_wikitext2_test():
+@pytest.mark.real_data("wikitext-2")
+def test_same_ids_as_hugging_face_on_wikitext2_test(real_data_dir):
     """A 2,000-token vocabulary learned on the first 2 MB of WikiText-2 train; the whole test split encoded by both."""
     pytest.importorskip("tokenizers")
-    train = read_gz(data_file("wikitext-2/wiki.train.tokens.gz"))[:2_000_000]
-    test = read_gz(data_file("wikitext-2/wiki.test.tokens.gz"))
+    train = read_gz(real_data_dir / "wikitext-2/wiki.train.tokens.gz")[:2_000_000]
+    test = read_gz(real_data_dir / "wikitext-2/wiki.test.tokens.gz")
     t = BPETokenizer.train(train, 2000, progress=False)
     ids = t.encode(test)
     hf_ids = t.to_hf().encode(test).ids
@@ -264,15 +253,15 @@ def test_same_ids_as_hugging_face_on_wikitext2_test():
     assert len(test.encode("utf-8")) / len(ids) > 3.0  # a real vocabulary: over 3 bytes per token on unseen text
 
 
-@pytest.mark.real_data
 @pytest.mark.parametrize("relative", [
-    "wikitext-2/wiki.valid.tokens.gz", "tiny_shakespeare/input.txt.gz", "imdb/test.csv.gz", "imdb/unsup.csv.gz",
-    "multi30k/train.de.gz", "multi30k/train.fr.gz", "tatoeba_eng_fra/fra.txt.gz", "glue/sst2/dev.tsv.gz",
-    "glue/cola/train.tsv.gz", "glue/mrpc/train.tsv.gz", "ag_news/test.csv.gz",
+    pytest.param(relative, marks=pytest.mark.real_data(relative.rsplit("/", 1)[0]), id=relative) for relative in [
+        "wikitext-2/wiki.valid.tokens.gz", "tiny_shakespeare/input.txt.gz", "imdb/test.csv.gz", "imdb/unsup.csv.gz",
+        "multi30k/train.de.gz", "multi30k/train.fr.gz", "tatoeba_eng_fra/fra.txt.gz", "glue/sst2/dev.tsv.gz",
+        "glue/cola/train.tsv.gz", "glue/mrpc/train.tsv.gz", "ag_news/test.csv.gz"]
 ])
-def test_round_trip_on_real_data(tok, relative):
+def test_round_trip_on_real_data(tok, relative, real_data_dir):
     """The first 300 lines of every data set: decode(encode(x)) == x, and Hugging Face agrees on the ids."""
-    text = read_gz(data_file(relative), max_lines=300)
+    text = read_gz(real_data_dir / relative, max_lines=300)
     assert len(text) > 1000
     ids = tok.encode(text)
     assert tok.decode(ids) == text
@@ -325,9 +314,22 @@ def test_cli_writes_its_figures_as_json(tiny_lm_data_dir, tmp_path, capsys):
     assert r["identical_to_hf"] is True and r["round_trip"] is True and r["train_seconds"] >= 0
     assert r["held_out_tokens"] > 0 and r["held_out_bytes_per_token"] > 1
     assert r["command"].startswith("python stage5_gpt/tokenizer.py --dataset tiny_shakespeare")
-    assert "headline_metric" not in r   # a side file, not a row of the README results table
+    assert "headline_metric" not in r and "run" not in r  # a side file, and not the reference run
+    tk.main(["--dataset", "tiny_shakespeare", "--data-dir", str(tiny_lm_data_dir), "--vocab-size", "300",
+             "--out", str(out)])
+    assert json.loads(out.with_suffix(".result.json").read_text())["vocab_size"] == 300  # by default: beside --out
 
 
+def test_cli_does_not_import_the_data_module():
+    """data.py imports the tokenizer; the tokenizer's --dataset mode reads the corpus through corpus.py instead, so
+    the stage's imports never go round in a circle."""
+    import ast
+    source = (Path(tk.__file__)).read_text(encoding="utf-8")
+    imported = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
+    assert "stage5_gpt.data" not in imported and "stage5_gpt.corpus" in imported
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [False, True])
 def test_script_runs_both_ways(tmp_path, module):
     """`python stage5_gpt/tokenizer.py` and `python -m stage5_gpt.tokenizer`, from the repo root."""

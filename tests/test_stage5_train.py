@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, assert_one_line_error, cli, run_script, signal_mid_training, write_tiny_lm_data
-from scripts.common import load_checkpoint
+import scripts.common
+from scripts.common import load_checkpoint, resolved_config
 from stage5_gpt import train
+from stage5_gpt.reference_runs import GPT_CHECKPOINT, REFERENCE_RUNS
 from stage5_gpt.data import count_words, eval_windows, get_batch, load_tokenizer, prepare
 
 STAGE = "stage5_gpt"
@@ -95,6 +97,7 @@ def test_resume_is_exact(data_dir, tmp_path):
         assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_continues(data_dir, tmp_path):
     out = tmp_path / "run"
     args = train_args(data_dir, out, "--epochs", "100000", "--eval-interval", "3")
@@ -117,7 +120,8 @@ def test_time_budget_stops_and_ends_the_schedule(data_dir, tmp_path):
     assert train.lr_at(10, 60, args, 10 ** 9) == pytest.approx(args.min_lr)             # ...but the budget is
 
 
-@pytest.mark.skipif(not train.cpu_has_native_bf16(), reason="this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+@pytest.mark.skipif(not scripts.common.cpu_has_native_bf16(),
+                    reason="this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
 def test_cpu_bf16_is_on_close_to_fp32_and_resumes_exactly(data_dir, tmp_path):
     """--cpu-bf16 rounds the matrix products to bf16: the losses differ from fp32's (so it is on), by rounding only
     (the same model learns); the flag is kept in the checkpoint, so a resume without it continues in bf16, exactly."""
@@ -134,11 +138,12 @@ def test_cpu_bf16_is_on_close_to_fp32_and_resumes_exactly(data_dir, tmp_path):
 
 
 def test_cpu_bf16_without_bf16_instructions_is_one_line(data_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(scripts.common, "cpu_has_native_bf16", lambda: False)  # where autocast_for looks it up
     code, err = cli(train.main, train_args(data_dir, tmp_path / "r", "--max-steps", "1", "--cpu-bf16"), capsys)
     assert_one_line_error(code, err, r"--cpu-bf16: this CPU has no bf16 instructions")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
 def test_two_processes_match_one(data_dir, tmp_path):
     """Distributed data parallel: each process takes half of the same global batch; DDP averages the gradients, so
@@ -170,6 +175,7 @@ def test_bad_input_gives_one_line(data_dir, tmp_path, capsys):
         train.parse_args(["--n-embd", "30", "--n-head", "4"])
 
 
+@pytest.mark.slow
 def test_help_and_module_form():
     for cmd in ([sys.executable, f"{STAGE}/train.py", "--help"], [sys.executable, "-m", f"{STAGE}.train", "--help"]):
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
@@ -197,6 +203,7 @@ def test_evaluate_matches_training(trained, capsys):
     assert_one_line_error(code, err, r"has no 'test' split")
 
 
+@pytest.mark.slow
 def test_generate_streams_and_cache_changes_nothing(trained):
     data_dir, out = trained
     common = ["--checkpoint", out / "best.pt", "--prompt", "ROMEO", "--max-new-tokens", "40", "--temperature", "0"]
@@ -210,6 +217,7 @@ def test_generate_streams_and_cache_changes_nothing(trained):
     assert sampled.returncode == 0 and sampled.stdout.startswith("ROMEO"), sampled.stderr
 
 
+@pytest.mark.slow
 def test_generate_bad_prompts_and_interactive(trained, tmp_path):
     data_dir, out = trained
     bad = run_script("generate", "--checkpoint", out / "best.pt", "--prompt", "Zürich 東京", data_dir=data_dir, stage=STAGE)
@@ -223,6 +231,7 @@ def test_generate_bad_prompts_and_interactive(trained, tmp_path):
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_checks_the_cache(tmp_path):
     proc = run_script("benchmark", "--vocab-size", "50", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
                       "--block-size", "16", "--batch-size", "2", "--steps", "1", "--rounds", "1", "--warmup", "0",
@@ -232,14 +241,55 @@ def test_benchmark_runs_and_checks_the_cache(tmp_path):
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["train_tokens_per_second"]["ours"] > 0 and r["train_ratio_ours_over_hf"] > 0
     assert r["identical_greedy_output"] is True and r["kv_cache_speedup"] > 0
-    if train.cpu_has_native_bf16():  # a third contestant: our model under the CPU's bf16 autocast
+    if scripts.common.cpu_has_native_bf16():  # a third contestant: our model under the CPU's bf16 autocast
         assert r["train_tokens_per_second"]["ours, cpu bf16"] > 0 and r["train_ratio_cpu_bf16_over_fp32"] > 0
     else:
         assert r["train_ratio_cpu_bf16_over_fp32"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["evaluate", "generate", "finetune", "benchmark", "tokenizer"])
 def test_every_script_has_help(script):
     proc = subprocess.run([sys.executable, f"{STAGE}/{script}.py", "--help"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+
+
+# ----------------------------------------------------------------------------- settings and reference runs
+
+def test_quick_defaults_give_way_to_typed_flags_even_abbreviated():
+    """--quick sets a tiny model, but what the user typed wins, also in argparse's abbreviated form."""
+    args = train.parse_args(["--quick", "--n-emb", "96"])
+    assert args.n_embd == 96 and args.n_layer == 2 and args.epochs == 1 and args.block_size == 64
+    assert train.parse_args(["--quick", "--epochs=3"]).epochs == 3
+    assert train.parse_args(["--n-emb", "96"]).n_layer == 4  # without --quick: the reference defaults
+
+
+def test_reference_runs_parse_and_write_under_runs():
+    from stage5_gpt import benchmark, finetune, tokenizer
+    scripts = {"stage5_gpt/train.py": train, "stage5_gpt/finetune.py": finetune, "stage5_gpt/tokenizer.py": tokenizer,
+               "stage5_gpt/benchmark.py": benchmark}
+    published = {p.stem for p in (REPO_ROOT / STAGE / "results").glob("*.json")}
+    assert published == set(REFERENCE_RUNS)  # every published file is a declared run, and the other way round
+    for name, argv in REFERENCE_RUNS.items():
+        args = scripts[argv[0]].parse_args(argv[1:])
+        for flag in ("--out-dir", "--result", "--json", "--data-dir", "--device"):
+            assert flag not in argv, (name, flag)
+        for where in ("out_dir", "json"):
+            assert str(getattr(args, where, None) or "runs/").startswith("runs/"), (name, where)
+        recorded = json.loads((REPO_ROOT / STAGE / "results" / f"{name}.json").read_text())
+        assert recorded["run"] == name and recorded["command"] == "python " + " ".join(argv)
+        hparams = recorded.get("hparams") or recorded.get("config")
+        if hparams:  # what the published run recorded is what the declared command resolves to
+            assert {k: v for k, v in resolved_config(args).items() if k in hparams} == \
+                {k: v for k, v in hparams.items() if k in resolved_config(args)}, name
+    assert train.parse_args(REFERENCE_RUNS["wikitext2"][1:]).out_dir + "/best.pt" == GPT_CHECKPOINT
+
+
+def test_a_run_records_its_reference_name_only_when_it_is_one(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(train_args(data_dir, out, "--epochs", "1"))
+    r = json.loads((out / "result.json").read_text())
+    assert "run" not in r  # an experiment, not a reference run
+    assert r["hparams"] == resolved_config(train.parse_args(train_args(data_dir, out, "--epochs", "1")))
+    assert not any(isinstance(v, str) and str(tmp_path) in v for v in r["hparams"].values())
