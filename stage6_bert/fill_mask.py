@@ -27,8 +27,9 @@ if __package__ in (None, ""):  # run as `python stage6_bert/fill_mask.py`: put t
 import torch
 
 from scripts.common import UserError, get_device, positive_int, run_cli
-from stage6_bert.evaluate import load_pretrained
 from stage6_bert.model import BertPretrain
+from stage6_bert.predict import load_pretrained
+from stage6_bert.reference_runs import BERT_CHECKPOINT
 from stage6_bert.tokenizer import CLS_ID, MASK_ID, SEP_ID, WordPieceTokenizer
 
 MASK = "[MASK]"
@@ -86,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("text", help='a text with one or more [MASK], e.g. "the movie was [MASK] ."')
     p.add_argument("--top-k", type=positive_int, default=5, help="guesses to show for each [MASK]")
-    p.add_argument("--checkpoint", default="runs/stage6_bert/pretrain/best.pt",
+    p.add_argument("--checkpoint", default=BERT_CHECKPOINT,
                    help="a pre-training checkpoint (its tokenizer.json sits beside it)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     return p.parse_args(argv)

@@ -33,13 +33,14 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from scripts.common import UserError
+from scripts.common import UserError, atomic_write, atomic_write_text
 
 SPLITS = ("train", "dev", "test")
 HUB_ID = "nyu-mll/glue"
@@ -221,14 +222,18 @@ def hub_row(task: str, split: str, record: dict, i: int) -> list[str]:
 
 
 def write_split(task: str, path: Path, split: str, records) -> None:
+    """The hub's records as one of our files, gzip'd, written atomically: a download cut short leaves no file."""
     t = TASKS[task]
-    tmp = path.with_name(path.name + ".part")
-    with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
-        if split == "test" or t.header:
-            f.write(("\ufeff" if t.bom and split != "test" else "") + "\t".join(
-                t.test_columns if split == "test" else t.columns) + "\n")
-        f.writelines("\t".join(hub_row(task, split, r, i)) + "\n" for i, r in enumerate(records))
-    tmp.replace(path)
+    lines = []
+    if split == "test" or t.header:
+        lines.append(("\ufeff" if t.bom and split != "test" else "") + "\t".join(
+            t.test_columns if split == "test" else t.columns) + "\n")
+    lines += ["\t".join(hub_row(task, split, r, i)) + "\n" for i, r in enumerate(records)]
+
+    def write(f) -> None:
+        with gzip.GzipFile(fileobj=f, mode="wb") as gz:
+            gz.write("".join(lines).encode("utf-8"))
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- metrics, from scratch
@@ -341,6 +346,88 @@ def make_batch(enc: Encoded, idx: list[int], device, pad_id: int = 0):
     return ids.to(device), segments.to(device), mask.to(device), labels
 
 
+# ----------------------------------------------------------------------------- held-out validation, batches of a length
+
+QUICK_ROWS = {"train": 2_000, "dev": 200, "test": 200}  # --quick: the first rows of each split (evaluate.py: dev too)
+
+
+def val_count(spec: float | None, n_train: int, phrases: bool = False) -> int:
+    """--val-size: None = 10% of train, at most 2,000 (a train set of phrases, SST-2: at most 500 sentences); below 1
+    a fraction of train; else a number of examples."""
+    if spec is None:
+        return min(500 if phrases else 2000, round(0.1 * n_train))
+    return round(spec * n_train) if spec < 1 else int(spec)
+
+
+def sentence_split(texts: list[str], n_val: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(train rows, val rows) for a train set made of phrases of sentences, as SST-2's is. Validation takes `n_val`
+    whole sentences: examples that no other example contains, found in a random order. Train keeps every other
+    example except the phrases inside a validation sentence, whose labels would give its answer away. What is left
+    is the situation of dev: sentences the model has never seen, in whole or in part."""
+    words = [t.split() for t in texts]
+    padded = [f" {' '.join(w)} " for w in words]  # spaces around: "art" is not inside "party"
+    having: dict[str, list[int]] = {}  # word -> the examples that hold it
+    for i, w in enumerate(words):
+        for word in set(w):
+            having.setdefault(word, []).append(i)
+
+    def whole(i: int) -> bool:  # only the examples with its rarest word can contain it
+        rarest = min(set(words[i]), key=lambda word: len(having[word]), default=None)
+        return rarest is not None and not any(j != i and padded[i] in padded[j] for j in having[rarest])
+
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    val = []
+    for i in order:
+        if len(val) == n_val:
+            break
+        if whole(i):
+            val.append(i)
+    if len(val) < n_val:
+        raise UserError(f"--val-size asks for {n_val} whole sentences, but the training set has only {len(val)}")
+    inside = {" ".join(words[i][a:b]) for i in val for a in range(len(words[i])) for b in range(a + 1, len(words[i]) + 1)}
+    held = set(val)
+    train = [i for i in range(len(texts)) if i not in held and padded[i][1:-1] not in inside]
+    return train, val
+
+
+def train_val_rows(task: str, train: Split, val_size: float | None) -> tuple[list[int], list[int]]:
+    """(train rows, validation rows) of a task's train split: --val-size examples held out to choose the best epoch
+    (see val_count), whole sentences for SST-2 (sentence_split), a random sample for the others. The split is fixed
+    (random.Random(0)), whatever --seed is: runs with different seeds are comparable."""
+    t = get_task(task)
+    n_val = val_count(val_size, len(train), t.phrases)
+    if not 1 <= n_val < len(train):
+        raise UserError(f"--val-size {val_size or '(default: 10%)'} holds out {n_val} of {len(train)} training "
+                        f"examples; keep at least one for validation and one for training")
+    rng = random.Random(0)
+    if t.phrases:
+        return sentence_split(train.a, n_val, rng)
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    return order[n_val:], order[:n_val]
+
+
+def take(enc: Encoded, rows: list[int]) -> Encoded:
+    return Encoded([enc.ids[i] for i in rows], [enc.segments[i] for i in rows], [enc.labels[i] for i in rows])
+
+
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:
+    """One epoch's batches, each of examples of similar length. A batch is padded to its longest example, and SST-2
+    mixes 3-token phrases with 60-token sentences: random batches would spend most of their compute on padding.
+    Shuffle, cut into pools of `pool` batches, sort each pool by length, cut it into batches, shuffle the batches.
+    Every example appears once; the order still changes every epoch, and the same rng state gives the same batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    size = pool * batch_size
+    batches = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start:start + size], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def format_prediction(task: str, pred: int | float) -> str:
     """A prediction as GLUE's server reads it: the label string of the task's files, or the score clipped to 0..5."""
     t = get_task(task)
@@ -349,11 +436,6 @@ def format_prediction(task: str, pred: int | float) -> str:
 
 def write_predictions(task: str, path: str | Path, index: list[str], preds: list) -> Path:
     """GLUE's submission format: header `index<TAB>prediction`, one row per test example, in file order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write("index\tprediction\n")
-        f.writelines(f"{i}\t{format_prediction(task, p)}\n" for i, p in zip(index, preds))
-    tmp.replace(path)
-    return path
+    atomic_write_text(path, "index\tprediction\n" + "".join(f"{i}\t{format_prediction(task, p)}\n"
+                                                            for i, p in zip(index, preds)))
+    return Path(path)

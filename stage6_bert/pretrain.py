@@ -18,16 +18,18 @@ documents are scored (MLM loss and accuracy at the masked tokens; NSP accuracy) 
 few fill-in-the-blank sentences show what the model guesses; best.pt is the lowest validation MLM loss.
 
 The checkpoints (what finetune.py reads): <out-dir>/last.pt and best.pt hold {"stage": "stage6_bert", "kind":
-"pretrain", "config": BertConfig.to_dict(), "model": BertPretrain's state dict, "tokenizer": "tokenizer.json" (the
+"masked_lm", "config": BertConfig.to_dict(), "model": BertPretrain's state dict, "tokenizer": "tokenizer.json" (the
 file beside the checkpoint), "args": the flags, "state": step, history, ...}; last.pt also holds the optimizer and the
-random-number states that --resume needs.
+random-number states that --resume needs. The default --out-dir is runs/stage6_bert/pretrain (pretrain_nsp with
+--nsp); the result file <out-dir>/result.json and its plot go there too. The reference runs behind the published
+figures are declared in reference_runs.py; `python scripts/publish.py <out-dir>/result.json` publishes one.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,16 +42,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (REPO_ROOT, UserError, add_common_args, catch_stop_signals, get_device, get_logger,
-                            load_checkpoint, note_command, plot_curves, positive_float, positive_int, probability,
-                            resolve_data_dir, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
-                            write_result)
+from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_logger, load_checkpoint,
+                            merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
+                            positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
+                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            setup_distributed, write_result)
 from stage6_bert.data import (PackedWindows, SentencePairs, collate, fixed_batches, mask_batch, prepare,
                               split_documents)
 from stage6_bert.model import BertConfig, BertPretrain, configure_optimizer
+from stage6_bert.reference_runs import REFERENCE_RUNS
 from stage6_bert.tokenizer import CLS_ID, MASK_ID, SEP_ID
 
 STAGE = "stage6_bert"
+SCRIPT = "stage6_bert/pretrain.py"
 QUICK_CHARS = 300_000  # --quick: the first characters of WikiText-2 train (or of each --corpus file)
 QUICK = {"epochs": 1, "imdb_unsup": 500, "vocab_size": 2000, "max_len": 64, "hidden": 64, "layers": 2, "heads": 2,
          "warmup_steps": 20, "lr": 1e-3}
@@ -110,20 +115,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX): about 1.6x the "
                         "training tokens/s of fp32 measured on this course's CPU; an error on a CPU without it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
-    p.add_argument("--result", default=None, help="result JSON path (default: stage6_bert/results/<run name>.json; "
-                                                  "<out-dir>/result.json for smoke runs)")
-    args = p.parse_args(argv)
-    if args.quick:
-        given = [str(a).split("=")[0] for a in (sys.argv[1:] if argv is None else argv)]
-        for flag, value in QUICK.items():
-            if "--" + flag.replace("_", "-") not in given:
-                setattr(args, flag, value)
+    p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
+                                                  "`python scripts/publish.py <out-dir>/result.json`)")
+    args = parse_with_quick_defaults(p, argv, QUICK)
     if args.hidden % args.heads:
         p.error(f"--hidden {args.hidden} must be divisible by --heads {args.heads}")
     if args.mask_prob <= 0:
         p.error("--mask-prob must be > 0: with nothing masked there is nothing to learn")
     if args.max_len < 8:
         p.error(f"--max-len {args.max_len} is too short; use at least 8")
+    args.out_dir = args.out_dir.format(name=run_name(args))
     return args
 
 
@@ -191,100 +192,46 @@ def fill_in(model, tok, texts: list[str], device, k: int = 5) -> list[str]:
     return lines
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32.
-    PyTorch has no public test for this, so the private helpers are read with a fallback of False."""
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(check is not None and check() for check in checks)
+def resume_checkpoint(args) -> dict:
+    """<out-dir>/last.pt for --resume: a pre-training checkpoint of the same recipe (MLM only, or with NSP)."""
+    path = Path(args.out_dir) / "last.pt"
+    ckpt = load_checkpoint(path, stage=STAGE, kind="masked_lm")
+    saved = run_name(argparse.Namespace(**ckpt["args"]))
+    if saved != run_name(args):
+        raise UserError(f"{path} is a {saved} run, not {run_name(args)}")
+    return ckpt
 
 
-def autocast_for(device: torch.device, enabled: bool, cpu_bf16: bool = False):
-    """Mixed precision. On CUDA (--amp): bf16 where the GPU has it (no loss scaling needed), else fp16 with a scaler.
-    On a CPU only when asked (--cpu-bf16): the matrix products run in bf16 while the weights, the optimizer and the
-    loss stay fp32. Opt-in, so that the fp32 reference commands keep reproducing their numbers exactly."""
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-        return torch.autocast("cuda", dtype=dtype), scaler
-    if cpu_bf16 and device.type == "cpu":
-        if not cpu_has_native_bf16():
-            raise UserError("--cpu-bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX); leave the flag out")
-        return torch.autocast("cpu", dtype=torch.bfloat16), None
-    return contextlib.nullcontext(), None
-
-
-def setup_distributed(args):
-    """Under torchrun (RANK/WORLD_SIZE set): one process per device, gloo on CPU, nccl on GPU. -> rank, world, device."""
-    if "RANK" not in os.environ:
-        return 0, 1, get_device(args.device)
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    device = get_device(args.device)
-    if device.type == "cuda":
-        if local >= torch.cuda.device_count():
-            raise UserError(f"{world} processes on {torch.cuda.device_count()} GPU(s): start at most one per GPU "
-                            f"(--nproc_per_node), or use --device cpu")
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if args.batch_size % (world * args.accum_steps):
-        raise UserError(f"--batch-size {args.batch_size} must divide evenly over {world} processes x "
-                        f"{args.accum_steps} accumulation steps")
-    if device.type == "cpu":  # the processes share the cores
-        torch.set_num_threads(max(1, torch.get_num_threads() // world))
-    return rank, world, device
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.batch_size % args.accum_steps:
-        raise UserError(f"--batch-size {args.batch_size} must be a multiple of --accum-steps {args.accum_steps}")
-    args.out_dir = args.out_dir.format(name=run_name(args))
-    out_dir = Path(args.out_dir)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(out_dir / "last.pt", stage=STAGE)
-        if ckpt.get("kind") != "pretrain":
-            raise UserError(f"{out_dir / 'last.pt'} is a {ckpt.get('kind', 'unknown')} checkpoint, not a pre-training one")
-        saved = ckpt["args"]
-        if run_name(argparse.Namespace(**saved)) != run_name(args):
-            raise UserError(f"{out_dir / 'last.pt'} is a {run_name(argparse.Namespace(**saved))} run, not {run_name(args)}")
-        args = argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in RESUMABLE}})
-    rank, world, device = setup_distributed(args)
-    master = rank == 0
-    log = get_logger(STAGE, out_dir / "train.log" if master else None)
-    if not master:
-        log.disabled = True
-    log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
-    set_seed(args.seed)
-    t_start = time.time()
-
-    # ---- data: the tokenizer and the encoded corpus in the run folder (rank 0 writes them, the others wait)
-    data_dir = resolve_data_dir(args.data_dir)
-
-    def prepare_data():
-        return prepare(data_dir, out_dir, corpus=args.corpus, imdb_unsup=args.imdb_unsup, vocab_size=args.vocab_size,
-                       tokenizer_file=args.tokenizer, max_chars=QUICK_CHARS if args.quick else None, log=log.info)
-    if master:
-        tok, corpus, summary = prepare_data()
+def prepare_data(args, data_dir: Path, rank: int, world: int, ckpt: dict | None, log) -> tuple:
+    """The tokenizer and the encoded corpus in the run folder: rank 0 writes them, then the other processes read them.
+    A resumed run must find the very data it started with. -> (tokenizer, corpus, summary), as data.prepare."""
+    options = dict(corpus=args.corpus, imdb_unsup=args.imdb_unsup, vocab_size=args.vocab_size,
+                   tokenizer_file=args.tokenizer, max_chars=QUICK_CHARS if args.quick else None, log=log.info)
+    if rank == 0:
+        prepared = prepare(data_dir, args.out_dir, **options)
     if world > 1:
         dist.barrier()
-    if not master:  # finds rank 0's files
-        tok, corpus, summary = prepare_data()
-    if ckpt and ckpt["data"]["fingerprint"] != summary["fingerprint"]:
+    if rank > 0:  # finds rank 0's files
+        prepared = prepare(data_dir, args.out_dir, **options)
+    if ckpt and ckpt["data"]["fingerprint"] != prepared[2]["fingerprint"]:
+        out_dir = Path(args.out_dir)
         raise UserError(f"the corpus or {out_dir / 'tokenizer.json'} changed since {out_dir / 'last.pt'} was written "
                         f"(fingerprints differ); resume with the same data, or start a new --out-dir")
+    return prepared
+
+
+def make_examples(args, corpus) -> tuple:
+    """(training examples, validation examples): packed windows, or sentence pairs with --nsp."""
     train_docs, val_docs = split_documents(len(corpus))
     kind = SentencePairs if args.nsp else PackedWindows
     train_set, val_set = kind(corpus, train_docs, args.max_len), kind(corpus, val_docs, args.max_len)
     if len(train_set) < args.batch_size:
         raise UserError(f"only {len(train_set)} training examples, fewer than --batch-size {args.batch_size}; "
                         f"lower it or give more text")
-    steps_per_epoch = len(train_set) // args.batch_size
-    total_steps = args.epochs * steps_per_epoch
-    eval_interval = args.eval_interval or min(500, steps_per_epoch)
-    vocab_size = len(tok)
+    return train_set, val_set
 
-    # ---- model and optimizer
+
+def build_model(args, vocab_size: int, device) -> tuple[BertPretrain, BertConfig]:
     config = BertConfig(vocab_size=vocab_size, max_position=args.max_len, hidden=args.hidden, n_layer=args.layers,
                         n_head=args.heads, intermediate=args.intermediate, dropout=args.dropout,
                         attn_dropout=args.dropout, norm=args.norm, pos_init=args.pos_init)
@@ -292,102 +239,152 @@ def main(argv=None) -> None:
     if not args.nsp:  # nothing trains the pooler and the NSP head without NSP (and DDP wants a gradient for every
         for module in (model.bert.pooler, model.nsp):  # trainable parameter): they keep their init; fine-tuning
             module.requires_grad_(False)               # trains the pooler, as for RoBERTa
-    optimizer = configure_optimizer(model, args.lr, args.weight_decay)
-    autocast, scaler = autocast_for(device, args.amp, args.cpu_bf16)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(f"model: {n_params:,} parameters, {config}")
-    log.info(f"{len(train_set):,} training and {len(val_set):,} validation examples "
-             f"({'sentence pairs, MLM + NSP' if args.nsp else 'packed text, MLM only'}); {steps_per_epoch} steps per "
-             f"epoch of {args.batch_size}{f' over {world} processes' if world > 1 else ''}, {total_steps} in all"
-             + (f", or {args.time_budget} minutes" if args.time_budget else ""))
+    return model, config
 
-    state = {"step": 0, "tokens": 0, "best_val_loss": math.inf, "best_step": 0, "train_seconds": 0.0,
-             "history": {"train_loss": [], "val_mlm_loss": [], "val_mlm_acc": [], "val_nsp_acc": []}}
-    batch_gen = torch.Generator().manual_seed(args.seed)  # masks and pairs: the same stream in every process
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
-        batch_gen.set_state(ckpt["batch_generator"])
-        set_rng_state(ckpt["rng"])  # rank 0's generators: a one-process run resumes exactly, dropout included
-        log.info(f"resumed at step {state['step']}")
-    note_command(state, "stage6_bert/pretrain.py", argv)  # the checkpoints keep it: results name the first
-    if rank > 0 or not ckpt:  # dropout: a different stream in each process
-        torch.manual_seed(args.seed + rank + state["step"])
-    train_model = model
-    if args.compile:
-        train_model = torch.compile(model)
+
+def plan(args, n_train: int, n_val: int, steps_per_epoch: int, total_steps: int, world: int) -> str:
+    """The run in one line of the log: its examples and its steps."""
+    return (f"{n_train:,} training and {n_val:,} validation examples "
+            f"({'sentence pairs, MLM + NSP' if args.nsp else 'packed text, MLM only'}); {steps_per_epoch} steps per "
+            f"epoch of {args.batch_size}{f' over {world} processes' if world > 1 else ''}, {total_steps} in all"
+            + (f", or {args.time_budget} minutes" if args.time_budget else ""))
+
+
+def new_state() -> dict:
+    """What the loop keeps and the checkpoints carry: the step, the tokens seen, the best validation, the history."""
+    return {"step": 0, "tokens": 0, "best_val_loss": math.inf, "best_step": 0, "train_seconds": 0.0,
+            "history": {"train_loss": [], "val_mlm_loss": [], "val_mlm_acc": [], "val_nsp_acc": []}}
+
+
+def resume_state(ckpt: dict, model, optimizer, scaler, batch_gen, log) -> dict:
+    """Put back what last.pt holds (weights, optimizer, loss scaler, the mask generator, rank 0's random-number
+    generators: a one-process run resumes exactly, dropout included) -> the run's state."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    batch_gen.set_state(ckpt["batch_generator"])
+    set_rng_state(ckpt["rng"])
+    log.info(f"resumed at step {ckpt['state']['step']}")
+    return ckpt["state"]
+
+
+def wrap_for_training(model, compile_it: bool, world: int, device):
+    """The module the loop calls: torch.compile'd with --compile, in DistributedDataParallel under torchrun. The
+    weights stay those of `model`, which is what is evaluated and saved."""
+    train_model = torch.compile(model) if compile_it else model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    return train_model
 
-    def checkpoint(path: Path, with_optimizer: bool = True) -> None:
-        if not master:
-            return
-        obj = {"stage": STAGE, "kind": "pretrain", "config": config.to_dict(), "model": model.state_dict(),
-               "tokenizer": "tokenizer.json", "args": vars(args), "state": state, "rng": rng_state(),
-               "batch_generator": batch_gen.get_state(), "data": {"fingerprint": summary["fingerprint"]}}
-        if with_optimizer:
-            obj["optimizer"] = optimizer.state_dict()
-            obj["scaler"] = scaler.state_dict() if scaler is not None else None
-        save_checkpoint(obj, path)
 
-    order_cache = {}
+def save_run(path: Path, model, config: BertConfig, args, state: dict, batch_gen, fingerprint: str,
+             optimizer=None, scaler=None) -> None:
+    """best.pt (no optimizer), or last.pt: also the optimizer, the loss scaler and the random-number states, all that
+    --resume needs to continue exactly."""
+    obj = {"stage": STAGE, "kind": "masked_lm", "config": config.to_dict(), "model": model.state_dict(),
+           "tokenizer": "tokenizer.json", "args": vars(args), "state": state, "rng": rng_state(),
+           "batch_generator": batch_gen.get_state(), "data": {"fingerprint": fingerprint}}
+    if optimizer is not None:
+        obj["optimizer"] = optimizer.state_dict()
+        obj["scaler"] = scaler.state_dict() if scaler is not None else None
+    save_checkpoint(obj, path)
 
-    def draw_step(step: int) -> tuple[list[dict], int, int]:
-        """This process's micro-batches for one step, and the numbers of masked tokens and of real (not [PAD]) tokens
-        in the whole step, all processes together.
 
-        Every process draws, pads and masks the whole step (the same generator, the same stream), then keeps its own
-        rows of each micro-batch: two processes see exactly the examples and masks that one process would."""
-        epoch, k = divmod(step, steps_per_epoch)
-        if epoch not in order_cache:  # a new order each epoch, the same in every process and after a resume
-            order_cache.clear()
-            order_cache[epoch] = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed + epoch))
-        idx = order_cache[epoch][k * args.batch_size:(k + 1) * args.batch_size].tolist()
-        micro, per = args.batch_size // args.accum_steps, args.batch_size // args.accum_steps // world
-        batches = []
-        for j in range(args.accum_steps):
-            examples = [train_set.example(i, batch_gen) for i in idx[j * micro:(j + 1) * micro]]
-            batches.append(mask_batch(collate(examples), vocab_size, batch_gen, args.mask_prob))   # (micro, T) each
-        n_masked = sum(int((b["mlm_labels"] != -100).sum()) for b in batches)
-        n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-        return [{name: t[rank * per:(rank + 1) * per] for name, t in b.items()} for b in batches], n_masked, n_tokens
+@functools.lru_cache(maxsize=1)
+def epoch_order(n: int, seed: int) -> torch.Tensor:
+    """The order of the n training examples in one epoch: the same in every process and after a resume."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
-    def validate() -> None:
-        state["train_seconds"] = time.time() - t_loop[0]
-        val = evaluate(model, val_set, args, vocab_size, device)
-        examples = fill_in(model, tok, FILL_IN, device)
-        t_loop[0] = time.time() - state["train_seconds"]  # validation time is not training time
-        h, step = state["history"], state["step"]
-        h["val_mlm_loss"].append([step, round(val["mlm_loss"], 5)])
-        h["val_mlm_acc"].append([step, round(val["mlm_acc"], 5)])
-        if args.nsp:
-            h["val_nsp_acc"].append([step, round(val["nsp_acc"], 5)])
-        recent = [v for _, v in h["train_loss"][-eval_interval:]]
-        log.info(f"step {step}: train loss {sum(recent) / len(recent):.4f} | val MLM loss {val['mlm_loss']:.4f} "
-                 f"acc {val['mlm_acc']:.3f}" + (f" | val NSP acc {val['nsp_acc']:.3f}" if args.nsp else "")
-                 + f" | {state['tokens'] / max(state['train_seconds'], 1e-9):,.0f} tokens/s | "
-                   f"{state['train_seconds']:.0f}s\n    " + "\n    ".join(examples))
-        if val["mlm_loss"] < state["best_val_loss"]:
-            state["best_val_loss"], state["best_step"] = val["mlm_loss"], step
-            checkpoint(out_dir / "best.pt", with_optimizer=False)
-        checkpoint(out_dir / "last.pt")
+
+def draw_step(train_set, step: int, args, steps_per_epoch: int, vocab_size: int, batch_gen, rank: int,
+              world: int) -> tuple[list[dict], int, int]:
+    """This process's micro-batches for one step, and the numbers of masked tokens and of real (not [PAD]) tokens
+    in the whole step, all processes together.
+
+    Every process draws, pads and masks the whole step (the same generator, the same stream), then keeps its own
+    rows of each micro-batch: two processes see exactly the examples and masks that one process would."""
+    epoch, k = divmod(step, steps_per_epoch)
+    idx = epoch_order(len(train_set), args.seed + epoch)[k * args.batch_size:(k + 1) * args.batch_size].tolist()
+    micro, per = args.batch_size // args.accum_steps, args.batch_size // args.accum_steps // world
+    batches = []
+    for j in range(args.accum_steps):
+        examples = [train_set.example(i, batch_gen) for i in idx[j * micro:(j + 1) * micro]]
+        batches.append(mask_batch(collate(examples), vocab_size, batch_gen, args.mask_prob))   # (micro, T) each
+    n_masked = sum(int((b["mlm_labels"] != -100).sum()) for b in batches)
+    n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return [{name: t[rank * per:(rank + 1) * per] for name, t in b.items()} for b in batches], n_masked, n_tokens
+
+
+def record_validation(state: dict, val: dict, examples: list[str], args, eval_interval: int, log) -> bool:
+    """Add a validation to the history and the log; True when it is the best so far (then best.pt is saved)."""
+    h, step = state["history"], state["step"]
+    h["val_mlm_loss"].append([step, round(val["mlm_loss"], 5)])
+    h["val_mlm_acc"].append([step, round(val["mlm_acc"], 5)])
+    if args.nsp:
+        h["val_nsp_acc"].append([step, round(val["nsp_acc"], 5)])
+    recent = [v for _, v in h["train_loss"][-eval_interval:]]
+    log.info(f"step {step}: train loss {sum(recent) / len(recent):.4f} | val MLM loss {val['mlm_loss']:.4f} "
+             f"acc {val['mlm_acc']:.3f}" + (f" | val NSP acc {val['nsp_acc']:.3f}" if args.nsp else "")
+             + f" | {state['tokens'] / max(state['train_seconds'], 1e-9):,.0f} tokens/s | "
+               f"{state['train_seconds']:.0f}s\n    " + "\n    ".join(examples))
+    if val["mlm_loss"] >= state["best_val_loss"]:
+        return False
+    state["best_val_loss"], state["best_step"] = val["mlm_loss"], step
+    return True
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.batch_size % args.accum_steps:
+        raise UserError(f"--batch-size {args.batch_size} must be a multiple of --accum-steps {args.accum_steps}")
+    ckpt = resume_checkpoint(args) if args.resume else None
+    if ckpt:
+        args = merge_resumed_args(args, ckpt["args"], RESUMABLE)
+    out_dir = Path(args.out_dir)
+    rank, world, device = setup_distributed(args.device, args.batch_size, args.accum_steps)
+    master = rank == 0
+    log = get_logger(STAGE, out_dir / "train.log" if master else None)
+    log.disabled = not master
+    log.info(("resuming: " if ckpt else "") + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    set_seed(args.seed)
+    t_start = time.time()
+
+    # ---- data: the tokenizer and the encoded corpus in the run folder, then the examples
+    data_dir = resolve_data_dir(args.data_dir)
+    tok, corpus, summary = prepare_data(args, data_dir, rank, world, ckpt, log)
+    train_set, val_set = make_examples(args, corpus)
+    steps_per_epoch = len(train_set) // args.batch_size
+    total_steps = args.epochs * steps_per_epoch
+    eval_interval = args.eval_interval or min(500, steps_per_epoch)
+    vocab_size = len(tok)
+
+    # ---- model and optimizer
+    model, config = build_model(args, vocab_size, device)
+    optimizer = configure_optimizer(model, args.lr, args.weight_decay)
+    autocast, scaler = autocast_for(device, args.amp, args.cpu_bf16)
+    log.info(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {config}")
+    log.info(plan(args, len(train_set), len(val_set), steps_per_epoch, total_steps, world))
+    batch_gen = torch.Generator().manual_seed(args.seed)  # masks and pairs: the same stream in every process
+    state = resume_state(ckpt, model, optimizer, scaler, batch_gen, log) if ckpt else new_state()
+    note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
+    if rank > 0 or not ckpt:  # dropout: a different stream in each process
+        torch.manual_seed(args.seed + rank + state["step"])
+    train_model = wrap_for_training(model, args.compile, world, device)
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
-    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
-    t_loop = [time.time() - state["train_seconds"]]
+    stop, restore_signals = catch_stop_signals()
+    t_loop = time.time() - state["train_seconds"]
     bar = tqdm(total=total_steps, initial=state["step"], desc="pretrain", disable=None if master else True)
     try:
         model.train()
         while state["step"] < total_steps:
-            elapsed = time.time() - t_loop[0]
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(state["step"], elapsed, args, total_steps)
+                g["lr"] = lr_at(state["step"], time.time() - t_loop, args, total_steps)
             optimizer.zero_grad(set_to_none=True)
-            batches, n_masked, n_tokens = draw_step(state["step"])
+            batches, n_masked, n_tokens = draw_step(train_set, state["step"], args, steps_per_epoch, vocab_size,
+                                                    batch_gen, rank, world)
             step_loss = torch.zeros((), device=device)
             for j, b in enumerate(batches):
                 b = {name: t.to(device) for name, t in b.items()}
@@ -413,7 +410,7 @@ def main(argv=None) -> None:
             else:
                 optimizer.step()
             # one small all-reduce a step: the loss summed over processes, and whether any process must stop
-            over_budget = bool(args.time_budget and time.time() - t_loop[0] >= 60 * args.time_budget)
+            over_budget = bool(args.time_budget and time.time() - t_loop >= 60 * args.time_budget)
             flags = torch.tensor([step_loss.item(), float(stop["by"] is not None), float(over_budget)],
                                  device=device)  # nccl reduces CUDA tensors only
             if world > 1:
@@ -429,7 +426,15 @@ def main(argv=None) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if state["step"] % eval_interval == 0 or state["step"] == total_steps or flags[2] > 0:
-                validate()
+                state["train_seconds"] = time.time() - t_loop
+                val = evaluate(model, val_set, args, vocab_size, device)
+                examples = fill_in(model, tok, FILL_IN, device)
+                t_loop = time.time() - state["train_seconds"]  # validation time is not training time
+                if record_validation(state, val, examples, args, eval_interval, log) and master:
+                    save_run(out_dir / "best.pt", model, config, args, state, batch_gen, summary["fingerprint"])
+                if master:
+                    save_run(out_dir / "last.pt", model, config, args, state, batch_gen, summary["fingerprint"],
+                             optimizer, scaler)
             if flags[2] > 0:
                 log.info(f"time budget of {args.time_budget} minutes used up at step {state['step']}")
                 break
@@ -443,23 +448,26 @@ def main(argv=None) -> None:
         bar.close()
         restore_signals()
     if stop["by"]:
-        state["train_seconds"] = time.time() - t_loop[0]
-        checkpoint(out_dir / "last.pt")
+        state["train_seconds"] = time.time() - t_loop
+        if master:
+            save_run(out_dir / "last.pt", model, config, args, state, batch_gen, summary["fingerprint"],
+                     optimizer, scaler)
         log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
-                 f"python stage6_bert/pretrain.py --out-dir {out_dir} --resume")
-        if world > 1:
-            dist.destroy_process_group()
-        if stop["by"] != "max_steps":
-            sys.exit(130)
-        return
+                 f"python {SCRIPT} --out-dir {out_dir} --resume")
     if world > 1:
         dist.destroy_process_group()
-    if not master:
-        return
+    if stop["by"] and stop["by"] != "max_steps":
+        sys.exit(130)
+    if master and not stop["by"]:
+        final_report(args, model, tok, train_set, val_set, state, summary, data_dir, device, world, t_start, log)
 
-    # ---- final report: the best checkpoint on the validation documents, its guesses, the result file
-    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE)["model"])
-    val = evaluate(model, val_set, args, vocab_size, device)
+
+def final_report(args, model, tok, train_set, val_set, state: dict, summary: dict, data_dir: Path, device,
+                 world: int, t_start: float, log) -> None:
+    """The best checkpoint on the validation documents, its guesses, the result file and its plot."""
+    out_dir = Path(args.out_dir)
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind="masked_lm")["model"])
+    val = evaluate(model, val_set, args, len(tok), device)
     metrics = {"val_mlm_loss": round(val["mlm_loss"], 4), "val_mlm_ppl": round(math.exp(val["mlm_loss"]), 2),
                "val_mlm_acc": round(val["mlm_acc"], 4)}
     if args.nsp:
@@ -468,20 +476,18 @@ def main(argv=None) -> None:
     tokens_per_second = round(state["tokens"] / max(state["train_seconds"], 1e-9))
     log.info("best checkpoint (step %d): %s | %s tokens/s\n    %s", state["best_step"],
              " | ".join(f"{k} {v}" for k, v in metrics.items()), f"{tokens_per_second:,}", "\n    ".join(examples))
-    smoke = args.quick or args.max_steps is not None
-    result_path = Path(args.result) if args.result else (
-        out_dir / "result.json" if smoke else REPO_ROOT / STAGE / "results" / f"{run_name(args)}.json")
+    result_path = Path(args.result) if args.result else out_dir / "result.json"
     dataset = "+".join(Path(f).name for f in args.corpus) if args.corpus else (
         "wikitext2+imdb_unsup" if args.imdb_unsup else "wikitext2")
+    run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
     write_result(result_path, stage=STAGE, dataset=dataset, split="val", metrics=metrics, headline="val_mlm_loss",
-                 train_seconds=state["train_seconds"], device=device, params=n_params,
-                 command=state["commands"],
+                 train_seconds=state["train_seconds"], device=device, params=sum(p.numel() for p in model.parameters()),
+                 command=state["commands"], run=run, declared=REFERENCE_RUNS.get(run),
                  extra={"wall_seconds": round(time.time() - t_start, 1), "quick": args.quick, "processes": world,
                         "steps": state["step"], "best_step": state["best_step"], "tokens_per_second": tokens_per_second,
                         "tokens_seen": state["tokens"], "examples": {"train": len(train_set), "val": len(val_set)},
-                        "corpus": summary, "config": config.to_dict(),
-                        "hparams": {k: v for k, v in vars(args).items() if k not in RESUMABLE},
-                        "fill_in": examples, "data_dir": str(data_dir)})
+                        "corpus": summary, "config": model.cfg.to_dict(), "hparams": resolved_config(args),
+                        "fill_in": examples, "data_dir": portable(str(data_dir))})
     h = state["history"]
     panels = {"loss (nats/token)": {"train (per step)": tuple(zip(*h["train_loss"])),
                                     "val MLM": tuple(zip(*h["val_mlm_loss"]))},
@@ -490,7 +496,8 @@ def main(argv=None) -> None:
         panels["accuracy (val)"]["NSP"] = tuple(zip(*h["val_nsp_acc"]))
     plot_curves(result_path.with_suffix(".png"), panels, title=f"BERT pre-training ({run_name(args)}): "
                                                               f"val MLM loss {metrics['val_mlm_loss']}")
-    log.info(f"wrote {result_path} and its plot")
+    log.info(f"wrote {result_path} and its plot" + (f" (reference run {run}: publish it with python "
+                                                   f"scripts/publish.py {result_path})" if run else ""))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ one token per merge, in the order learned. The vocabulary is a list of strings a
 from __future__ import annotations
 
 import argparse
-import gzip
 import heapq
 import json
 import sys
@@ -47,7 +46,8 @@ from typing import Iterable
 if __package__ in (None, ""):  # run as `python stage6_bert/tokenizer.py`: put the repo root on the path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from scripts.common import UserError, positive_int, resolve_data_dir, run_cli
+from scripts.common import UserError, atomic_write_text, positive_int, resolve_data_dir, run_cli
+from stage6_bert.documents import load_documents, split_documents, vocabulary_texts
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
@@ -296,10 +296,8 @@ class WordPieceTokenizer:
 
     def save(self, path: str | Path) -> None:
         """JSON, never pickle: the vocabulary in id order and the settings that decide how text is split."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "version": VERSION, **self.settings(), "vocab": self.vocab}
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=0) + "\n")
 
     def save_vocab_txt(self, path: str | Path) -> None:
         """BERT's vocab.txt: one token per line, line number = id (what BertTokenizer(vocab_file=...) reads)."""
@@ -340,17 +338,6 @@ class WordPieceTokenizer:
 
 
 # ----------------------------------------------------------------------------- command line
-
-def read_corpus_file(path: Path) -> str:
-    """A UTF-8 text file, gzip-compressed if its name ends in .gz."""
-    if not path.is_file():
-        raise UserError(f"corpus file not found: {path}")
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-            return f.read()
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {type(e).__name__}: {e} (expected UTF-8 text, or gzip of it)") from None
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a WordPiece (BERT) tokenizer, or encode text with one.")
@@ -395,10 +382,9 @@ def main(argv=None) -> None:
             print("segments:", segments)
         return
 
-    # The same text pretrain.py trains its vocabulary on: the documents of data.py (downloaded when missing), minus the
+    # The same text pretrain.py trains its vocabulary on: the documents of documents.py (downloaded when missing), minus the
     # held-out validation documents, with WikiText's <unk> markers removed. `train --imdb-unsup 50000` therefore
-    # writes exactly the tokenizer.json of a default pre-training run. (Imported here: data.py imports this module.)
-    from stage6_bert.data import load_documents, split_documents, vocabulary_texts
+    # writes exactly the tokenizer.json of a default pre-training run.
     documents = load_documents(resolve_data_dir(args.data_dir), args.corpus, args.imdb_unsup or 0)
     # a corpus too small to hold documents out (pre-training refuses it) still gives a vocabulary, from all of it
     train_docs = split_documents(len(documents))[0] if len(documents) >= 4 else range(len(documents))

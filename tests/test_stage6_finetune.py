@@ -16,8 +16,9 @@ import torch
 
 from conftest import (FILLER, REPO_ROOT, SENTIMENT, assert_bad_checkpoints_rejected, assert_one_line_error, cli,
                       run_script)
-from scripts.common import UserError, load_checkpoint, save_checkpoint
-from stage6_bert import evaluate, fill_mask, finetune, glue
+from scripts.common import (UserError, load_checkpoint, portable, reference_command, resolved_config,
+                            save_checkpoint)
+from stage6_bert import evaluate, fill_mask, finetune, glue, predict
 from stage6_bert.glue import average_ranks, compute_metrics, f1_binary, load_split, matthews_corr, pearson, spearman
 from stage6_bert.model import BertConfig, BertPretrain
 from stage6_bert.tokenizer import CLS_ID, MASK_ID, SEP_ID, WordPieceTokenizer
@@ -125,7 +126,7 @@ def make_pretrain_checkpoint(folder):
     cfg = BertConfig(vocab_size=len(tok), max_position=64, hidden=32, n_layer=2, n_head=2, intermediate=64)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(folder / "tokenizer.json")
-    save_checkpoint({"stage": STAGE, "kind": "pretrain", "config": cfg.to_dict(), "model": BertPretrain(cfg).state_dict(),
+    save_checkpoint({"stage": STAGE, "kind": "masked_lm", "config": cfg.to_dict(), "model": BertPretrain(cfg).state_dict(),
                      "tokenizer": "tokenizer.json", "args": {}, "state": {"step": 7}}, folder / "best.pt")
     return folder / "best.pt"
 
@@ -341,13 +342,44 @@ def test_finetune_writes_checkpoints_results_and_glue_predictions(finetuned, pre
     assert r["sizes"] == {"train": 90, "val": 10, "dev": SIZES["dev"], "test": SIZES["test"]}
     assert r["max_len"] == 64   # --max-len 128 is cut to the model's 64 positions
     best = load_checkpoint(out / "best.pt", stage=STAGE)
-    assert (best["kind"], best["task"], best["num_labels"], best["tokenizer"]) == ("finetune", "sst2", 2, "tokenizer.json")
+    assert (best["kind"], best["task"], best["num_labels"], best["tokenizer"]) == ("classifier", "sst2", 2, "tokenizer.json")
     assert "optimizer" not in best and best["state"]["best_epoch"] == r["best_epoch"]
     state = load_checkpoint(out / "last.pt")["state"]
     assert state["epoch"] == 3 and len(state["history"]["val"]) == 3
     assert r["best_val_accuracy"] == max(v for _, v in state["history"]["val"])
     rows = read_predictions(out / "SST-2.tsv")
     assert [i for i, _ in rows] == expected_split("sst2", "test")[3] and {p for _, p in rows} <= {"0", "1"}
+
+
+def test_a_reference_run_records_its_name_and_declared_command(glue_dir, pretrained, tmp_path, monkeypatch):
+    """A run whose settings are a declared reference run's writes <out-dir>/result.json with the run's name, the
+    declared command and its resolved configuration (here a tiny run declared for the test)."""
+    declared = ["stage6_bert/finetune.py", "--task", "wnli", "--checkpoint", str(pretrained), "--epochs", "1",
+                "--batch-size", "16", "--lr", "1e-3"]
+    monkeypatch.setattr(finetune, "REFERENCE_RUNS", {"glue_wnli": declared})
+    out = tmp_path / "ref"
+    finetune.main(["--lr", "0.001", "--task", "wnli", "--data-dir", str(glue_dir), "--checkpoint", str(pretrained),
+                   "--out-dir", str(out), "--epochs", "1", "--batch-size", "16", "--device", "cpu"])
+    r = json.loads((out / "result.json").read_text())
+    assert r["run"] == "glue_wnli" and r["command"] == portable(reference_command(declared))
+    assert r["hparams"] == resolved_config(finetune.parse_args(declared[1:]))
+    assert r["test_predictions"] == portable(str(out / "WNLI.tsv")) and (out / "result.png").is_file()
+    finetune.main(["--task", "wnli", "--data-dir", str(glue_dir), "--checkpoint", str(pretrained), "--out-dir",
+                   str(out), "--epochs", "1", "--batch-size", "8", "--device", "cpu"])
+    r = json.loads((out / "result.json").read_text())   # another batch size: an experiment, not the reference
+    assert "run" not in r and "--batch-size 8" in r["command"]
+
+
+def test_checkpoints_with_the_old_kind_names_still_load(pretrained, finetuned, tmp_path):
+    """Before one vocabulary of kinds, Stage 6 wrote "pretrain" and "finetune": such checkpoints still load."""
+    for src, old in ((pretrained, "pretrain"), (finetuned / "best.pt", "finetune")):
+        folder = tmp_path / old
+        folder.mkdir()
+        ckpt = torch.load(src, weights_only=True)
+        save_checkpoint({**ckpt, "kind": old}, folder / "best.pt")
+        (folder / "tokenizer.json").write_bytes((src.parent / "tokenizer.json").read_bytes())
+    assert predict.load_pretrained(tmp_path / "pretrain" / "best.pt")[3]["kind"] == "masked_lm"
+    assert predict.load_finetuned(tmp_path / "finetune" / "best.pt", "cpu")[2]["kind"] == "classifier"
 
 
 def test_finetune_learns_the_tiny_task(glue_dir, pretrained, tmp_path):
@@ -381,7 +413,7 @@ def test_mean_pooling_is_kept_in_the_checkpoint_and_used_by_evaluate(glue_dir, p
     finetune.main(ft_args("sst2", glue_dir, pretrained, out, "--max-steps", "3", "--pooling", "mean"))
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["pooling"] == "mean" and ckpt["args"]["pooling"] == "mean"
-    model, _, _ = evaluate.load_finetuned(out / "best.pt", "cpu")
+    model, _, _ = predict.load_finetuned(out / "best.pt", "cpu")
     assert model.pooling == "mean"
     evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(glue_dir), "--json"])
     assert json.loads(capsys.readouterr().out)["metrics"] == json.loads((out / "result.json").read_text())["metrics"]
@@ -415,34 +447,35 @@ def test_other_tasks_headline_and_prediction_labels(glue_dir, pretrained, tmp_pa
 def test_length_batches_cover_every_example_once_with_little_padding():
     rng = random.Random(0)
     lengths = [rng.randint(3, 60) for _ in range(1000)]
-    batches = finetune.length_batches(lengths, 32, random.Random(5), pool=10)
+    batches = glue.length_batches(lengths, 32, random.Random(5), pool=10)
     assert sorted(i for b in batches for i in b) == list(range(1000))
     assert len(batches) == math.ceil(1000 / 32) and sum(len(b) < 32 for b in batches) == 1
     padded = sum(32 * max(lengths[i] for i in b) for b in batches)
     plain = sum(32 * max(lengths[i] for i in range(k, min(k + 32, 1000))) for k in range(0, 1000, 32))
     assert padded < 0.75 * plain                      # far fewer pad tokens than batches in random order
-    assert batches == finetune.length_batches(lengths, 32, random.Random(5), pool=10)   # resumable
-    assert batches != finetune.length_batches(lengths, 32, random.Random(6), pool=10)   # a new order each epoch
+    assert batches == glue.length_batches(lengths, 32, random.Random(5), pool=10)   # resumable
+    assert batches != glue.length_batches(lengths, 32, random.Random(6), pool=10)   # a new order each epoch
 
 
 def test_sst2_validation_holds_out_whole_sentences_and_their_phrases():
     texts = ["a great film .", "a great film", "great film", "great", "a dull movie .", "dull movie", "dull",
              "movie", "the end .", "the end", "film", "a dull movie ."]   # the last: a duplicate, never "whole"
     for seed in range(5):
-        train, val = finetune.sentence_split(texts, 2, random.Random(seed))
+        train, val = glue.sentence_split(texts, 2, random.Random(seed))
         assert len(val) == 2 and set(val) <= {0, 8}          # the sentences no other example contains
         phrases = {p for i in val for p in ["a great film", "great film", "great", "film", "the end"]
                    if p in texts[i]}
         assert not {texts[i] for i in train} & phrases       # no phrase of a val sentence is left in train
         assert {4, 5, 6, 7, 11} <= set(train)                # the rest stays
     with pytest.raises(UserError, match="only 2"):
-        finetune.sentence_split(texts, 3, random.Random(0))
+        glue.sentence_split(texts, 3, random.Random(0))
 
 
+@pytest.mark.real_data("glue")
 def test_sst2_default_split_on_the_real_training_set(real_data_dir):
     texts = load_split("sst2", real_data_dir, "train").a
-    n_val = finetune.val_count(None, len(texts), glue.get_task("sst2").phrases)
-    train, val = finetune.sentence_split(texts, n_val, random.Random(0))
+    n_val = glue.val_count(None, len(texts), glue.get_task("sst2").phrases)
+    train, val = glue.sentence_split(texts, n_val, random.Random(0))
     assert (n_val, len(val), len(train)) == (500, 500, 61116)   # 5,733 phrases of the val sentences left out
     inside = [f" {texts[i]} " for i in val]
     sample = random.Random(1).sample(train, 3000)
@@ -478,21 +511,21 @@ def test_evaluate_matches_finetune(finetuned, glue_dir, capsys):
 
 
 def test_load_predictor_gives_evaluate_s_predictions(finetuned, glue_dir, pretrained):
-    predict = evaluate.load_predictor(finetuned / "best.pt")
+    classify = predict.load_predictor(finetuned / "best.pt")
     dev = load_split("sst2", glue_dir, "dev")
-    probs = torch.cat([predict([s]) for s in dev.a])                            # (N, 2), one sentence at a time
+    probs = torch.cat([classify([s]) for s in dev.a])                           # (N, 2), one sentence at a time
     assert torch.allclose(probs.sum(-1), torch.ones(len(dev)))
     assert not probs.requires_grad                                              # no autograd graph kept
     preds = [int(p.argmax()) for p in probs]
     assert compute_metrics("sst2", preds, dev.labels) == json.loads((finetuned / "result.json").read_text())["metrics"]
-    assert torch.allclose(predict(dev.a), probs, atol=1e-5)                     # padding a batch changes nothing
-    with pytest.raises(UserError, match="not a fine-tuned classifier"):
-        evaluate.load_predictor(pretrained)
+    assert torch.allclose(classify(dev.a), probs, atol=1e-5)                    # padding a batch changes nothing
+    with pytest.raises(UserError, match="holds a masked lm, not a classifier"):
+        predict.load_predictor(pretrained)
 
 
 def test_evaluate_rejects_other_checkpoints(finetuned, pretrained, glue_dir, tmp_path, capsys):
     code, err = cli(evaluate.main, ["--checkpoint", str(pretrained), "--data-dir", str(glue_dir)], capsys)
-    assert_one_line_error(code, err, r"not a fine-tuned classifier \(it is a pre-training checkpoint")
+    assert_one_line_error(code, err, r"holds a masked lm, not a classifier")
     assert_bad_checkpoints_rejected(evaluate.main, finetuned / "best.pt", tmp_path, capsys, STAGE,
                                     extra=["--data-dir", str(glue_dir)])
 
@@ -500,7 +533,7 @@ def test_evaluate_rejects_other_checkpoints(finetuned, pretrained, glue_dir, tmp
 def test_finetune_bad_input_gives_one_line(finetuned, pretrained, glue_dir, tmp_path, capsys, monkeypatch):
     def run(*extra, task="sst2", data=glue_dir, ckpt=pretrained):
         return cli(finetune.main, ft_args(task, data, ckpt, tmp_path / "run", *extra), capsys)
-    assert_one_line_error(*run(ckpt=finetuned / "best.pt"), r"is a fine-tuned sst2 classifier, not a pre-training")
+    assert_one_line_error(*run(ckpt=finetuned / "best.pt"), r"holds a classifier, not a masked lm")
     assert_one_line_error(*run("--val-size", "500"), r"--val-size 500.0 holds out 500 of 100")
     assert_one_line_error(*run("--val-size", "1.5"), r"argument --val-size: a fraction below 1")
     assert_one_line_error(*run("--max-len", "0"), r"argument --max-len: must be > 0")
@@ -519,7 +552,7 @@ def test_finetune_bad_input_gives_one_line(finetuned, pretrained, glue_dir, tmp_
 # ----------------------------------------------------------------------------- fill-mask
 
 def expected_top(ckpt, ids: list[int], k: int) -> list[list[tuple[str, float]]]:
-    state, cfg, tok, _ = evaluate.load_pretrained(ckpt)
+    state, cfg, tok, _ = predict.load_pretrained(ckpt)
     model = BertPretrain(cfg)
     model.load_state_dict(state)
     with torch.no_grad():
@@ -568,10 +601,11 @@ def test_fill_mask_errors_are_one_line(pretrained, finetuned, capsys):
     assert_one_line_error(*run("the movie was [mask] ."), r"no \[MASK\] \(\[MASK\] is upper case\)")
     assert_one_line_error(*run("   "), r"the text is empty")
     assert_one_line_error(*run("[MASK] " + "the movie " * 40), r"tokens long .* reads at most 64")
-    assert_one_line_error(*run("a [MASK] .", finetuned / "best.pt"), r"fine-tuned sst2 classifier, not a pre-training")
+    assert_one_line_error(*run("a [MASK] .", finetuned / "best.pt"), r"holds a classifier, not a masked lm")
     assert_one_line_error(*run("a [MASK] .", pretrained.parent / "missing.pt"), r"checkpoint not found")
 
 
+@pytest.mark.slow
 def test_fill_mask_as_a_module(pretrained, glue_dir):
     proc = run_script("fill_mask", "a [MASK] film .", "--checkpoint", pretrained, data_dir=glue_dir, stage=STAGE,
                       module=True)
@@ -579,13 +613,15 @@ def test_fill_mask_as_a_module(pretrained, glue_dir):
     assert len(parse_fill_mask(proc.stdout)[0]) == 5
 
 
-@pytest.mark.parametrize("script", ["finetune", "evaluate", "fill_mask"])
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["finetune", "evaluate", "fill_mask", "predict"])
 def test_every_script_has_help(script):
     proc = subprocess.run([sys.executable, f"{STAGE}/{script}.py", "--help"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
 
 
+@pytest.mark.slow
 def test_finetune_runs_as_a_module(glue_dir, pretrained, tmp_path):
     out = tmp_path / "m"
     proc = run_script("finetune", *ft_args("wnli", glue_dir, pretrained, out, "--max-steps", "2"), data_dir=glue_dir,
@@ -596,6 +632,7 @@ def test_finetune_runs_as_a_module(glue_dir, pretrained, tmp_path):
 
 # ----------------------------------------------------------------------------- the real files (when present)
 
+@pytest.mark.real_data("glue")
 def test_real_glue_files_have_the_official_sizes(real_data_dir):
     sizes = {"sst2": (67349, 872, 1821), "cola": (8551, 1043, 1063), "mrpc": (3668, 408, 1725),
              "rte": (2490, 277, 3000), "stsb": (5749, 1500, 1379), "wnli": (635, 71, 146)}

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from conftest import (REPO_ROOT, TINY_WIKI, assert_one_line_error, cli, run_script, signal_mid_training)
+from scripts import common
 from scripts.common import UserError, load_checkpoint
-from stage6_bert import data, pretrain
+from stage6_bert import data, documents, pretrain
 from stage6_bert.data import Corpus, PackedWindows, SentencePairs, collate, mask_batch, mask_tokens
 from stage6_bert.model import BertConfig, BertPretrain
 from stage6_bert.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, WordPieceTokenizer
@@ -182,15 +183,15 @@ def test_packing_without_nsp():
 
 def test_documents_and_sentences():
     wiki = " \n = First = \n \n The king . The river ! \n \n = = Section = = \n Why ? Yes . \n = Second = \n Two . \n"
-    assert data.wikitext_documents(wiki) == [["First", "The king .", "The river !", "Section", "Why ?", "Yes ."],
+    assert documents.wikitext_documents(wiki) == [["First", "The king .", "The river !", "Section", "Why ?", "Yes ."],
                                              ["Second", "Two ."]]
-    assert data.text_documents("a b. c d.\nline two\n\n\nnext doc\n") == [["a b.", "c d.", "line two"], ["next doc"]]
-    assert data.text_documents("one review. Two\nanother review\n") == [["one review.", "Two"], ["another review"]]
-    assert data.split_documents(4) == ([0, 2], [1, 3])
-    train, val = data.split_documents(1000)
+    assert documents.text_documents("a b. c d.\nline two\n\n\nnext doc\n") == [["a b.", "c d.", "line two"], ["next doc"]]
+    assert documents.text_documents("one review. Two\nanother review\n") == [["one review.", "Two"], ["another review"]]
+    assert documents.split_documents(4) == ([0, 2], [1, 3])
+    train, val = documents.split_documents(1000)
     assert len(val) == 10 and not set(train) & set(val) and len(train) + len(val) == 1000
     with pytest.raises(UserError, match="at least 4"):
-        data.split_documents(3)
+        documents.split_documents(3)
     tok = WordPieceTokenizer(SPECIAL_TOKENS + ["the", "cat", "<", ">", "unk"])
     assert data.encode_sentence(tok, "the <unk> cat <unk>") == [5, UNK_ID, 6, UNK_ID]  # one [UNK], not < unk >
     assert data.encode_sentence(tok, "the < unk > cat") == [5, 7, 9, 8, 6]
@@ -201,7 +202,7 @@ def test_prepare_trains_the_tokenizer_once_and_caches_the_ids(corpus_file, tmp_p
     tok, corpus, summary = data.prepare(tmp_path, out, corpus=[str(corpus_file)], vocab_size=150, log=lines.append)
     assert any("training a WordPiece" in line for line in lines) and any("encoding" in line for line in lines)
     assert (out / "tokenizer.json").is_file() and (out / summary["cache"]).is_file()
-    docs = data.text_documents(corpus_file.read_text())
+    docs = documents.text_documents(corpus_file.read_text())
     assert len(corpus) == len(docs) and corpus.ids.dtype == np.uint16
     first = docs[0]
     assert corpus.ids[slice(*corpus.doc_range(0))].tolist() == [i for s in first for i in tok.encode(s)]
@@ -241,10 +242,10 @@ def test_download_path_is_patched_and_stores_the_offline_format(tmp_path, monkey
         return {"unsupervised": [{"text": t, "label": -1} for t in REVIEWS], "train": [], "test": []}
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     root = tmp_path / "data"
-    assert data.load_wikitext_train(root) == TINY_WIKI["train"]
+    assert documents.load_wikitext_train(root) == TINY_WIKI["train"]
     stored = gzip.open(root / "wikitext-2" / "wiki.valid.tokens.gz", "rt", encoding="utf-8", newline="").read()
     assert stored == TINY_WIKI["valid"]
-    assert data.load_imdb_unsup(root, 3) == [r.replace("<br />", " ") for r in REVIEWS[:3]]
+    assert documents.load_imdb_unsup(root, 3) == [r.replace("<br />", " ") for r in REVIEWS[:3]]
     with gzip.open(root / "imdb" / "unsup.csv.gz", "rt", encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["text", "label", "id", "rating"] and rows[1] == [REVIEWS[0], "-1", "0", "0"]
@@ -261,7 +262,7 @@ def test_missing_data_without_network_is_one_clear_error(tmp_path, monkeypatch, 
         raise ConnectionError("Couldn't reach the hub")
     monkeypatch.setattr(datasets, "load_dataset", no_network)
     with pytest.raises(UserError, match=r"'imdb' not found in .*imdb \(expected unsup.csv.gz\).*Couldn't reach"):
-        data.load_imdb_unsup(tmp_path, 10)
+        documents.load_imdb_unsup(tmp_path, 10)
     code, err = cli(pretrain.main, ["--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, r"data set 'wikitext-2' not found in .*Couldn't reach")
 
@@ -286,7 +287,7 @@ def test_tiny_pretraining_learns_and_writes_the_checkpoint_contract(corpus_file,
     # the contract finetune.py reads
     for name, with_optimizer in (("best.pt", False), ("last.pt", True)):
         ckpt = load_checkpoint(out / name, stage=STAGE)
-        assert ckpt["kind"] == "pretrain" and ckpt["tokenizer"] == "tokenizer.json"
+        assert ckpt["kind"] == "masked_lm" and ckpt["tokenizer"] == "tokenizer.json"
         assert {"config", "model", "args", "state"} <= set(ckpt) and ("optimizer" in ckpt) == with_optimizer
         model = BertPretrain(BertConfig.from_dict(ckpt["config"]))
         model.load_state_dict(ckpt["model"])  # strict
@@ -315,7 +316,7 @@ def test_resume_is_exact(corpus_file, tmp_path, nsp):
         assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
 
 
-@pytest.mark.skipif(not pretrain.cpu_has_native_bf16(), reason="this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+@pytest.mark.skipif(not common.cpu_has_native_bf16(), reason="this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
 def test_cpu_bf16_is_on_close_to_fp32_and_resumes_exactly(corpus_file, tmp_path):
     """--cpu-bf16 rounds the matrix products to bf16: the losses differ from fp32's (so it is on), by rounding only
     (the same model learns); the flag is kept in the checkpoint, so a resume without it continues in bf16, exactly."""
@@ -333,11 +334,12 @@ def test_cpu_bf16_is_on_close_to_fp32_and_resumes_exactly(corpus_file, tmp_path)
 
 
 def test_cpu_bf16_without_bf16_instructions_is_one_line(corpus_file, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pretrain, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)  # where autocast_for looks it up
     code, err = cli(pretrain.main, pretrain_args(corpus_file, tmp_path / "r", "--max-steps", "1", "--cpu-bf16"), capsys)
     assert_one_line_error(code, err, r"--cpu-bf16: this CPU has no bf16 instructions")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_continues(corpus_file, tmp_path):
     out = tmp_path / "run"
     args = pretrain_args(corpus_file, out, "--epochs", "100000", "--eval-interval", "3")
@@ -379,12 +381,14 @@ def test_bad_input_gives_one_line(corpus_file, tmp_path, capsys):
     assert_one_line_error(code, err, r"2 document\(s\); pre-training needs at least 4")
 
 
+@pytest.mark.slow
 def test_help_and_module_form():
     for cmd in ([sys.executable, f"{STAGE}/pretrain.py", "--help"], [sys.executable, "-m", f"{STAGE}.pretrain", "--help"]):
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "--mask-prob" in proc.stdout and "--nsp" in proc.stdout, proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
 def test_two_processes_match_one(corpus_file, tmp_path):
     """Distributed data parallel: each process takes its half of the same global batch (the same masks), and the loss
@@ -404,7 +408,8 @@ def test_two_processes_match_one(corpus_file, tmp_path):
         [v for _, v in history(one)["val_mlm_loss"]], abs=1e-4)
 
 
-@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.real_data("wikitext-2", "imdb")
 def test_quick_run_on_real_data(real_data_dir, tmp_path):
     """--quick on WikiText-2 + IMDb unsup: runs end to end and ends well below the loss of a uniform guess."""
     proc = run_script("pretrain", "--quick", "--imdb-unsup", "100", "--out-dir", tmp_path / "run",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, cli, run_script
+from conftest import assert_one_line_error, cli, real_data_root, run_script
 from scripts.common import UserError
 from stage6_bert import tokenizer as tk
 from stage6_bert.data import prepare
@@ -300,16 +299,6 @@ def test_same_ids_as_hugging_face_tokenizers(lowercase):
     assert (pair.ids, pair.type_ids) == t.encode_pair("The quick fox.", "Unaffable, isn't it?")
 
 
-DATA = os.environ.get("MY_LLM_DATA")
-
-
-def data_file(relative: str) -> Path:
-    path = Path(DATA or "") / relative
-    if not DATA or not path.is_file():
-        pytest.skip(f"{relative} not found in $MY_LLM_DATA")
-    return path
-
-
 def read_gz(path: Path, max_lines: int | None = None) -> str:
     with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
         return f.read() if max_lines is None else "".join(f.readline() for _ in range(max_lines))
@@ -317,15 +306,17 @@ def read_gz(path: Path, max_lines: int | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def wiki_tok() -> WordPieceTokenizer:
-    """A 2,000-token vocabulary learned on the first 2 MB of WikiText-2 train (about 3 s)."""
-    return WordPieceTokenizer.train(read_gz(data_file("wikitext-2/wiki.train.tokens.gz"))[:2_000_000], 2000)
+    """A 2,000-token vocabulary learned on the first 2 MB of WikiText-2 train (about 3 s); only the tests marked
+    real_data("wikitext-2") ask for it, and they run only where $MY_LLM_DATA has it."""
+    train = real_data_root(("wikitext-2",)) / "wikitext-2" / "wiki.train.tokens.gz"
+    return WordPieceTokenizer.train(read_gz(train)[:2_000_000], 2000)
 
 
-@pytest.mark.real_data
-def test_same_ids_as_hugging_face_on_wikitext2_test(wiki_tok):
+@pytest.mark.real_data("wikitext-2")
+def test_same_ids_as_hugging_face_on_wikitext2_test(wiki_tok, real_data_dir):
     """The whole WikiText-2 test split (1.3 MB), encoded by both: identical ids."""
     pytest.importorskip("tokenizers")
-    test = read_gz(data_file("wikitext-2/wiki.test.tokens.gz"))
+    test = read_gz(real_data_dir / "wikitext-2" / "wiki.test.tokens.gz")
     ids = wiki_tok.encode(test)
     hf_ids = wiki_tok.to_hf_tokenizer().encode(test, add_special_tokens=False).ids
     assert hf_ids == ids, first_difference(hf_ids, ids)
@@ -334,12 +325,13 @@ def test_same_ids_as_hugging_face_on_wikitext2_test(wiki_tok):
     assert ids.count(UNK_ID) < 1e-3 * len(ids)  # and almost no unknown words
 
 
-@pytest.mark.real_data
-@pytest.mark.parametrize("relative", ["wikitext-2/wiki.test.tokens.gz", "imdb/test.csv.gz", "glue/sst2/dev.tsv.gz",
-                                      "multi30k/train.de.gz", "multi30k/train.fr.gz"])
-def test_round_trip_and_hugging_face_on_real_data(wiki_tok, relative):
+@pytest.mark.parametrize("relative", [
+    pytest.param(r, marks=pytest.mark.real_data("wikitext-2", r.split("/")[0]), id=r)
+    for r in ["wikitext-2/wiki.test.tokens.gz", "imdb/test.csv.gz", "glue/sst2/dev.tsv.gz", "multi30k/train.de.gz",
+              "multi30k/train.fr.gz"]])
+def test_round_trip_and_hugging_face_on_real_data(wiki_tok, relative, real_data_dir):
     """The first 300 lines: decode(encode(x)) is the normalised x, word by word; Hugging Face agrees on the ids."""
-    text = read_gz(data_file(relative), max_lines=300)
+    text = read_gz(real_data_dir / relative, max_lines=300)
     words = wiki_tok.pre_tokenize(wiki_tok.normalize(text))
     ids = wiki_tok.encode(text)
     assert wiki_tok.decode(ids, skip_special_tokens=False).split() == \
@@ -389,6 +381,7 @@ def test_cli_trains_and_encodes(tiny_lm_data_dir, tmp_path, capsys):
     assert_one_line_error(code, err, r"no room for \[CLS\]")
 
 
+@pytest.mark.slow
 def test_script_runs_from_the_repo_root(tmp_path, capsys):
     """`python stage6_bert/tokenizer.py ...` trains on a corpus file and fails with one line; --help explains."""
     (tmp_path / "corpus.txt.gz").write_bytes(gzip.compress(CORPUS.encode("utf-8")))

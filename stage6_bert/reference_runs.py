@@ -1,0 +1,26 @@
+"""The runs behind Stage 6's published figures, declared once: run name -> the command after `python`.
+
+The name is the file the run publishes, stage6_bert/results/<name>.json (and its plot <name>.png). A script that
+finishes with one of these configurations records the name and this command in its result file; copy it into
+results/ with `python scripts/publish.py <out-dir>/result.json`. Where-flags (--out-dir, --result, --data-dir,
+--device) are left out: each run writes to its default --out-dir, runs/stage6_bert/<name>.
+
+The fine-tunes read the checkpoint the pre-training run writes: BERT_CHECKPOINT is finetune.py's default
+--checkpoint, and the demo and the capstone read it too.
+"""
+
+REFERENCE_RUNS = {
+    "pretrain": ["stage6_bert/pretrain.py", "--layers", "4", "--hidden", "128", "--heads", "2", "--max-len", "64",
+                 "--batch-size", "64", "--lr", "2e-3", "--norm", "pre", "--dropout", "0", "--epochs", "10",
+                 "--time-budget", "60", "--eval-interval", "2000", "--cpu-bf16"],
+    "glue_sst2": ["stage6_bert/finetune.py", "--task", "sst2", "--lr", "4e-4", "--epochs", "4"],
+    "glue_sst2_scratch": ["stage6_bert/finetune.py", "--task", "sst2", "--from-scratch", "--lr", "1e-4"],
+    "glue_cola": ["stage6_bert/finetune.py", "--task", "cola"],
+    "glue_mrpc": ["stage6_bert/finetune.py", "--task", "mrpc"],
+    "glue_rte": ["stage6_bert/finetune.py", "--task", "rte"],
+    "glue_stsb": ["stage6_bert/finetune.py", "--task", "stsb"],
+    "glue_wnli": ["stage6_bert/finetune.py", "--task", "wnli"],
+}
+
+# The folder the "pretrain" run writes (pretrain.py's default --out-dir, runs/stage6_bert/<run name>), + best.pt.
+BERT_CHECKPOINT = "runs/stage6_bert/pretrain/best.pt"

@@ -1,0 +1,126 @@
+"""Stage 6's reference runs: declared once (stage6_bert/reference_runs.py), the published files record them, the
+checkpoint the fine-tunes read is the one the pre-training run writes, and the modules import without a circle."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from scripts.common import WHERE_FLAGS, reference_command, reference_run_name, resolved_config
+from stage6_bert import fill_mask, finetune, predict, pretrain
+from stage6_bert.reference_runs import BERT_CHECKPOINT, REFERENCE_RUNS
+
+STAGE = "stage6_bert"
+PARSERS = {"stage6_bert/pretrain.py": pretrain.parse_args, "stage6_bert/finetune.py": finetune.parse_args}
+RESULTS = sorted((REPO_ROOT / STAGE / "results").glob("*.json"))
+
+
+def strings(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from strings(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from strings(v)
+    elif isinstance(x, str):
+        yield x
+
+
+def test_every_published_file_is_declared_and_every_declaration_parses():
+    assert {p.stem for p in RESULTS} == set(REFERENCE_RUNS)
+    for name, argv in REFERENCE_RUNS.items():
+        args = PARSERS[argv[0]](argv[1:])
+        assert not any(a.lstrip("-").replace("-", "_") in WHERE_FLAGS for a in argv if a.startswith("--")), name
+        assert reference_run_name(REFERENCE_RUNS, argv[0], PARSERS[argv[0]], args) == name
+        assert args.out_dir == f"runs/{STAGE}/{name}"   # each run writes to its own default folder
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.stem for p in RESULTS])
+def test_published_files_record_their_declared_run_and_no_absolute_path(path):
+    r = json.loads(path.read_text(encoding="utf-8"))
+    declared = REFERENCE_RUNS[path.stem]
+    assert list(r)[:2] == ["stage", "run"] and r["run"] == path.stem
+    assert r["command"] == reference_command(declared)
+    assert not [s for s in strings(r) if s.startswith(("/", "~")) or ":\\" in s]
+    resolved = resolved_config(PARSERS[declared[0]](declared[1:]))
+    assert {k: v for k, v in r["hparams"].items() if resolved.get(k, "absent") != v} == {}
+    if "test_predictions" in r:   # written where the declared run writes
+        assert Path(r["test_predictions"]).parent.as_posix() == f"runs/{STAGE}/{path.stem}"
+
+
+def test_the_fine_tunes_read_the_checkpoint_the_pretraining_run_writes():
+    producer = REFERENCE_RUNS["pretrain"]
+    assert pretrain.parse_args(producer[1:]).out_dir + "/best.pt" == BERT_CHECKPOINT
+    assert finetune.parse_args(["--task", "sst2"]).checkpoint == BERT_CHECKPOINT
+    assert fill_mask.parse_args(["a [MASK] ."]).checkpoint == BERT_CHECKPOINT
+    for name, argv in REFERENCE_RUNS.items():
+        if argv[0] == "stage6_bert/finetune.py":
+            assert finetune.parse_args(argv[1:]).checkpoint == BERT_CHECKPOINT, name
+
+
+def test_a_run_matches_its_reference_by_settings_not_by_text():
+    runs = REFERENCE_RUNS
+    same = ["--epochs", "4", "--task", "sst2", "--lr", "0.0004", "--out-dir", "elsewhere", "--device", "cpu"]
+    assert reference_run_name(runs, "stage6_bert/finetune.py", finetune.parse_args, finetune.parse_args(same)) == \
+        "glue_sst2"
+    for other in (["--task", "sst2"], ["--task", "sst2", "--lr", "4e-4", "--epochs", "4", "--quick"],
+                  ["--task", "sst2", "--lr", "4e-4", "--epochs", "4", "--max-steps", "10"]):
+        assert reference_run_name(runs, "stage6_bert/finetune.py", finetune.parse_args,
+                                  finetune.parse_args(other)) is None
+    shuffled = [*REFERENCE_RUNS["pretrain"][1:][::-1]]   # --cpu-bf16 first, the pairs reversed: re-pair them
+    pairs = list(zip(shuffled[1::2], shuffled[2::2]))
+    argv = ["--cpu-bf16", *[x for value, flag in pairs for x in (flag, value)], "--result", "r.json"]
+    assert reference_run_name(runs, "stage6_bert/pretrain.py", pretrain.parse_args, pretrain.parse_args(argv)) == \
+        "pretrain"
+
+
+def test_quick_defaults_give_way_to_typed_flags_even_abbreviated():
+    quick = pretrain.parse_args(["--quick"])
+    assert (quick.hidden, quick.layers, quick.vocab_size, quick.lr) == (64, 2, 2000, 1e-3)
+    assert pretrain.parse_args(["--quick", "--hid", "96"]).hidden == 96      # --hid is argparse's --hidden
+    assert pretrain.parse_args(["--quick", "--imdb-unsup=7"]).imdb_unsup == 7
+    assert pretrain.parse_args(["--hidden", "96"]).layers == 4              # no --quick: the full defaults
+
+
+def test_results_go_to_the_run_folder_by_default(capsys):
+    """Nothing is written into stage6_bert/results/ unless published: --result defaults to <out-dir>/result.json."""
+    assert pretrain.parse_args([]).out_dir == "runs/stage6_bert/pretrain"
+    assert pretrain.parse_args(["--nsp"]).out_dir == "runs/stage6_bert/pretrain_nsp"
+    assert finetune.parse_args(["--task", "rte", "--from-scratch"]).out_dir == "runs/stage6_bert/glue_rte_scratch"
+    assert pretrain.parse_args([]).result is None and finetune.parse_args(["--task", "rte"]).result is None
+    for parse in (pretrain.parse_args, finetune.parse_args):
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        assert "scripts/publish.py<out-dir>/result.json" in "".join(capsys.readouterr().out.split())  # wrapped
+
+
+def imports_of(module: str) -> set[str]:
+    tree = ast.parse((REPO_ROOT / STAGE / f"{module}.py").read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(f"{STAGE}."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == STAGE:
+            names |= {a.name for a in node.names}
+    return names
+
+
+def test_no_module_of_stage6_imports_in_a_circle():
+    modules = [p.stem for p in (REPO_ROOT / STAGE).glob("*.py") if p.stem != "__init__"]
+    graph = {m: imports_of(m) & set(modules) for m in modules}
+    seen, done = set(), set()
+
+    def visit(m, path):
+        assert m not in path, " -> ".join([*path, m])
+        if m in done:
+            return
+        for n in graph[m]:
+            visit(n, [*path, m])
+        done.add(m)
+    for m in modules:
+        visit(m, [])
+    assert "data" not in graph["tokenizer"] and "data" not in graph["documents"]
+    assert predict.load_predictor.__module__ == "stage6_bert.predict"
