@@ -270,7 +270,8 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 # What a checkpoint holds, the same words in every stage: its "kind". A script that reads a checkpoint names the kind
 # it needs, and a wrong one is a one-line error instead of a confusing shape mismatch.
 KINDS = ("classifier", "language_model", "translator", "masked_lm")
-_OLD_KINDS = {"sst2_classifier": "classifier", "finetune": "classifier", "pretrain": "masked_lm"}  # before one vocabulary
+# the spellings checkpoints used before KINDS: still read
+_OLD_KINDS = {"sst2_classifier": "classifier", "finetune": "classifier", "pretrain": "masked_lm"}
 
 
 def load_checkpoint(path: str | Path, stage: str | None = None, kind: str | None = None) -> dict:
@@ -361,7 +362,8 @@ def setup_distributed(device_name: str, batch_size: int, accum_steps: int = 1) -
 # name and the declared command. `python scripts/publish.py <out-dir>/result.json` then copies it into
 # <stage>/results/, the explicit step that changes a published figure.
 
-STAGES = ("stage1_mlp", "stage2_rnn_lstm", "stage3_attention_seq2seq", "stage4_transformer", "stage5_gpt", "stage6_bert")
+STAGES = ("stage1_mlp", "stage2_rnn_lstm", "stage3_attention_seq2seq", "stage4_transformer", "stage5_gpt",
+          "stage6_bert")
 # Flags that say where a run reads and writes and on which device, not what it computes: they are not part of
 # the configuration a reference run is matched on (and a published file never records their local values).
 WHERE_FLAGS = ("out_dir", "data_dir", "result", "json", "device", "resume")
@@ -393,26 +395,39 @@ def reference_command(argv: list[str]) -> str:
 
 
 def all_reference_runs(root: Path = REPO_ROOT) -> dict[str, list[str]]:
-    """Every stage's declared runs, by the file each publishes: {"stage1_mlp/results/sst2.json": [script, *flags]}."""
-    import importlib
+    """Every stage's declared runs, by the file each publishes: {"stage1_mlp/results/sst2.json": [script, *flags]}.
+    Read from each root/stage*/reference_runs.py (a plain module that imports nothing)."""
+    import importlib.util
 
     runs = {}
-    for stage in STAGES:
-        if (root / stage / "reference_runs.py").is_file():
-            module = importlib.import_module(f"{stage}.reference_runs")
-            for name, argv in module.REFERENCE_RUNS.items():
-                runs[f"{stage}/results/{name}.json"] = list(argv)
+    for path in sorted(root.glob("stage*/reference_runs.py")):
+        spec = importlib.util.spec_from_file_location(f"_reference_runs_{path.parent.name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name, argv in module.REFERENCE_RUNS.items():
+            runs[f"{path.parent.name}/results/{name}.json"] = list(argv)
     return runs
+
+
+def parse_declared(argv: list[str]) -> argparse.Namespace:
+    """A declared run's flags as its own script parses them (every script in REFERENCE_RUNS exposes parse_args),
+    with every default filled in: where the run writes (out_dir), which checkpoint it reads, and so on."""
+    import importlib
+
+    module = importlib.import_module(argv[0].removesuffix(".py").replace("/", "."))
+    return module.parse_args(list(argv[1:]))
 
 
 def portable(text: str) -> str:
     """`text` (a path or a command line) with the machine's own paths taken out: the repository's folder becomes
-    relative to the repo root and the data directory named by $MY_LLM_DATA becomes "$MY_LLM_DATA", so that what a
-    result file records can be pasted on any machine."""
+    relative to the repo root, the data directory named by $MY_LLM_DATA becomes "$MY_LLM_DATA" and the home folder
+    "~" (the default data cache is ~/.cache/my_llm/data), so that what a result file records can be pasted on any
+    machine."""
     data = os.environ.get("MY_LLM_DATA")
     if data:
         text = text.replace(str(Path(data).expanduser().resolve()), "$MY_LLM_DATA")
-    return text.replace(f"{REPO_ROOT}{os.sep}", "").replace(str(REPO_ROOT), ".")
+    text = text.replace(f"{REPO_ROOT}{os.sep}", "").replace(str(REPO_ROOT), ".")
+    return text.replace(str(Path.home()), "~") if str(Path.home()) not in ("/", "") else text
 
 
 def git_commit() -> str:

@@ -1,12 +1,13 @@
 """The capstone: one task, five architectures. SST-2 sentiment (train -> dev) with each stage's own classifier.
 
-    python scripts/compare_classifiers.py                       # train all five, write results/compare_sst2.{json,png}
+    python scripts/compare_classifiers.py                       # train all five -> runs/compare_sst2/compare_sst2.json
+    python scripts/publish.py runs/compare_sst2/compare_sst2.json   # copy it (and its plot) to results/
     python scripts/compare_classifiers.py --only mlp lstm       # a subset (the table then holds only those)
     python scripts/compare_classifiers.py --reuse               # score checkpoints an earlier run left, train no more
     python scripts/compare_classifiers.py --quick               # a smoke run on slices, under runs/compare_sst2_quick/
 
-Every model is trained by its own stage's script, in its own process, with the settings that stage's reference run
-used, so each row is what a learner gets from that stage:
+Every model is trained by its own stage's script, in its own process, with the flags of that stage's declared SST-2
+reference run (<stage>/reference_runs.py), so each row is what a learner gets from that stage:
 
     mlp          Stage 1  bag of word and bigram embeddings -> MLP             stage1_mlp/train.py --dataset sst2
     lstm         Stage 2  LSTM over word embeddings, last state -> linear      stage2_rnn_lstm/classify.py
@@ -39,13 +40,12 @@ if __package__ in (None, ""):  # run as `python scripts/compare_classifiers.py`:
 
 import torch
 
-from scripts.common import (REPO_ROOT, UserError, get_device, git_commit, load_checkpoint, resolve_data_dir, run_cli,
-                            set_seed)
+from scripts.common import (REPO_ROOT, UserError, all_reference_runs, get_device, git_commit, load_checkpoint,
+                            portable, reference_command, resolve_data_dir, run_cli, set_seed, write_json)
 from scripts.results_table import compare_table
+from stage5_gpt.reference_runs import GPT_CHECKPOINT
+from stage6_bert.reference_runs import BERT_CHECKPOINT
 
-RESULT = REPO_ROOT / "results" / "compare_sst2.json"
-GPT_CHECKPOINT = "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt"
-BERT_CHECKPOINT = "runs/stage6_bert/pretrain/best.pt"
 
 
 @dataclass
@@ -53,28 +53,26 @@ class Model:
     name: str                 # the key used by --only
     stage: str                # the stage folder whose code trains and runs it
     architecture: str         # what the table calls it
-    script: str               # the stage's training script, relative to the repo root
-    args: list[str]           # its reference settings for SST-2 (the command its stage's result file records)
+    run: str                  # the stage's declared SST-2 reference run (its published file): its script and flags
     predictor: str            # the module whose load_predictor(checkpoint, device) turns texts into probabilities
-    reference: str            # the stage's own SST-2 result file: the command above must be the one it records
     pretrained: str | None = None                 # "gpt" or "bert": fine-tunes the checkpoint given by that flag
-    pretrained_result: str | None = None          # the result file of the pre-training run (its command, its time)
-    extra: list[str] = field(default_factory=list)
+    pretrained_run: str | None = None             # the declared pre-training run (its command, its time)
+
+    @property
+    def argv(self) -> list[str]:
+        """[script, *flags] of the declared run, read from the stage's reference_runs.py."""
+        return all_reference_runs()[self.run]
 
 
 MODELS = [
-    Model("mlp", "stage1_mlp", "bag of n-grams + MLP", "stage1_mlp/train.py",
-          ["--dataset", "sst2", "--emb-dim", "64", "--dropout", "0.5", "--lr", "1e-3", "--epochs", "3",
-           "--sentence-weight", "10"], "stage1_mlp.predict", "stage1_mlp/results/sst2.json"),
-    Model("lstm", "stage2_rnn_lstm", "LSTM", "stage2_rnn_lstm/classify.py", [], "stage2_rnn_lstm.classify",
-          "stage2_rnn_lstm/results/sst2_lstm.json"),
-    Model("transformer", "stage4_transformer", "Transformer encoder", "stage4_transformer/classify.py", [],
-          "stage4_transformer.classify", "stage4_transformer/results/sst2_classifier.json"),
-    Model("gpt", "stage5_gpt", "GPT, pre-trained + fine-tuned", "stage5_gpt/finetune.py", [], "stage5_gpt.finetune",
-          "stage5_gpt/results/sst2_finetune.json", pretrained="gpt", pretrained_result="stage5_gpt/results/wikitext2.json"),
-    Model("bert", "stage6_bert", "BERT, pre-trained + fine-tuned", "stage6_bert/finetune.py",
-          ["--task", "sst2", "--lr", "4e-4", "--epochs", "4"], "stage6_bert.evaluate",
-          "stage6_bert/results/glue_sst2.json", pretrained="bert", pretrained_result="stage6_bert/results/pretrain.json"),
+    Model("mlp", "stage1_mlp", "bag of n-grams + MLP", "stage1_mlp/results/sst2.json", "stage1_mlp.predict"),
+    Model("lstm", "stage2_rnn_lstm", "LSTM", "stage2_rnn_lstm/results/sst2_lstm.json", "stage2_rnn_lstm.predict"),
+    Model("transformer", "stage4_transformer", "Transformer encoder", "stage4_transformer/results/sst2_classifier.json",
+          "stage4_transformer.predict"),
+    Model("gpt", "stage5_gpt", "GPT, pre-trained + fine-tuned", "stage5_gpt/results/sst2_finetune.json",
+          "stage5_gpt.predict", pretrained="gpt", pretrained_run="stage5_gpt/results/wikitext2.json"),
+    Model("bert", "stage6_bert", "BERT, pre-trained + fine-tuned", "stage6_bert/results/glue_sst2.json",
+          "stage6_bert.predict", pretrained="bert", pretrained_run="stage6_bert/results/pretrain.json"),
 ]
 NAMES = [m.name for m in MODELS]
 
@@ -86,15 +84,9 @@ def read_json(path: Path) -> dict:
         raise UserError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
-def recorded_command(model: Model, root: Path = REPO_ROOT) -> str | None:
-    """The command the stage's own SST-2 result file records (None while that stage has no such file)."""
-    path = root / model.reference
-    return read_json(path).get("command") if path.is_file() else None
-
-
 def train_command(model: Model, args, out_dir: Path) -> list[str]:
-    """The stage's script with its reference settings, writing into out_dir instead of the stage's runs/ folder."""
-    cmd = [sys.executable, model.script, *model.args]
+    """The stage's declared SST-2 run, writing into out_dir instead of the stage's runs/ folder."""
+    cmd = [sys.executable, *model.argv]
     if model.pretrained:
         cmd += ["--checkpoint", str(getattr(args, f"{model.pretrained}_checkpoint"))]
     cmd += ["--out-dir", str(out_dir), "--result", str(out_dir / "result.json"), "--device", args.device]
@@ -111,8 +103,7 @@ def check_pretrained(model: Model, args) -> None:
         return
     path = Path(getattr(args, f"{model.pretrained}_checkpoint"))
     if not path.is_file():
-        source = REPO_ROOT / model.pretrained_result
-        how = read_json(source).get("command", "?") if source.is_file() else f"the {model.stage} pre-training script"
+        how = reference_command(all_reference_runs()[model.pretrained_run])
         raise UserError(f"'{model.name}' fine-tunes a pre-trained checkpoint, and {path} does not exist. Make it with "
                         f"`{how}` (or pass --{model.pretrained}-checkpoint PATH, or leave it out with --only)")
 
@@ -166,9 +157,9 @@ def pretraining(model: Model, args) -> dict | None:
         return None
     path = Path(getattr(args, f"{model.pretrained}_checkpoint"))
     state = load_checkpoint(path, stage=model.stage).get("state", {})
-    source = REPO_ROOT / model.pretrained_result
-    return {"checkpoint": str(path), "train_seconds": round(float(state.get("train_seconds", 0.0)), 1),
-            "steps": state.get("step"), "reference_command": read_json(source).get("command") if source.is_file() else None}
+    return {"checkpoint": portable(str(path)), "train_seconds": round(float(state.get("train_seconds", 0.0)), 1),
+            "steps": state.get("step"),
+            "reference_command": reference_command(all_reference_runs()[model.pretrained_run])}
 
 
 def plot(path: Path, rows: list[dict], title: str) -> None:
@@ -220,8 +211,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1337, help="seed for the timing process (each stage seeds its own run)")
     p.add_argument("--reuse", action="store_true", help="score the checkpoints in --out-dir instead of training again")
     p.add_argument("--quick", action="store_true", help="each stage's --quick smoke run; results stay in --out-dir")
-    p.add_argument("--result", default=None, help="result JSON (default: results/compare_sst2.json; "
-                                                   "<out-dir>/compare_sst2.json with --quick)")
+    p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/compare_sst2.json; publish it "
+                                                   "to results/ with `python scripts/publish.py`)")
     args = p.parse_args(argv)
     args.only = [n for n in NAMES if n in args.only]  # the table keeps the course's order
     return args
@@ -230,8 +221,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     out_root = Path(args.out_dir or ("runs/compare_sst2_quick" if args.quick else "runs/compare_sst2"))
-    result_path = Path(args.result) if args.result else (
-        out_root / "compare_sst2.json" if args.quick else RESULT)
+    result_path = Path(args.result) if args.result else out_root / "compare_sst2.json"
     models = [m for m in MODELS if m.name in args.only]
     for m in models:  # before any training: a missing checkpoint should not surface an hour in
         check_pretrained(m, args)
@@ -257,7 +247,7 @@ def main(argv=None) -> None:
         rows.append({"name": m.name, "stage": m.stage, "architecture": m.architecture, **scored,
                      "stage_accuracy": stage_result["metrics"]["accuracy"], "params": stage_result["params"],
                      "train_seconds": round(stage_result["train_seconds"], 1), "pretraining": pretraining(m, args),
-                     "command": stage_result["command"], "checkpoint": str(out_dir / "best.pt")})
+                     "command": stage_result["command"], "checkpoint": portable(str(out_dir / "best.pt"))})
         log(f"[{m.name}] dev accuracy {scored['accuracy']:.4f} | macro-F1 {scored['macro_f1']:.4f} | "
             f"{stage_result['params']:,} params | {stage_result['train_seconds']:.0f} s training | "
             f"{scored['infer_ms_per_sentence']:.2f} ms/sentence")
@@ -266,14 +256,12 @@ def main(argv=None) -> None:
               "command": " ".join(["python", "scripts/compare_classifiers.py", *(sys.argv[1:] if argv is None else argv)]),
               "git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "models": rows}
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = result_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, result_path)
+    write_json(result_path, result)
     plot(result_path.with_suffix(".png"), rows, f"SST-2 dev, five architectures ({len(labels)} sentences)")
     print()
     print(compare_table(result))
-    log(f"wrote {result_path} and {result_path.with_suffix('.png')}")
+    log(f"wrote {result_path} and {result_path.with_suffix('.png')}; publish them to results/ with "
+        f"`python scripts/publish.py {portable(str(result_path))}`")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ translate a sentence side by side, each with its attention map; Stage 5's GPT wr
 token; Stage 6's BERT fills in [MASK] and tells a sentence's sentiment (SST-2).
 
 Each tab loads its model the first time it is used and keeps it. The default checkpoints are where each stage's
-reference training command (MODELS below: the commands of the README's results table) writes its best checkpoint. A tab
+declared reference run (MODELS below; each stage's reference_runs.py) writes its best checkpoint. A tab
 whose checkpoint does not exist yet says which command makes it, and finds the checkpoint on the next submit once it is
 there. Bad input (empty, too long, characters a character-level model never saw) is answered by a message in the page;
 so is an unexpected exception (its traceback goes to the server's log). The server listens on 127.0.0.1 unless --host
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from scripts.common import UserError, get_device, get_logger, run_cli
+from scripts.common import (UserError, all_reference_runs, get_device, get_logger, parse_declared, reference_command,
+                            run_cli)
 from stage1_mlp import evaluate as s1_evaluate, predict as s1_predict
 from stage1_mlp.data import dataset_info as s1_dataset_info
 from stage2_rnn_lstm import evaluate as s2_evaluate, generate as s2_generate
@@ -46,32 +47,36 @@ from stage3_attention_seq2seq.data import tokenize as s3_tokenize
 from stage4_transformer import decoding as s4_decoding, evaluate as s4_evaluate, translate as s4_translate
 from stage4_transformer.data import tokenize as s4_tokenize
 from stage5_gpt import evaluate as s5_evaluate, generate as s5_generate
-from stage6_bert import evaluate as s6_evaluate, fill_mask as s6_fill_mask
+from stage6_bert import fill_mask as s6_fill_mask, predict as s6_predict
 
-PRETRAIN_BERT = ("python stage6_bert/pretrain.py --layers 4 --hidden 128 --heads 2 --max-len 64 --batch-size 64 "
-                 "--lr 2e-3 --norm pre --dropout 0 --epochs 10 --time-budget 60 --eval-interval 2000 --cpu-bf16")
-# model -> (what it is, where its reference training command writes its best checkpoint, the commands that make it).
-# The commands are those of the README's results table; tests/test_demo.py checks both against the stages' scripts.
+# model -> (what it is, the declared reference runs that make it, in order: its stage's reference_runs.py). The tab's
+# default checkpoint is <out-dir>/best.pt of the last of them, where that run's own script says it writes.
 MODELS = {
-    "stage1": ("Stage 1 IMDb classifier", "runs/stage1_mlp/imdb/best.pt", ["python stage1_mlp/train.py"]),
-    "stage2": ("Stage 2 character LSTM", "runs/stage2_rnn_lstm/tiny_shakespeare_lstm/best.pt",
-               ["python stage2_rnn_lstm/train.py"]),
-    "stage3": ("Stage 3 translator", "runs/stage3_attention_seq2seq/multi30k_en_fr/best.pt",
-               ["python stage3_attention_seq2seq/train.py --epochs 8"]),
-    "stage4": ("Stage 4 Transformer", "runs/stage4_transformer/multi30k_en_fr/best.pt",
-               ["python stage4_transformer/train.py --dropout 0.2 --schedule cosine --epochs 30 --time-budget 60 "
-                "--average-last 5 --batch-tokens 2048 --lr 1e-3"]),
-    "stage5": ("Stage 5 GPT", "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt",
-               ["python stage5_gpt/train.py --dataset wikitext2 --vocab-size 8000 --n-embd 192 --batch-size 8 "
-                "--block-size 256 --pos rope --norm rmsnorm --mlp swiglu --no-bias --epochs 10 --time-budget 30 "
-                "--cpu-bf16"]),
-    "stage6_mlm": ("Stage 6 pre-trained BERT", "runs/stage6_bert/pretrain/best.pt", [PRETRAIN_BERT]),
-    "stage6_sst2": ("Stage 6 SST-2 classifier", "runs/stage6_bert/glue_sst2/best.pt",
-                    [PRETRAIN_BERT, "python stage6_bert/finetune.py --task sst2 --lr 4e-4 --epochs 4"]),
+    "stage1": ("Stage 1 IMDb classifier", ["stage1_mlp/results/imdb.json"]),
+    "stage2": ("Stage 2 character LSTM", ["stage2_rnn_lstm/results/tiny_shakespeare_lstm.json"]),
+    "stage3": ("Stage 3 translator", ["stage3_attention_seq2seq/results/multi30k_en_fr.json"]),
+    "stage4": ("Stage 4 Transformer", ["stage4_transformer/results/multi30k_en_fr.json"]),
+    "stage5": ("Stage 5 GPT", ["stage5_gpt/results/wikitext2.json"]),
+    "stage6_mlm": ("Stage 6 pre-trained BERT", ["stage6_bert/results/pretrain.json"]),
+    "stage6_sst2": ("Stage 6 SST-2 classifier",
+                    ["stage6_bert/results/pretrain.json", "stage6_bert/results/glue_sst2.json"]),
 }
+
+
+def commands(key: str) -> list[str]:
+    """The commands that make a tab's model, as a person pastes them from the repo root."""
+    declared = all_reference_runs()
+    return [reference_command(declared[run]) for run in MODELS[key][1]]
+
+
+def default_checkpoint(key: str) -> Path:
+    """Where the last of a tab's declared runs writes its best checkpoint."""
+    return Path(parse_declared(all_reference_runs()[MODELS[key][1][-1]]).out_dir) / "best.pt"
+
+
 MAX_CHARS = {"stage1": 5000, "stage2": 1000, "stage34": s3_translate.MAX_CHARS, "stage5": 2000, "stage6": 500}
 SST2_LABELS = ("negative", "positive")  # GLUE SST-2: label 0 is negative, 1 positive
-SETTINGS = {"device": torch.device("cpu"), "checkpoints": {key: Path(m[1]) for key, m in MODELS.items()}}
+SETTINGS = {"device": torch.device("cpu"), "checkpoints": {key: default_checkpoint(key) for key in MODELS}}
 _loaded: dict = {}  # (model, checkpoint path) -> what its loader returned
 log = logging.getLogger("demo")
 
@@ -85,11 +90,11 @@ def configure(device: str | torch.device = "cpu", **checkpoints: str | Path) -> 
 
 def missing_checkpoint(key: str) -> str:
     """'' when the model's checkpoint exists; otherwise a short message with the command that trains it."""
-    name, _, commands = MODELS[key]
+    name = MODELS[key][0]
     path = SETTINGS["checkpoints"][key]
     if path.is_file():
         return ""
-    steps = ", then ".join(f"`{c}`" for c in commands)
+    steps = ", then ".join(f"`{c}`" for c in commands(key))
     return (f"No {name} yet: `{path}` does not exist. Train it from the repository root with {steps}. "
             f"This tab finds it on the next submit, without a restart.")
 
@@ -250,7 +255,7 @@ def stage6_fill(text: str, top_k: float):
 def stage6_sentiment(text: str):
     """-> ({negative, positive: probability}, message)."""
     text = check_text(text, MAX_CHARS["stage6"])
-    predict = load("stage6_sst2", s6_evaluate.load_predictor)
+    predict = load("stage6_sst2", s6_predict.load_predictor)
     probs = predict([text])[0]
     return {label: float(p) for label, p in zip(SST2_LABELS, probs)}, ""
 
@@ -355,16 +360,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: reachable from other machines)")
     p.add_argument("--port", type=port_number, default=7860, help="port to listen on")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where the models run")
-    for key, (name, path, commands) in MODELS.items():
-        p.add_argument(f"--{key.replace('_', '-')}-checkpoint", dest=key, default=path, metavar="PATH",
-                       help=f"the {name}, made by: {commands[-1]}")
+    for key, (name, _) in MODELS.items():
+        p.add_argument(f"--{key.replace('_', '-')}-checkpoint", dest=key, default=str(default_checkpoint(key)),
+                       metavar="PATH", help=f"the {name}, made by: {commands(key)[-1]}")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    for key, (_, default, _) in MODELS.items():  # a path given by hand must exist; a default one may come later
-        if getattr(args, key) != default and not Path(getattr(args, key)).is_file():
+    for key in MODELS:  # a path given by hand must exist; a default one may come later
+        if getattr(args, key) != str(default_checkpoint(key)) and not Path(getattr(args, key)).is_file():
             raise UserError(f"--{key.replace('_', '-')}-checkpoint {getattr(args, key)}: no such file")
     try:
         import gradio  # noqa: F401

@@ -1,27 +1,29 @@
-"""Re-run the reference runs behind the README's numbers, exactly as their result files record them, and put each
-new figure next to the recorded one.
+"""Re-run the reference runs behind the README's numbers, exactly as their stages declare them, and put each new
+figure next to the published one.
 
     python scripts/reproduce.py --all --dry-run            # the plan: every command, in order, and its recorded time
     python scripts/reproduce.py --stage 1                  # re-run Stage 1's reference runs (about 2 minutes)
     python scripts/reproduce.py --stage 6 --only glue_rte  # one result file (and the pre-training it reads)
     python scripts/reproduce.py --stage 1 --quick          # --quick on every command: a smoke test of the pipeline
 
-Every stage*/results/<name>.json with a headline metric records the command that wrote it ("command", and the
-commands that resumed it in "resumed_with"). This script runs those commands one after the other, with the same Python,
-from the repo root. A training script scores its best checkpoint on the test (or dev) split itself and writes that
-figure into its result file, so the recorded commands are the whole reproduction; evaluate.py is not run separately.
+Each stage declares its reference runs once, in <stage>/reference_runs.py: the name of the published file
+(<stage>/results/<name>.json) and the command that writes it, the same command the file records. This script runs
+those commands one after the other, with the same Python, from the repo root. A training script scores its best
+checkpoint on the test (or dev) split itself and writes that figure into its result file, so the declared commands
+are the whole reproduction; evaluate.py is not run separately.
 
 Only where the outputs go changes: --result and --out-dir point into runs/reproduce/<stage>/ (replaced where the
-recorded command sets them, added where it does not), so the committed result files and your own checkpoints under
-runs/<stage>/ are never touched. A run that reads another run's checkpoint (a GLUE fine-tune reads the pre-training's
-best.pt) runs after that run and reads the new checkpoint; the two tables below say which runs those are.
+declared command would use its defaults), so the committed result files and your own checkpoints under runs/<stage>/
+are never touched. A run that reads another run's checkpoint (a GLUE fine-tune reads the pre-training's best.pt, its
+--checkpoint default) runs after that run and reads the new checkpoint. To publish a reproduced figure, see
+scripts/publish.py.
 
 Running is the default, because that is what the script is for and it cannot overwrite anything but its own earlier
 output; the plan (with the time the recorded runs took) is printed first, so an unexpected one can be stopped with
 Ctrl-C. --dry-run prints the plan and stops.
 
 Side files, the result files without a headline metric (benchmark speeds, tokenizer figures), are listed and not
-re-run: they measure a machine's speed or a tokenizer, not a trained model, and the benchmarks record no command.
+re-run: they measure a machine's speed or a tokenizer, not a trained model.
 
 At the end a table shows, per result file: the headline metric recorded and new, the difference, and both training
 times; it also goes to runs/reproduce/summary.json (which keeps the latest reproduction of every result file). Each
@@ -48,28 +50,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/reproduce.py`: put the repo root on the path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from scripts.common import REPO_ROOT, UserError, resolve_data_dir, run_cli
-
-# Runs that read another run's checkpoint: script -> (the flag that names it, what it reads when the flag is absent).
-READS_CHECKPOINT = {
-    "stage5_gpt/finetune.py": ("--checkpoint", "runs/stage5_gpt/wikitext2/best.pt"),
-    "stage6_bert/finetune.py": ("--checkpoint", "runs/stage6_bert/pretrain/best.pt"),
-}
-# Runs whose checkpoints other runs read: result file -> the folder the reference command writes them to, the script's
-# default --out-dir for the recorded command. A recorded run may have named its own --out-dir (an experiment folder,
-# its checkpoint then copied to the reference folder, as the stage's README says); both folders count as written.
-# tests/test_reproduce.py checks both tables against the scripts.
-WRITES_CHECKPOINTS = {
-    "stage5_gpt/results/wikitext2.json": "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu",
-    "stage6_bert/results/pretrain.json": "runs/stage6_bert/pretrain",
-}
-
+from scripts.common import (REPO_ROOT, UserError, all_reference_runs, parse_declared, reference_command,
+                            resolve_data_dir, run_cli, write_json)
 
 @dataclass
 class Run:
-    """One committed result file, and how reproduce.py writes it again."""
-    result: str                   # the committed file, relative to the repo root: "stage1_mlp/results/imdb.json"
+    """One declared reference run, its published result file, and how reproduce.py writes it again."""
+    result: str                   # the published file, relative to the repo root: "stage1_mlp/results/imdb.json"
     recorded: dict                # its contents
+    argv: list[str] = field(default_factory=list)  # the declared command: [script, *flags]
     after: str | None = None      # the result file of the run whose checkpoint this one reads (it runs first)
     needs: str | None = None      # a checkpoint that no recorded run writes: it must exist before this run starts
     commands: list[list[str]] = field(default_factory=list)  # [script, *args] for each command, outputs redirected
@@ -87,47 +76,30 @@ class Run:
 
     @property
     def recorded_args(self) -> list[str]:
-        """The first recorded command as [script, *args]."""
-        return split_command(self.recorded["command"], self.result)
+        """The declared command as [script, *args]."""
+        return list(self.argv)
 
 
-# ----------------------------------------------------------------------------- reading the result files
+# ----------------------------------------------------------------------------- reading the declarations
 
 def load_runs(root: Path) -> tuple[dict[str, Run], dict[str, str]]:
-    """Every result file with a headline metric, by path; and the side files without one, with what they hold."""
+    """Every declared run whose published file has a headline metric, by path; and the declared side files without
+    one (benchmarks, tokenizer figures), with their command."""
     runs, side = {}, {}
-    for path in sorted(root.glob("stage*/results/*.json")):
-        key = path.relative_to(root).as_posix()
+    for key, argv in all_reference_runs(root).items():
+        path = root / key
+        if not path.is_file():
+            raise UserError(f"{key} is declared in {key.split('/')[0]}/reference_runs.py but not published yet; run "
+                            f"`{reference_command(argv)}` and publish it (scripts/publish.py)")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read {key}: {e}") from None
         if "headline_metric" in data:
-            if "command" not in data:
-                raise UserError(f"{key} has a headline metric but no recorded command, so it cannot be reproduced")
-            runs[key] = Run(key, data)
+            runs[key] = Run(key, data, argv)
         else:
-            side[key] = f"its command: {data['command']}" if "command" in data else "no command recorded"
+            side[key] = f"its command: {reference_command(argv)}"
     return runs, side
-
-
-def split_command(command: str, where: str) -> list[str]:
-    """'python stage1_mlp/train.py --dataset sst2' -> ['stage1_mlp/train.py', '--dataset', 'sst2']."""
-    argv = shlex.split(command)
-    if len(argv) < 2 or argv[0] != "python" or not argv[1].endswith(".py"):
-        raise UserError(f"{where}: cannot re-run {command!r}: expected 'python <script>.py ...'")
-    return argv[1:]
-
-
-def flag_value(args: list[str], flag: str) -> str | None:
-    """The value `args` give `flag` (`--flag value` or `--flag=value`); the last one counts, as in argparse."""
-    value = None
-    for i, a in enumerate(args):
-        if a == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-    return value
 
 
 def set_flag(args: list[str], flag: str, value: str) -> list[str]:
@@ -174,20 +146,17 @@ def select(runs: dict[str, Run], side: dict[str, str], stages: list[str], only: 
 def checkpoint_source(run: Run, runs: dict[str, Run]) -> tuple[str | None, str | None]:
     """(the result file whose run writes the checkpoint `run` reads, the checkpoint's path as `run` names it).
 
-    (None, None) for a run that reads no checkpoint; (None, path) when no recorded run writes that checkpoint.
+    A run reads a checkpoint when its script has a --checkpoint flag (its default is the checkpoint the stage's
+    producer run writes, by construction). (None, None) for a run that reads none; (None, path) when no declared run
+    writes that checkpoint (its out-dir, as its script resolves it, is not the checkpoint's folder).
     """
-    args = run.recorded_args
-    if args[0] not in READS_CHECKPOINT:
+    path = getattr(parse_declared(run.argv), "checkpoint", None)
+    if not path:
         return None, None
-    flag, default = READS_CHECKPOINT[args[0]]
-    path = flag_value(args[1:], flag) or default
     folder = os.path.normpath(Path(path).parent)
     for key, other in runs.items():
-        try:
-            writes = {flag_value(other.recorded_args[1:], "--out-dir"), WRITES_CHECKPOINTS.get(key)} - {None}
-        except UserError:  # a command this script cannot re-run writes no checkpoint it could use
-            continue
-        if key != run.result and folder in {os.path.normpath(w) for w in writes}:
+        out_dir = getattr(parse_declared(other.argv), "out_dir", None)
+        if key != run.result and out_dir and os.path.normpath(out_dir) == folder:
             return key, path
     return None, path
 
@@ -221,23 +190,20 @@ def plan(selected: list[str], runs: dict[str, Run], out_root: Path, root: Path, 
         run.out_dir = out_root / run.stage / run.name
         run.new_result = out_root / run.stage / f"{run.name}.json"
         run.log = out_root / run.stage / f"{run.name}.log"
-        run.commands = []
-        for command in [run.recorded["command"], *run.recorded.get("resumed_with", [])]:
-            script, *args = split_command(command, run.result)
-            if not (root / script).is_file():
-                raise UserError(f"{run.result}: its command runs {script}, which does not exist")
-            args = set_flag(args, "--result", shown(run.new_result, root))
-            args = set_flag(args, "--out-dir", shown(run.out_dir, root))
-            if run.after:  # read the checkpoint this reproduction wrote (best.pt), not an older one
-                flag, default = READS_CHECKPOINT[script]
-                producer = runs[run.after]
-                name = Path(flag_value(args, flag) or default).name
-                args = set_flag(args, flag, shown(out_root / producer.stage / producer.name / name, root))
-            if data_dir is not None:
-                args = set_flag(args, "--data-dir", str(data_dir))
-            if quick and "--quick" not in args:
-                args.append("--quick")
-            run.commands.append([script, *args])
+        script, *args = run.argv
+        if not (root / script).is_file():
+            raise UserError(f"{run.result}: its command runs {script}, which does not exist")
+        args = set_flag(args, "--result", shown(run.new_result, root))
+        args = set_flag(args, "--out-dir", shown(run.out_dir, root))
+        if run.after:  # read the checkpoint this reproduction wrote (best.pt), not an older one
+            producer = runs[run.after]
+            name = Path(checkpoint_source(run, runs)[1]).name
+            args = set_flag(args, "--checkpoint", shown(out_root / producer.stage / producer.name / name, root))
+        if data_dir is not None:
+            args = set_flag(args, "--data-dir", str(data_dir))
+        if quick and "--quick" not in args:
+            args.append("--quick")
+        run.commands = [[script, *args]]
     return order
 
 
@@ -429,10 +395,7 @@ def write_summary(path: Path, rows: list[dict], root: Path) -> None:
     runs = summary.get("runs", {})
     runs.update({r["result"]: r for r in rows})
     summary = {"written_by": "python scripts/reproduce.py", "runs": dict(sorted(runs.items()))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, summary)
     print(f"\nsummary: {shown(path, root)}; new result files and logs in {shown(path.parent, root)}/<stage>/")
 
 
@@ -450,8 +413,8 @@ def stage_folder(text: str, root: Path) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Re-run the reference runs recorded in stage*/results/*.json and compare the new figures with "
-                    "the recorded ones. Outputs go to --out-dir; the committed result files are never touched.")
+        description="Re-run the reference runs each stage declares (stage*/reference_runs.py) and compare the new "
+                    "figures with the published ones. Outputs go to --out-dir; the committed result files are never touched.")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--stage", nargs="+", action="extend", default=[], metavar="N",
                        help="the stages to reproduce: numbers (--stage 1 6) or folder names; repeatable")

@@ -8,8 +8,8 @@ writes the JSON, the plot and a table that scripts/results_table.py can put into
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
-import shlex
 import sys
 import types
 
@@ -19,32 +19,23 @@ import torch
 from conftest import REPO_ROOT
 from scripts import compare_classifiers as cc
 from scripts import results_table
-from scripts.common import UserError
-
-
-# where a run writes and which device it uses change no result; the capstone sets them itself
-OUTPUT_FLAGS = ("--out-dir", "--result", "--device", "--data-dir")
+from scripts.common import UserError, all_reference_runs, reference_command
 
 
 @pytest.mark.parametrize("model", cc.MODELS, ids=cc.NAMES)
 def test_settings_are_the_stage_reference_settings(model):
-    """Each model trains with the command its stage's own SST-2 result records (so the row is that stage's model)."""
-    recorded = cc.recorded_command(model)
-    if recorded is None:
-        pytest.skip(f"{model.reference} does not exist yet")
-    words = shlex.split(recorded)
-    checkpoint = None
-    for flag in ("--checkpoint", *OUTPUT_FLAGS):
-        if flag in words:
-            i = words.index(flag)
-            checkpoint = words[i + 1] if flag == "--checkpoint" else checkpoint
-            del words[i:i + 2]
-    assert words == ["python", model.script, *model.args]
+    """Each model trains with its stage's declared SST-2 run (so the row is that stage's model), and a fine-tuned one
+    starts from the checkpoint its stage's declared pre-training writes: the fine-tune script's own default."""
+    declared = all_reference_runs()[model.run]
+    assert model.argv == declared and model.run.startswith(f"{model.stage}/results/")
+    script = importlib.import_module(declared[0].removesuffix(".py").replace("/", "."))
+    args = script.parse_args(declared[1:])
     if model.pretrained:
-        default = {"gpt": cc.GPT_CHECKPOINT, "bert": cc.BERT_CHECKPOINT}[model.pretrained]
-        assert checkpoint in (None, default)  # None: the stage's own default, which must be ours
-        if checkpoint is None:
-            assert default in (REPO_ROOT / model.script).read_text(encoding="utf-8")
+        default = getattr(cc.parse_args([]), f"{model.pretrained}_checkpoint")
+        assert args.checkpoint == default
+        assert model.pretrained_run in all_reference_runs()
+    if (REPO_ROOT / model.run).is_file():  # its published result is the declared run
+        assert json.loads((REPO_ROOT / model.run).read_text())["command"] == reference_command(declared)
 
 
 def test_missing_pretrained_checkpoint_says_how_to_make_it(tmp_path):
@@ -75,15 +66,17 @@ def test_a_run_scores_writes_and_tables(tmp_path, monkeypatch):
         return lambda texts: torch.tensor([[0.2, 0.8] if "good" in t else [0.9, 0.1] for t in texts])
     fake.load_predictor = load_predictor
     monkeypatch.setitem(sys.modules, "fake_stage_predictor", fake)
-    models = [cc.Model("one", "stage1_mlp", "keyword rule", "x.py", [], "fake_stage_predictor", "none.json"),
-              cc.Model("two", "stage2_rnn_lstm", "the same rule", "y.py", ["--a"], "fake_stage_predictor", "none.json")]
+    models = [cc.Model("one", "stage1_mlp", "keyword rule", "stage1_mlp/results/sst2.json", "fake_stage_predictor"),
+              cc.Model("two", "stage2_rnn_lstm", "the same rule", "stage2_rnn_lstm/results/sst2_lstm.json",
+                       "fake_stage_predictor")]
     monkeypatch.setattr(cc, "MODELS", models)
     monkeypatch.setattr(cc, "NAMES", ["one", "two"])
     trained = []
 
     def fake_train(model, args, out_dir, log):
         trained.append(model.name)
-        return {"metrics": {"accuracy": 0.75}, "params": 1000, "train_seconds": 12.0, "command": f"python {model.script}"}
+        return {"metrics": {"accuracy": 0.75}, "params": 1000, "train_seconds": 12.0,
+                "command": f"python {model.argv[0]}"}
     monkeypatch.setattr(cc, "train", fake_train)
     result_path = tmp_path / "out" / "compare.json"
     cc.main(["--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "runs"), "--result", str(result_path)])

@@ -33,7 +33,7 @@ def checkpoints(tmp_path_factory):
 def tiny(checkpoints):
     demo.configure("cpu", **checkpoints)
     yield checkpoints
-    demo.configure("cpu", **{key: path for key, (_, path, _) in demo.MODELS.items()})
+    demo.configure("cpu", **{key: demo.default_checkpoint(key) for key in demo.MODELS})
 
 
 # every tab, called with one text: the tab's outputs (a streamed tab: its last outputs)
@@ -110,7 +110,7 @@ def test_missing_checkpoint_names_the_command_that_trains_it(tab, tiny, tmp_path
     outputs = TABS[tab](TYPICAL[tab])
     for key, message in zip(keys, messages(tab, outputs)):
         assert f"`{tmp_path / key / 'best.pt'}` does not exist" in message
-        assert all(f"`{command}`" in message for command in demo.MODELS[key][2])
+        assert all(f"`{command}`" in message for command in demo.commands(key))
     assert all(x is None for x in answers(tab, outputs))
     assert [n for n in demo.page_notes() if n] == [demo.missing_checkpoint(key) for key in keys]
     for key in keys:  # trained while the demo runs: the next submit finds it
@@ -169,29 +169,24 @@ def test_unexpected_exception_is_one_line_and_the_tab_keeps_working(tiny, monkey
 
 # ----------------------------------------------------------------------------- the reference commands and defaults
 
-def recorded_commands() -> str:
-    texts = [(REPO_ROOT / "README.md").read_text(encoding="utf-8")]
-    for path in REPO_ROOT.glob("stage*/results/*.json"):
-        texts.append(str(json.loads(path.read_text(encoding="utf-8")).get("command")))
-    return "\n".join(texts)
-
-
 @pytest.mark.parametrize("key", demo.MODELS)
-def test_commands_are_the_recorded_reference_commands(key):
-    for command in demo.MODELS[key][2]:
-        assert command in recorded_commands()
+def test_commands_are_the_published_reference_commands(key):
+    """What a tab tells a person to run is what the README's results table shows for that run."""
+    for run, command in zip(demo.MODELS[key][1], demo.commands(key)):
+        assert json.loads((REPO_ROOT / run).read_text(encoding="utf-8"))["command"] == command
 
 
 @pytest.mark.parametrize("key", demo.MODELS)
 def test_default_checkpoint_is_where_the_command_writes_it(key):
-    """Parse the command with its script's own parse_args: <out-dir>/best.pt is the demo's default."""
-    words = shlex.split(demo.MODELS[key][2][-1])
+    """<out-dir>/best.pt of the last declared run, as its own script parses it; Stages 5 and 6: the constant the
+    fine-tunes read."""
+    words = shlex.split(demo.commands(key)[-1])
     script = import_module(words[1].removesuffix(".py").replace("/", "."))
-    args = script.parse_args(words[2:])
-    name = script.run_name(args) if hasattr(script, "run_name") else None
-    out_dir = args.out_dir.format(name=name, dataset=getattr(args, "dataset", None),
-                                  model_type=getattr(args, "model_type", None))
-    assert Path(out_dir) / "best.pt" == Path(demo.MODELS[key][1])
+    assert Path(script.parse_args(words[2:]).out_dir) / "best.pt" == demo.default_checkpoint(key)
+    from stage5_gpt.reference_runs import GPT_CHECKPOINT
+    from stage6_bert.reference_runs import BERT_CHECKPOINT
+    assert demo.default_checkpoint("stage5") == Path(GPT_CHECKPOINT)
+    assert demo.default_checkpoint("stage6_mlm") == Path(BERT_CHECKPOINT)
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -201,7 +196,8 @@ def test_help_and_defaults(capsys):
     assert code == 0
     args = demo.parse_args([])
     assert (args.host, args.port) == ("127.0.0.1", 7860)
-    assert {key: getattr(args, key) for key in demo.MODELS} == {key: m[1] for key, m in demo.MODELS.items()}
+    assert {key: getattr(args, key) for key in demo.MODELS} == {key: str(demo.default_checkpoint(key))
+                                                                for key in demo.MODELS}
 
 
 @pytest.mark.parametrize("argv, pattern", [

@@ -25,8 +25,9 @@ from conftest import REPO_ROOT  # noqa: E402
 from scripts import demo_screenshots  # noqa: E402
 
 CHROMIUM = demo_screenshots.find_chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium browser on this machine: install Debian's "
-                                                         "(apt-get install chromium); .ci/run does where it can")
+pytestmark = [pytest.mark.slow,  # a demo server in a subprocess, driven by a browser
+              pytest.mark.skipif(CHROMIUM is None, reason="no Chromium browser on this machine: install Debian's "
+                                                          "(apt-get install chromium); .ci/run does where it can")]
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from stage3_attention_seq2seq.evaluate import attention_figure, plot_attention
 from stage5_gpt import generate as s5_generate
 from stage5_gpt.evaluate import load_model as s5_load_model
 from stage6_bert import fill_mask
-from stage6_bert.evaluate import load_pretrained
+from stage6_bert.predict import load_pretrained
 
 DEVICE = torch.device("cpu")
 

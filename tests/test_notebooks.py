@@ -9,17 +9,14 @@ the notebook's training run to a temporary folder, so the test leaves no files i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = os.environ.get("MY_LLM_DATA")
-# stage folder -> the data file its notebook reads
-NOTEBOOKS = {"stage1_mlp": "imdb/train.csv.gz", "stage2_rnn_lstm": "tiny_shakespeare/input.txt.gz",
-             "stage3_attention_seq2seq": "multi30k/train.en.gz", "stage4_transformer": "multi30k/train.en.gz",
-             "stage5_gpt": "tiny_shakespeare/input.txt.gz", "stage6_bert": "wikitext-2/wiki.train.tokens.gz"}
+# stage folder -> the data set folder its notebook reads (under $MY_LLM_DATA)
+NOTEBOOKS = {"stage1_mlp": "imdb", "stage2_rnn_lstm": "tiny_shakespeare", "stage3_attention_seq2seq": "multi30k",
+             "stage4_transformer": "multi30k", "stage5_gpt": "tiny_shakespeare", "stage6_bert": "wikitext-2"}
 # what the notebook's training run must leave in MY_LLM_NOTEBOOK_OUT (the vocabulary files differ by stage)
 RUN_FILES = {"stage3_attention_seq2seq": ("best.pt", "last.pt", "vocab_src.json", "vocab_tgt.json", "result.json"),
              "stage5_gpt": ("best.pt", "last.pt", "tokenizer.json", "result.json"),
@@ -42,10 +39,10 @@ def test_notebook_is_committed_without_outputs(stage):
     assert not dirty, f"code cells {dirty} keep outputs; clear them before committing"
 
 
-@pytest.mark.parametrize("stage", NOTEBOOKS)
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [pytest.param(stage, marks=pytest.mark.real_data(folder))
+                                   for stage, folder in NOTEBOOKS.items()])
 def test_notebook_runs_in_quick_mode(stage, tmp_path, monkeypatch):
-    if not (DATA and (Path(DATA).expanduser() / NOTEBOOKS[stage]).is_file()):
-        pytest.skip(f"set MY_LLM_DATA to a data folder with {NOTEBOOKS[stage]}")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     stage_dir = REPO / stage

@@ -1,5 +1,5 @@
-"""scripts/reproduce.py: the plan it reads from the committed result files, the flags it rewrites, the order of runs
-that read another run's checkpoint, a failed run, and a real Stage 1 reproduction with --quick on tiny data.
+"""scripts/reproduce.py: the plan it reads from the stages' declared reference runs, the flags it adds, the order of
+runs that read another run's checkpoint, a failed run, and a real Stage 1 reproduction with --quick on tiny data.
 
 Every run writes into tmp_path (--out-dir), so runs/reproduce and the committed result files are never touched.
 """
@@ -16,9 +16,21 @@ import pytest
 
 from conftest import REPO_ROOT, write_tiny_data
 from scripts import reproduce
-from scripts.reproduce import flag_value, load_runs, plan, select, set_flag
+from scripts.common import all_reference_runs
+from scripts.reproduce import load_runs, plan, select, set_flag
 
 OUTPUT_FLAGS = ("--result", "--out-dir", "--checkpoint")
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value `args` give `flag`; the last one counts, as in argparse."""
+    value = None
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
 
 
 def without_outputs(args: list[str]) -> list[str]:
@@ -57,16 +69,15 @@ def test_dry_run_all_lists_every_result_file_with_its_command(tmp_path, capsys):
     headline = {k: r for k, r in headline.items() if k not in side}
     assert set(commands) == set(headline)
     assert f"reproduce: {len(headline)} runs in {len({k.split('/')[0] for k in headline})} stages" in out
+    declared = all_reference_runs()
     for key, recorded in headline.items():
         stage, name = key.split("/")[0], Path(key).stem
-        recorded_commands = [recorded["command"], *recorded.get("resumed_with", [])]
-        assert len(commands[key]) == len(recorded_commands), key
-        for line, command in zip(commands[key], recorded_commands):
-            new, old = shlex.split(line), shlex.split(command)
-            assert new[:2] == old[:2], key
-            assert without_outputs(new[2:]) == without_outputs(old[2:]), key   # the same run, only outputs moved
-            assert flag_value(new, "--result") == str(out_root / stage / f"{name}.json")
-            assert flag_value(new, "--out-dir") == str(out_root / stage / name)
+        assert len(commands[key]) == 1, key
+        new = shlex.split(commands[key][0])
+        assert new[1:2] == declared[key][:1], key
+        assert without_outputs(new[2:]) == without_outputs(declared[key][1:]), key  # the same run, outputs moved
+        assert flag_value(new, "--result") == str(out_root / stage / f"{name}.json")
+        assert flag_value(new, "--out-dir") == str(out_root / stage / name)
         assert f"{key}: {recorded['headline_metric']} {recorded['metrics'][recorded['headline_metric']]:.4f}" in out
     not_rerun = out.split("not re-run")[1]
     assert all(k in not_rerun for k in side)
@@ -79,57 +90,67 @@ def test_flags_are_replaced_where_given_and_appended_where_not():
         ["--result", "new.json", "--epochs", "3"]
     assert set_flag(["--out-dir=runs/x", "--quick"], "--out-dir", "runs/y") == ["--out-dir", "runs/y", "--quick"]
     assert set_flag(["--result", "a", "--lr", "1", "--result=b"], "--result", "c") == ["--result", "c", "--lr", "1"]
-    assert flag_value(["--result", "a", "--result=b"], "--result") == "b"  # the last one counts, as in argparse
-    assert flag_value(["--results", "a"], "--result") is None
 
 
-def fake_repo(root: Path, commands: dict[str, str | list[str]]) -> Path:
-    """A repository with one stage (stage1_fake) whose result files record `commands` (name -> command, or a list:
-    the command and the commands that resumed it).
+def fake_repo(root: Path, declared: dict[str, str], recorded: dict[str, float] | None = None) -> Path:
+    """A repository with one stage (stage1_fake) that declares `declared` (name -> command) in its reference_runs.py
+    and has published each with the accuracy `recorded` gives it (default 0.8).
 
-    Its train.py writes a result with --value as the accuracy, or fails with one `error:` line when given --fail.
+    Its train.py writes a result with --value as the accuracy, or fails with one `error:` line when given --fail;
+    finetune.py reads --checkpoint, by default the one the run "pre" writes (runs/stage1_fake/pre/best.pt).
     """
     (root / "stage1_fake" / "results").mkdir(parents=True)
-    for name in ("train.py", "finetune.py"):
-        (root / "stage1_fake" / name).write_text(textwrap.dedent("""
+    (root / "stage1_fake" / "__init__.py").write_text("")
+    for name, out_dir, checkpoint in (("train.py", "runs/stage1_fake/pre", None),
+                                      ("finetune.py", "runs/stage1_fake/tune", "runs/stage1_fake/pre/best.pt")):
+        (root / "stage1_fake" / name).write_text(textwrap.dedent(f"""
             import argparse, json, sys
-            p = argparse.ArgumentParser()
-            for flag in ("--result", "--out-dir", "--checkpoint", "--data-dir"):
-                p.add_argument(flag)
-            p.add_argument("--value", type=float, default=0.5)
-            p.add_argument("--fail", action="store_true")
-            p.add_argument("--quick", action="store_true")
-            a = p.parse_args()
-            print("training on", a.data_dir, "reading", a.checkpoint)
-            if a.fail:
-                print("error: the loss became nan at step 3", file=sys.stderr)
-                sys.exit(2)
-            json.dump({"metrics": {"accuracy": a.value}, "headline_metric": "accuracy", "train_seconds": 2.0,
-                       "device": "cpu", "threads": 1, "quick": a.quick}, open(a.result, "w"))
-        """))
-    for name, command in commands.items():
-        first, *resumes = [command] if isinstance(command, str) else command
-        result = {"stage": "stage1_fake", "metrics": {"accuracy": 0.8}, "headline_metric": "accuracy",
-                  "train_seconds": 1.0, "device": "cpu", "threads": 2, "command": first, "git_commit": "unknown"}
-        if resumes:
-            result["resumed_with"] = resumes
+
+            def parse_args(argv=None):
+                p = argparse.ArgumentParser()
+                p.add_argument("--out-dir", default={out_dir!r})
+                p.add_argument("--checkpoint", default={checkpoint!r})
+                for flag in ("--result", "--data-dir"):
+                    p.add_argument(flag)
+                p.add_argument("--value", type=float, default=0.5)
+                p.add_argument("--fail", action="store_true")
+                p.add_argument("--quick", action="store_true")
+                return p.parse_args(argv)
+
+            if __name__ == "__main__":
+                a = parse_args()
+                print("training on", a.data_dir, "reading", a.checkpoint)
+                if a.fail:
+                    print("error: the loss became nan at step 3", file=sys.stderr)
+                    sys.exit(2)
+                json.dump({{"metrics": {{"accuracy": a.value}}, "headline_metric": "accuracy", "train_seconds": 2.0,
+                           "device": "cpu", "threads": 1, "quick": a.quick}}, open(a.result, "w"))
+            """))
+    runs = {name: shlex.split(command)[1:] for name, command in declared.items()}
+    (root / "stage1_fake" / "reference_runs.py").write_text(f"REFERENCE_RUNS = {runs!r}\n")
+    for name, command in declared.items():
+        result = {"stage": "stage1_fake", "run": name, "metrics": {"accuracy": (recorded or {}).get(name, 0.8)},
+                  "headline_metric": "accuracy", "train_seconds": 1.0, "device": "cpu", "threads": 2,
+                  "command": command, "git_commit": "unknown"}
         (root / "stage1_fake" / "results" / f"{name}.json").write_text(json.dumps(result))
     return root
 
 
 @pytest.fixture
-def fake_checkpoint_tables(monkeypatch):
-    """stage1_fake/finetune.py reads the checkpoint that stage1_fake/results/pre.json's run writes."""
-    monkeypatch.setattr(reproduce, "READS_CHECKPOINT",
-                        {"stage1_fake/finetune.py": ("--checkpoint", "runs/stage1_fake/pre/best.pt")})
-    monkeypatch.setattr(reproduce, "WRITES_CHECKPOINTS", {"stage1_fake/results/pre.json": "runs/stage1_fake/pre"})
+def fake_root(tmp_path, monkeypatch):
+    """Where fake_repo puts its repository; its scripts import as stage1_fake.train (reproduce parses them)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    import sys
+    for name in [m for m in sys.modules if m.startswith("stage1_fake")]:
+        del sys.modules[name]
 
 
-def test_recorded_output_flags_are_rewritten_and_the_rest_kept(tmp_path, fake_checkpoint_tables):
-    root = fake_repo(tmp_path / "repo", {
-        "a": "python stage1_fake/train.py --value 0.7 --result stage1_fake/results/a.json --out-dir=runs/custom",
-        "b": ["python stage1_fake/train.py --value 0.6 --max-steps 5",
-              "python stage1_fake/train.py --resume --out-dir runs/somewhere"]})
+def test_declared_commands_get_their_outputs_redirected_and_keep_the_rest(tmp_path, fake_root):
+    root = fake_repo(fake_root, {"a": "python stage1_fake/train.py --value 0.7",
+                                 "b": "python stage1_fake/train.py --value=0.6 --quick"})
     runs, side = load_runs(root)
     out_root = root / "runs" / "reproduce"
     order = plan(select(runs, side, [], []), runs, out_root, root, tmp_path / "data", quick=True)
@@ -137,11 +158,15 @@ def test_recorded_output_flags_are_rewritten_and_the_rest_kept(tmp_path, fake_ch
     assert [r.commands for r in order] == [
         [["stage1_fake/train.py", "--value", "0.7", "--result", "runs/reproduce/stage1_fake/a.json",
           "--out-dir", "runs/reproduce/stage1_fake/a", "--data-dir", data, "--quick"]],
-        # a resumed run: every command, each writing to the same new run folder
-        [["stage1_fake/train.py", "--value", "0.6", "--max-steps", "5", "--result", "runs/reproduce/stage1_fake/b.json",
-          "--out-dir", "runs/reproduce/stage1_fake/b", "--data-dir", data, "--quick"],
-         ["stage1_fake/train.py", "--resume", "--out-dir", "runs/reproduce/stage1_fake/b",
-          "--result", "runs/reproduce/stage1_fake/b.json", "--data-dir", data, "--quick"]]]
+        [["stage1_fake/train.py", "--value=0.6", "--quick", "--result", "runs/reproduce/stage1_fake/b.json",
+          "--out-dir", "runs/reproduce/stage1_fake/b", "--data-dir", data]]]
+
+
+def test_a_declared_run_that_is_not_published_is_a_one_line_error(fake_root):
+    root = fake_repo(fake_root, {"a": "python stage1_fake/train.py"})
+    (root / "stage1_fake" / "results" / "a.json").unlink()
+    with pytest.raises(reproduce.UserError, match=r"stage1_fake/results/a.json is declared .* not published yet"):
+        load_runs(root)
 
 
 def test_stage6_pretrains_first_and_its_fine_tunes_read_the_new_checkpoint(tmp_path):
@@ -162,46 +187,27 @@ def test_stage6_pretrains_first_and_its_fine_tunes_read_the_new_checkpoint(tmp_p
             assert run.after in [r.result for r in order[:i]]
 
 
-def test_the_checkpoint_tables_agree_with_the_scripts():
-    """READS_CHECKPOINT holds each fine-tune script's default --checkpoint; WRITES_CHECKPOINTS the folder each
-    producer's reference command writes to: its script's --out-dir template filled with run_name, for the recorded
-    command without the --out-dir of the folder the recorded run happened to use."""
-    minimal = {"stage6_bert/finetune.py": ["--task", "rte"]}
-    for script, (flag, default) in reproduce.READS_CHECKPOINT.items():
-        module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
-        args = module.parse_args(minimal.get(script, []))
-        assert getattr(args, flag.lstrip("-").replace("-", "_")) == default, script
-    runs, _ = load_runs(REPO_ROOT)
-    for key, folder in reproduce.WRITES_CHECKPOINTS.items():
-        script, *argv = runs[key].recorded_args
-        if "--out-dir" in argv:
-            i = argv.index("--out-dir")
-            argv = argv[:i] + argv[i + 2:]
-        module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
-        args = module.parse_args(argv)
-        assert args.out_dir.format(name=module.run_name(args)) == folder, key
-
-
 def test_stage5_fine_tunes_read_the_checkpoint_of_the_wikitext2_run(tmp_path):
-    """The WikiText-2 run recorded an experiment --out-dir; its checkpoint is still the one the fine-tunes read."""
+    """The fine-tunes' default --checkpoint is where the declared WikiText-2 run writes: found by parsing both."""
     runs, side = load_runs(REPO_ROOT)
     order = plan(select(runs, side, [], ["sst2_finetune"]), runs, tmp_path, REPO_ROOT, None, quick=False)
     assert [r.name for r in order] == ["wikitext2", "sst2_finetune"]
     assert order[1].after == "stage5_gpt/results/wikitext2.json" and order[1].needs is None
+    assert flag_value(order[1].commands[0], "--checkpoint") == str(tmp_path / "stage5_gpt" / "wikitext2" / "best.pt")
 
 
-def test_a_producer_with_its_own_out_dir_still_feeds_its_readers(tmp_path, fake_checkpoint_tables):
-    root = fake_repo(tmp_path / "repo", {
-        "pre": "python stage1_fake/train.py --value 0.5 --out-dir runs/stage1_fake/experiment",
-        "ft": "python stage1_fake/finetune.py --value 0.6 --checkpoint runs/stage1_fake/pre/best.pt"})
+def test_a_reader_follows_its_producer_in_a_fake_repo(tmp_path, fake_root):
+    root = fake_repo(fake_root, {"pre": "python stage1_fake/train.py --value 0.5",
+                                 "ft": "python stage1_fake/finetune.py --value 0.6"})
     runs, side = load_runs(root)
     order = plan(select(runs, side, [], ["ft"]), runs, tmp_path / "out", root, None, quick=False)
     assert [r.name for r in order] == ["pre", "ft"] and order[1].after == "stage1_fake/results/pre.json"
 
 
+@pytest.mark.slow
 def test_a_failed_run_exits_1_with_one_line_and_skips_the_runs_that_read_its_checkpoint(
-        tmp_path, capsys, fake_checkpoint_tables):
-    root = fake_repo(tmp_path / "repo", {
+        tmp_path, capsys, fake_root):
+    root = fake_repo(fake_root, {
         "pre": "python stage1_fake/train.py --fail",
         "tune": "python stage1_fake/finetune.py",
         "other": "python stage1_fake/train.py --value 0.75"})
@@ -224,6 +230,7 @@ def test_a_failed_run_exits_1_with_one_line_and_skips_the_runs_that_read_its_che
     assert "error: the loss became nan" in (tmp_path / "out" / "stage1_fake" / "pre.log").read_text()
 
 
+@pytest.mark.slow
 def test_stage1_quick_reproduction_end_to_end(tmp_path, capsys, monkeypatch):
     """The real Stage 1 commands, with --quick on tiny data: new result files next to the recorded figures."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -248,6 +248,7 @@ def test_save_checkpoint_refuses_nan_weights(tmp_path):
     save_checkpoint({"model": {"ids": torch.arange(3), "w": torch.zeros(1)}, "config": {}}, tmp_path / "ok.pt")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_last_pt_intact_and_resumable(d, tmp_path):
     """A real SIGKILL while last.pt is being written (Stage 1; every stage writes through the same save_checkpoint):
     the old last.pt is untouched, a stray temporary file is all that is left, and --resume carries on."""

@@ -30,6 +30,8 @@ def run_verify(*args, data_dir: Path | None = None, module: bool = False) -> sub
                           encoding="utf-8", timeout=120)
 
 
+@pytest.mark.slow
+@pytest.mark.real_data("imdb", "glue", "tiny_shakespeare", "wikitext-2", "multi30k")
 def test_passes_with_the_real_data(real_data_dir):
     r = run_verify(data_dir=real_data_dir)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -43,6 +45,7 @@ def test_passes_with_the_real_data(real_data_dir):
     assert "0 failed" in r.stdout
 
 
+@pytest.mark.slow
 def test_empty_data_dir_is_only_warnings(tmp_path):
     """Every data set reported missing, with the stage that downloads it; still exit 0 (run as a module, too)."""
     r = run_verify("--data-dir", tmp_path, "--device", "cpu", module=True)
@@ -125,7 +128,7 @@ def test_data_table_matches_the_loaders():
     from stage4_transformer.data import LANGS, SPLITS
     from stage5_gpt.data import DATASETS as STAGE5
     from stage5_gpt.data import SST2
-    from stage6_bert.data import IMDB_UNSUP, WIKITEXT
+    from stage6_bert.documents import IMDB_UNSUP, WIKITEXT
     from stage6_bert.glue import SPLITS as GLUE_SPLITS
     from stage6_bert.glue import TASKS
 

@@ -25,8 +25,8 @@ def stage1(folder: Path) -> Path:
     vocab = Vocab.build([text for text, _ in tiny_rows("imdb", "train")] + TYPED, ngram=2, min_freq=1)
     cfg = MLPConfig(vocab_size=len(vocab), n_classes=2, emb_dim=8, hidden_dim=8)
     vocab.save(folder / "vocab.json")
-    return save(folder, {"stage": "stage1_mlp", "dataset": "imdb", "config": cfg.to_dict(), "args": {},
-                         "model": BagOfNgramsMLP(cfg).state_dict(),
+    return save(folder, {"stage": "stage1_mlp", "kind": "classifier", "dataset": "imdb", "config": cfg.to_dict(),
+                         "args": {}, "model": BagOfNgramsMLP(cfg).state_dict(),
                          "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}})
 
 
@@ -36,7 +36,7 @@ def stage2(folder: Path) -> Path:
     vocab = Vocab.build(TINY_PLAY, "char")
     cfg = LMConfig(vocab_size=len(vocab), model_type="lstm", emb_dim=8, hidden_dim=16, n_layers=1, impl="torch")
     vocab.save(folder / "vocab.json")
-    return save(folder, {"stage": "stage2_rnn_lstm", "dataset": "tiny_shakespeare", "config": cfg.to_dict(),
+    return save(folder, {"stage": "stage2_rnn_lstm", "kind": "language_model", "dataset": "tiny_shakespeare", "config": cfg.to_dict(),
                          "args": {"bptt": 32}, "model": RNNLanguageModel(cfg).state_dict(),
                          "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}})
 
@@ -54,8 +54,9 @@ def stage3(folder: Path) -> Path:
     cfg = Seq2SeqConfig(src_vocab_size=len(src), tgt_vocab_size=len(tgt), emb_dim=8, hidden_dim=16)
     src.save(folder / "vocab_src.json")
     tgt.save(folder / "vocab_tgt.json")
-    return save(folder, {"stage": "stage3_attention_seq2seq", "dataset": "multi30k", "config": cfg.to_dict(),
-                         "args": {"src": "en", "tgt": "fr"}, "model": Seq2Seq(cfg).state_dict(),
+    return save(folder, {"stage": "stage3_attention_seq2seq", "kind": "translator", "dataset": "multi30k",
+                         "config": cfg.to_dict(), "args": {"src": "en", "tgt": "fr"},
+                         "model": Seq2Seq(cfg).state_dict(),
                          "vocab": {"files": ["vocab_src.json", "vocab_tgt.json"],
                                    "fingerprints": [src.fingerprint(), tgt.fingerprint()]}})
 
@@ -68,7 +69,7 @@ def stage4(folder: Path) -> Path:
     cfg = TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=vocab.n_target, d_model=16, n_heads=2,
                             n_enc_layers=1, n_dec_layers=1, d_ff=32, share_embeddings=True)
     vocab.save(folder / "vocab.json")
-    return save(folder, {"stage": "stage4_transformer", "dataset": "multi30k", "config": cfg.to_dict(),
+    return save(folder, {"stage": "stage4_transformer", "kind": "translator", "dataset": "multi30k", "config": cfg.to_dict(),
                          "args": {"src": "en", "tgt": "fr"}, "model": Transformer(cfg).state_dict(),
                          "vocab": {"file": "vocab.json", "size": len(vocab), "fingerprint": vocab.fingerprint()}})
 
@@ -81,7 +82,7 @@ def stage5(folder: Path) -> Path:
     tok.save(folder / "tokenizer.json")
     cfg = GPTConfig(vocab_size=len(tok), block_size=32, n_layer=1, n_head=2, n_embd=16, bias=False, pos="rope",
                     norm="rmsnorm", mlp="swiglu")
-    return save(folder, {"stage": "stage5_gpt", "dataset": "wikitext2", "config": cfg.to_dict(), "args": {},
+    return save(folder, {"stage": "stage5_gpt", "kind": "language_model", "dataset": "wikitext2", "config": cfg.to_dict(), "args": {},
                          "model": GPT(cfg).state_dict(),
                          "data": {"tokenizer": "tokenizer.json",
                                   "fingerprint": tokenizer_fingerprint(folder / "tokenizer.json")}})
@@ -99,14 +100,14 @@ def bert_config(folder: Path):
 def stage6_mlm(folder: Path) -> Path:
     from stage6_bert.model import BertPretrain
     cfg = bert_config(folder)
-    return save(folder, {"stage": "stage6_bert", "kind": "pretrain", "config": cfg.to_dict(), "args": {},
+    return save(folder, {"stage": "stage6_bert", "kind": "masked_lm", "config": cfg.to_dict(), "args": {},
                          "model": BertPretrain(cfg).state_dict(), "tokenizer": "tokenizer.json"})
 
 
 def stage6_sst2(folder: Path) -> Path:
     from stage6_bert.model import BertClassifier
     cfg = bert_config(folder)
-    return save(folder, {"stage": "stage6_bert", "kind": "finetune", "task": "sst2", "config": cfg.to_dict(),
+    return save(folder, {"stage": "stage6_bert", "kind": "classifier", "task": "sst2", "config": cfg.to_dict(),
                          "num_labels": 2, "pooling": "cls", "model": BertClassifier(cfg, 2).state_dict(),
                          "tokenizer": "tokenizer.json", "args": {"max_len": 64}})
 

@@ -1,0 +1,148 @@
+"""The published result files (the source of every README number) against the reference runs each stage declares.
+
+- No published file records an absolute path: every command in them can be pasted from the repo root anywhere.
+- Each stage*/results/<name>.json is the declared run <name> of its stage: it names the run and records exactly the
+  declared command, and every declared run has its published file.
+- The declared command, parsed by its own script, resolves to the configuration the file recorded ("hparams"): a
+  command that was rewritten when the runs were declared provably describes the run that made the figure.
+- scripts/publish.py takes only reference runs, and copies a result file with its plots.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scripts.common import (REPO_ROOT, STAGES, UserError, all_reference_runs, reference_command, resolved_config,
+                            write_result)
+from scripts.publish import absolute_paths, publish
+
+PUBLISHED = sorted(p.relative_to(REPO_ROOT).as_posix()
+                   for p in [*REPO_ROOT.glob("stage*/results/*.json"), *REPO_ROOT.glob("results/*.json")])
+DECLARED = all_reference_runs()
+
+
+def load(key: str) -> dict:
+    return json.loads((REPO_ROOT / key).read_text(encoding="utf-8"))
+
+
+def parse_declared(argv: list[str]):
+    """The declared flags parsed by the script's own parse_args, as the script would see them."""
+    module = importlib.import_module(argv[0].removesuffix(".py").replace("/", "."))
+    return module.parse_args(list(argv[1:]))
+
+
+def as_json(value):
+    return json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("key", PUBLISHED)
+def test_no_published_file_records_an_absolute_path(key):
+    assert absolute_paths(load(key)) == []
+
+
+def test_every_stage_declares_its_reference_runs():
+    for stage in STAGES:
+        module = importlib.import_module(f"{stage}.reference_runs")
+        assert module.REFERENCE_RUNS, stage
+        for name, argv in module.REFERENCE_RUNS.items():
+            assert argv[0].startswith(f"{stage}/") and (REPO_ROOT / argv[0]).is_file(), (stage, name)
+
+
+def test_published_files_and_declared_runs_are_the_same_set():
+    stage_files = {k for k in PUBLISHED if k.startswith("stage")}
+    assert stage_files == set(DECLARED)
+
+
+@pytest.mark.parametrize("key", sorted(DECLARED))
+def test_published_command_is_the_declared_run(key):
+    result = load(key)
+    assert (result.get("stage"), result.get("run")) == (key.split("/")[0], Path(key).stem)
+    assert result["command"] == reference_command(DECLARED[key])
+
+
+@pytest.mark.parametrize("key", sorted(DECLARED))
+def test_declared_command_resolves_to_the_recorded_configuration(key):
+    result = load(key)
+    resolved = as_json(resolved_config(parse_declared(DECLARED[key])))
+    recorded = result.get("hparams")
+    if recorded is None:  # side files (benchmarks, tokenizer): their recorded settings are "config"
+        recorded = {k: v for k, v in result.get("config", {}).items() if k in resolved}
+    assert recorded, f"{key} records no configuration to compare with"
+    differing = {k: (v, resolved.get(k, "<no such flag>")) for k, v in recorded.items() if resolved.get(k) != v}
+    assert differing == {}, f"{key}: recorded vs declared {differing}"
+
+
+def test_absolute_paths_are_found_wherever_they_hide():
+    assert absolute_paths({"command": "python x.py --result /work/logs/r.json"}) == \
+        ["command: python x.py --result /work/logs/r.json"]
+    assert absolute_paths({"a": [{"b": "--data-dir=/data"}]}) == ["a[0].b: --data-dir=/data"]
+    assert absolute_paths({"c": "C:\\\\runs"}) != []
+    assert absolute_paths({"command": "python x.py --data-dir $MY_LLM_DATA", "n": 1, "ratio": "3/4",
+                           "data_dir": "~/.cache/my_llm/data", "fill": "good / bad"}) == []
+
+
+# ----------------------------------------------------------------------------- publish.py
+
+def fake_repo(tmp_path: Path) -> Path:
+    """A repository root with Stage 1's declarations, for publish() to write into."""
+    root = tmp_path / "repo"
+    (root / "stage1_mlp").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "stage1_mlp" / "reference_runs.py", root / "stage1_mlp")
+    return root
+
+
+def a_result(tmp_path: Path, **fields) -> Path:
+    """A result file as stage1_mlp/train.py writes it for the declared sst2 run, with plots beside it."""
+    out = tmp_path / "runs" / "sst2"
+    declared = DECLARED["stage1_mlp/results/sst2.json"]
+    path = out / "result.json"
+    write_result(path, stage="stage1_mlp", dataset="sst2", split="dev", metrics={"accuracy": 0.5},
+                 headline="accuracy", train_seconds=1, device="cpu", params=1, command="python stage1_mlp/train.py",
+                 run=fields.pop("run", "sst2"), declared=fields.pop("declared", declared), extra=fields)
+    (out / "result.png").write_bytes(b"png")
+    (out / "result_confusion.png").write_bytes(b"png2")
+    return path
+
+
+def test_publish_copies_a_reference_run_and_its_plots(tmp_path):
+    root = fake_repo(tmp_path)
+    written = publish(a_result(tmp_path), root)
+    assert [p.relative_to(root).as_posix() for p in written] == \
+        ["stage1_mlp/results/sst2.json", "stage1_mlp/results/sst2.png", "stage1_mlp/results/sst2_confusion.png"]
+    assert json.loads(written[0].read_text())["run"] == "sst2"
+    assert written[2].read_bytes() == b"png2"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"run": None, "declared": None}, "not one of stage1_mlp's reference runs"),
+    ({"quick": True}, "--quick run"),
+    ({"data_dir": "/home/me/data"}, "absolute path"),
+    ({"run": "imdb"}, "not the declared one"),
+])
+def test_publish_refuses_what_is_not_a_reference_run(tmp_path, fields, message):
+    root = fake_repo(tmp_path)
+    with pytest.raises(UserError, match=message):
+        publish(a_result(tmp_path, **fields), root)
+    assert not (root / "stage1_mlp" / "results").exists()
+
+
+def test_publish_says_when_the_file_is_missing(tmp_path):
+    with pytest.raises(UserError, match="no result file"):
+        publish(tmp_path / "nothing.json", fake_repo(tmp_path))
+
+
+def test_the_capstone_records_the_declared_runs():
+    """results/compare_sst2.json: each model's command, and each pre-training's, is its stage's declared run."""
+    from scripts import compare_classifiers as cc
+
+    capstone = load("results/compare_sst2.json")
+    models = {m.name: m for m in cc.MODELS}
+    for row in capstone["models"]:
+        model = models[row["name"]]
+        assert row["command"] == reference_command(DECLARED[model.run])
+        if model.pretrained_run:
+            assert row["pretraining"]["reference_command"] == reference_command(DECLARED[model.pretrained_run])
