@@ -15,6 +15,7 @@ run's (reference_runs.py) into stage4_transformer/results/benchmark.json.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import time
 import warnings
@@ -27,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scripts.common import (command_line, get_device, portable, positive_int, reference_command, reference_run_name,
-                            resolved_config, run_cli, set_seed, write_json)
+from scripts.common import (command_line, get_device, git_commit, portable, positive_int, reference_command,
+                            reference_run_name, resolved_config, run_cli, set_seed, write_json)
 from stage4_transformer.model import Embedding, Transformer, TransformerConfig, causal_mask
 from stage4_transformer.reference_runs import REFERENCE_RUNS
 
@@ -138,7 +139,8 @@ def main(argv=None) -> None:
     write_json(args.json, {"stage": "stage4_transformer"} | ({"run": run} if run else {}) | {
         "command": command, "tokens_per_second": {k: round(v) for k, v in speeds.items()},
         "ratio_ours_over_torch": round(ratio, 2), "device": str(device), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "config": resolved_config(args)})
+        "torch": torch.__version__, "config": resolved_config(args), "git_commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     print(f"wrote {args.json}", file=sys.stderr)
 
 

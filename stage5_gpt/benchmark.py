@@ -14,6 +14,7 @@ KV cache and once re-reading the whole text every step; the two outputs must be 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import contextlib
 import sys
 import time
@@ -25,8 +26,9 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/benchmark.py`: put th
 import torch
 import torch.nn as nn
 
-from scripts.common import (UserError, command_line, cpu_has_native_bf16, get_device, portable, positive_int,
-                            reference_command, reference_run_name, resolved_config, run_cli, set_seed, write_json)
+from scripts.common import (UserError, command_line, cpu_has_native_bf16, get_device, git_commit, portable,
+                            positive_int, reference_command, reference_run_name, resolved_config, run_cli, set_seed,
+                            write_json)
 from stage5_gpt.model import GPT, GPTConfig
 from stage5_gpt.reference_runs import REFERENCE_RUNS
 
@@ -154,7 +156,8 @@ def main(argv=None) -> None:
         "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": __import__("transformers").__version__, "config": resolved_config(args),
         "command": portable(reference_command(REFERENCE_RUNS[run]) if run
-                            else command_line("stage5_gpt/benchmark.py", argv))})
+                            else command_line("stage5_gpt/benchmark.py", argv)),
+        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     print(f"wrote {args.json}")
 
 
