@@ -299,6 +299,20 @@ def load_checkpoint(path: str | Path, stage: str | None = None, kind: str | None
     return ckpt
 
 
+def restore_training(ckpt: dict, model, optimizer, scaler, batch_gen: torch.Generator, log) -> dict:
+    """Put a step-based run back where last.pt stopped it (Stages 5 and 6): weights, optimizer, loss scaler, the
+    generator that draws the batches, and rank 0's random-number generators, so a one-process run resumes exactly,
+    dropout included. Returns the run's saved training state."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    batch_gen.set_state(ckpt["batch_generator"])
+    set_rng_state(ckpt["rng"])
+    log.info(f"resumed at step {ckpt['state']['step']}")
+    return ckpt["state"]
+
+
 # ----------------------------------------------------------------------------- mixed precision, several processes
 
 def cpu_has_native_bf16() -> bool:

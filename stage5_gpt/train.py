@@ -34,7 +34,7 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
                             positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
-                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            resolved_config, restore_training, rng_state, run_cli, save_checkpoint, set_seed,
                             setup_distributed, write_result)
 from stage5_gpt.corpus import DATASETS
 from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
@@ -151,19 +151,6 @@ def new_state() -> dict:
             "history": {"train_loss": [], "val_loss": []}}
 
 
-def restore(ckpt: dict, model, optimizer, scaler, batch_gen: torch.Generator, log) -> dict:
-    """Put a resumed run back where it stopped (weights, optimizer, loss scaler, the stream of windows, rank 0's
-    random generators: a one-process run resumes exactly, dropout included) -> its training state."""
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    batch_gen.set_state(ckpt["batch_generator"])
-    set_rng_state(ckpt["rng"])
-    log.info(f"resumed at step {ckpt['state']['step']}")
-    return ckpt["state"]
-
-
 def log_validation(log, state: dict, val_loss: float, eval_interval: int) -> None:
     """One line per validation: the mean training loss since the last one, the validation loss, the time so far."""
     recent = [v for _, v in state["history"]["train_loss"][-eval_interval:]]
@@ -268,7 +255,7 @@ def main(argv=None) -> None:
              f"{f' over {world} processes' if world > 1 else ''}), {total_steps} in all"
              + (f", or {args.time_budget} minutes" if args.time_budget else ""))
     batch_gen = torch.Generator().manual_seed(args.seed)  # the windows: the same stream in every process
-    state = restore(ckpt, model, optimizer, scaler, batch_gen, log) if ckpt else new_state()
+    state = restore_training(ckpt, model, optimizer, scaler, batch_gen, log) if ckpt else new_state()
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
     if rank > 0 or not ckpt:  # dropout: a different stream in each process
         torch.manual_seed(args.seed + rank + state["step"])

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
                             positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
-                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
+                            resolved_config, restore_training, rng_state, run_cli, save_checkpoint, set_seed,
                             setup_distributed, write_result)
 from stage6_bert.data import (PackedWindows, SentencePairs, collate, fixed_batches, mask_batch, prepare,
                               split_documents)
@@ -256,19 +256,6 @@ def new_state() -> dict:
             "history": {"train_loss": [], "val_mlm_loss": [], "val_mlm_acc": [], "val_nsp_acc": []}}
 
 
-def resume_state(ckpt: dict, model, optimizer, scaler, batch_gen, log) -> dict:
-    """Put back what last.pt holds (weights, optimizer, loss scaler, the mask generator, rank 0's random-number
-    generators: a one-process run resumes exactly, dropout included) -> the run's state."""
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    batch_gen.set_state(ckpt["batch_generator"])
-    set_rng_state(ckpt["rng"])
-    log.info(f"resumed at step {ckpt['state']['step']}")
-    return ckpt["state"]
-
-
 def wrap_for_training(model, compile_it: bool, world: int, device):
     """The module the loop calls: torch.compile'd with --compile, in DistributedDataParallel under torchrun. The
     weights stay those of `model`, which is what is evaluated and saved."""
@@ -367,7 +354,7 @@ def main(argv=None) -> None:
     log.info(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {config}")
     log.info(plan(args, len(train_set), len(val_set), steps_per_epoch, total_steps, world))
     batch_gen = torch.Generator().manual_seed(args.seed)  # masks and pairs: the same stream in every process
-    state = resume_state(ckpt, model, optimizer, scaler, batch_gen, log) if ckpt else new_state()
+    state = restore_training(ckpt, model, optimizer, scaler, batch_gen, log) if ckpt else new_state()
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
     if rank > 0 or not ckpt:  # dropout: a different stream in each process
         torch.manual_seed(args.seed + rank + state["step"])
