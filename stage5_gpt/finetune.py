@@ -40,8 +40,8 @@ from tqdm import tqdm
 
 from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, plot_curves, portable, positive_float, positive_int,
-                            probability, reference_run_name, resolve_data_dir, resolved_config, rng_state, run_cli,
-                            save_checkpoint, set_rng_state, set_seed, write_result)
+                            probability, reference_command, reference_run_name, resolve_data_dir, resolved_config,
+                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage5_gpt.data import encode_sentences, length_batches, load_sst2, make_batch, pad_id_of, sentence_split
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT, GPTClassifier, GPTConfig
@@ -124,6 +124,9 @@ def build_model(args, out_dir: Path, device) -> tuple[GPTClassifier, object, dic
     """The pre-trained body (or its random twin, --from-scratch; frozen with --freeze) and a new head. The tokenizer
     is copied beside this run's checkpoints: a classifier travels with its tokenizer. -> (model, tokenizer, the
     pre-trained checkpoint)."""
+    if not Path(args.checkpoint).is_file():  # the first link of the chain is missing: name the run that makes it
+        raise UserError(f"checkpoint not found: {args.checkpoint}; the WikiText-2 reference run writes it: "
+                        f"`{reference_command(REFERENCE_RUNS['wikitext2'])}` (or pass --checkpoint)")
     body, tok, pre = load_model(args.checkpoint, "cpu")
     tok_src, tok_dst = Path(args.checkpoint).parent / pre["data"]["tokenizer"], out_dir / pre["data"]["tokenizer"]
     if tok_src.resolve() != tok_dst.resolve():

@@ -48,8 +48,8 @@ from tqdm import tqdm
 
 from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_device, get_logger,
                             load_checkpoint, merge_resumed_args, note_command, plot_curves, portable, positive_float,
-                            positive_int, probability, reference_run_name, resolve_data_dir, resolved_config,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+                            positive_int, probability, reference_command, reference_run_name, resolve_data_dir,
+                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage6_bert.glue import (QUICK_ROWS, SPLITS, TASKS, compute_metrics, encode, get_task, length_batches, load_split,
                               make_batch, take, train_val_rows, write_predictions)
 from stage6_bert.model import BertClassifier, configure_optimizer
@@ -128,6 +128,9 @@ def build_classifier(args, task, device) -> tuple[BertClassifier, WordPieceToken
     """The pre-trained encoder (or its random twin, --from-scratch) and a new head for the task, with the
     pre-training run's tokenizer copied into --out-dir (best.pt names it: the model travels with its tokenizer).
     -> (model, tokenizer, the pre-training checkpoint)."""
+    if not Path(args.checkpoint).is_file():  # the first link of the chain is missing: name the run that makes it
+        raise UserError(f"checkpoint not found: {args.checkpoint}; the pre-training reference run writes it: "
+                        f"`{reference_command(REFERENCE_RUNS['pretrain'])}` (or pass --checkpoint)")
     pre_state, cfg, tok, pre = load_pretrained(args.checkpoint)
     cfg = dataclasses.replace(cfg, dropout=args.dropout, attn_dropout=args.dropout)
     model = BertClassifier(cfg, task.num_labels, pooling=args.pooling)

@@ -76,7 +76,8 @@ def test_finetune_bad_input(pretrained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
     data_dir, ckpt = pretrained
     code, err = cli(finetune.main, ft_args(data_dir, tmp_path / "none.pt", tmp_path / "x"), capsys)
-    assert_one_line_error(code, err, "checkpoint not found")
+    assert_one_line_error(code, err, r"checkpoint not found: .*none\.pt; the WikiText-2 reference run writes it: "
+                                     r"`python stage5_gpt/train\.py --dataset wikitext2 .*`")
     code, err = cli(finetune.main, ft_args(tmp_path / "empty", ckpt, tmp_path / "y"), capsys)
     assert_one_line_error(code, err, "SST-2 not found")
     with pytest.raises(SystemExit):

@@ -538,6 +538,8 @@ def test_finetune_bad_input_gives_one_line(finetuned, pretrained, glue_dir, tmp_
     assert_one_line_error(*run("--val-size", "1.5"), r"argument --val-size: a fraction below 1")
     assert_one_line_error(*run("--max-len", "0"), r"argument --max-len: must be > 0")
     assert_one_line_error(*run(task="mnli"), r"argument --task: invalid choice: 'mnli'")
+    assert_one_line_error(*run(ckpt=tmp_path / "none.pt"), r"checkpoint not found: .*none\.pt; the pre-training "
+                                                            r"reference run writes it: `python stage6_bert/pretrain\.py")
     assert_one_line_error(*cli(finetune.main, ["--task", "sst2", "--out-dir", str(tmp_path / "none"), "--resume"],
                                capsys), r"checkpoint not found")
     assert_one_line_error(*cli(finetune.main, ["--task", "rte", "--out-dir", str(finetuned), "--resume"], capsys),
