@@ -5,7 +5,6 @@ Every run writes into tmp_path (--out-dir), so runs/reproduce and the committed 
 """
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shlex

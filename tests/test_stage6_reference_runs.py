@@ -2,7 +2,6 @@
 checkpoint the fine-tunes read is the one the pre-training run writes, and the modules import without a circle."""
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
@@ -97,30 +96,10 @@ def test_results_go_to_the_run_folder_by_default(capsys):
         assert "scripts/publish.py<out-dir>/result.json" in "".join(capsys.readouterr().out.split())  # wrapped
 
 
-def imports_of(module: str) -> set[str]:
-    tree = ast.parse((REPO_ROOT / STAGE / f"{module}.py").read_text(encoding="utf-8"))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(f"{STAGE}."):
-            names.add(node.module.split(".")[1])
-        elif isinstance(node, ast.ImportFrom) and node.module == STAGE:
-            names |= {a.name for a in node.names}
-    return names
+def test_the_tokenizer_and_the_documents_do_not_import_data():
+    """The circle data.py <-> tokenizer.py is gone (tests/test_layout.py checks every stage for any circle)."""
+    from test_layout import stage_imports
 
-
-def test_no_module_of_stage6_imports_in_a_circle():
-    modules = [p.stem for p in (REPO_ROOT / STAGE).glob("*.py") if p.stem != "__init__"]
-    graph = {m: imports_of(m) & set(modules) for m in modules}
-    seen, done = set(), set()
-
-    def visit(m, path):
-        assert m not in path, " -> ".join([*path, m])
-        if m in done:
-            return
-        for n in graph[m]:
-            visit(n, [*path, m])
-        done.add(m)
-    for m in modules:
-        visit(m, [])
+    graph = stage_imports(STAGE)
     assert "data" not in graph["tokenizer"] and "data" not in graph["documents"]
     assert predict.load_predictor.__module__ == "stage6_bert.predict"
