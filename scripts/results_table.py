@@ -5,9 +5,10 @@
     python scripts/results_table.py --check   # exit 1 if a README's table is not what the files say
 
 No number in the table is typed by hand: each row is one stage*/results/*.json file. The READMEs that hold it are
-the top README.md, its translations next to it (README.zh-CN.md) with the same table, and each stage README that
-has the markers, with that stage's rows. docs/roadmap.md holds the whole table too, and the capstone's table
-(results/compare_sst2.json, written by scripts/compare_classifiers.py) between its own markers.
+the top README.md, its translations next to it (README.zh-CN.md) with the same table, and each stage README (and its
+translations, stage*/README.zh-CN.md) that has the markers, with that stage's rows. docs/roadmap.md and its
+translations hold the whole table too, and the capstone's table (results/compare_sst2.json, written by
+scripts/compare_classifiers.py) between its own markers.
 """
 from __future__ import annotations
 
@@ -126,13 +127,18 @@ def readmes(root: Path = REPO_ROOT) -> dict[Path, str]:
     out = {root / "README.md": everything}
     for translation in sorted(root.glob("README.*.md")):
         out[translation] = everything
-    for readme in sorted(root.glob("stage*/README.md")):
-        if START in readme.read_text(encoding="utf-8"):
+    for readme in sorted([*root.glob("stage*/README.md"), *root.glob("stage*/README.*.md")]):
+        if START in readme.read_text(encoding="utf-8"):  # a stage README and its translations: that stage's rows
             out[readme] = table(root, stage=readme.parent.name)
-    roadmap = root / "docs" / "roadmap.md"
-    if roadmap.is_file() and START in roadmap.read_text(encoding="utf-8"):
-        out[roadmap] = table(root, link_prefix="../")
+    for roadmap in roadmaps(root):
+        if START in roadmap.read_text(encoding="utf-8"):
+            out[roadmap] = table(root, link_prefix="../")
     return out
+
+
+def roadmaps(root: Path = REPO_ROOT) -> list[Path]:
+    """docs/roadmap.md and its translations (docs/roadmap.zh-CN.md): the same generated tables in each."""
+    return [p for p in [root / "docs" / "roadmap.md", *sorted((root / "docs").glob("roadmap.*.md"))] if p.is_file()]
 
 
 def roadmap_blocks(root: Path = REPO_ROOT) -> list[tuple[str, str, str]]:
@@ -149,8 +155,7 @@ def stale_readmes(root: Path = REPO_ROOT, write: bool = False) -> list[Path]:
     """The READMEs whose table is not what the result files say; with write=True, their tables are rewritten."""
     stale = []
     jobs = {path: [(new_table, START, END)] for path, new_table in readmes(root).items()}
-    roadmap = root / "docs" / "roadmap.md"
-    if roadmap.is_file():
+    for roadmap in roadmaps(root):
         jobs.setdefault(roadmap, []).extend((new_table, start, end) for start, end, new_table in roadmap_blocks(root))
     for path, replacements in jobs.items():
         readme = path.read_text(encoding="utf-8")
