@@ -339,7 +339,7 @@ def check_doc(text: str, doc: Path, root: Path) -> tuple[list[Reference], list[s
 # ---------------------------------------------------------------------------------------------------------------------
 # The tests
 
-DOCS = (sorted(REPO_ROOT.glob("docs/*.md")) + sorted(REPO_ROOT.glob("stage*/README.md"))
+DOCS = (sorted(REPO_ROOT.glob("docs/*.md")) + sorted(REPO_ROOT.glob("stage*/README*.md"))
         + sorted(REPO_ROOT.glob("README*.md")))
 
 

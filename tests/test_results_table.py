@@ -150,7 +150,8 @@ def commands(text: str) -> set[str]:
     found = set()
     for language, lines in blocks:
         if language in SHELL_LANGUAGES:
-            found.update(shlex.join(shlex.split(line, comments=True)) for line in lines if line.strip())
+            joined = "\n".join(lines).replace("\\\n", " ").splitlines()  # a line ending in \ goes on
+            found.update(shlex.join(shlex.split(line, comments=True)) for line in joined if line.strip())
     for span in re.findall(r"`([^`]+)`", "\n".join(prose)):
         if span.split()[0] in COMMAND_WORDS:
             found.add(shlex.join(shlex.split(span)))
