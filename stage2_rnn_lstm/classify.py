@@ -49,7 +49,7 @@ from scripts.common import (UserError, add_common_args, catch_stop_signals, get_
                             merge_resumed_args, note_command, plot_curves, portable, positive_float, positive_int,
                             probability, reference_run_name, resolve_data_dir, resolved_config, rng_state, run_cli,
                             save_checkpoint, set_rng_state, set_seed, write_result)
-from stage2_rnn_lstm.data import SentenceVocab, length_batches, make_batch, sst2_splits
+from stage2_rnn_lstm.data import SentenceVocab, length_batches, make_batch, sst2_splits, vocab_beside
 from stage2_rnn_lstm.model import ClassifierConfig, RNNClassifier
 from stage2_rnn_lstm.predict import predict_proba
 from stage2_rnn_lstm.reference_runs import CLASSIFIER_CHECKPOINT, REFERENCE_RUNS
@@ -129,9 +129,7 @@ def load_resume_point(args, out_dir: Path) -> dict:
 def prepare_data(args, data_dir: Path, out_dir: Path, ckpt: dict | None, log):
     """SST-2's train, val and dev as id lists and labels (`sst2_splits`), and the vocabulary: saved as
     <out-dir>/vocab.json, or, for a resumed run (`ckpt`), read back from there and checked against the checkpoint."""
-    vocab = SentenceVocab.load(out_dir / "vocab.json") if ckpt else None
-    if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
-        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
+    vocab = vocab_beside(out_dir / "last.pt", ckpt, SentenceVocab) if ckpt else None
     data, vocab, summary = sst2_splits(data_dir, args.val_size, args.min_freq, vocab,
                                        (QUICK_TRAIN, QUICK_DEV) if args.quick else None)
     log.info(summary)

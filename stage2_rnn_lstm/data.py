@@ -395,6 +395,16 @@ def make_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, to
     return ids, lengths
 
 
+def vocab_beside(checkpoint: str | Path, ckpt: dict, vocab_class=None):
+    """The vocabulary file next to a checkpoint (a Vocab, or `vocab_class`: SentenceVocab for the classifier), checked
+    against the fingerprint the checkpoint recorded: a checkpoint never meets a vocabulary it was not trained with."""
+    path = Path(checkpoint).parent / ckpt["vocab"]["file"]
+    vocab = (vocab_class or Vocab).load(path)
+    if vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
+        raise UserError(f"{path} is not the vocabulary {checkpoint} was trained with (fingerprints differ)")
+    return vocab
+
+
 def sst2_splits(data_dir: str | Path, val_size: int | None, min_freq: int, vocab: SentenceVocab | None = None,
                 limits: tuple[int, int] | None = None) -> tuple[dict, SentenceVocab, str]:
     """The classifier's data: {"train", "val", "dev"} -> (id lists, labels), the vocabulary, and a line for the log.

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as `python stage2_rnn_lstm/evaluate.py`: pu
 import torch
 
 from scripts.common import UserError, get_device, load_checkpoint, positive_int, resolve_data_dir, run_cli
-from stage2_rnn_lstm.data import Vocab, dataset_info, load_text
+from stage2_rnn_lstm.data import Vocab, dataset_info, load_text, vocab_beside
 from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel
 from stage2_rnn_lstm.reference_runs import LM_CHECKPOINT
 
@@ -30,10 +30,7 @@ STAGE = "stage2_rnn_lstm"
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[RNNLanguageModel, Vocab, dict]:
     """Model, vocabulary and checkpoint from a path; the vocabulary is the vocab.json beside the checkpoint."""
     ckpt = load_checkpoint(checkpoint, stage=STAGE, kind="language_model")
-    vocab_path = Path(checkpoint).parent / ckpt["vocab"]["file"]
-    vocab = Vocab.load(vocab_path)
-    if vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
-        raise UserError(f"{vocab_path} is not the vocabulary {checkpoint} was trained with (fingerprints differ)")
+    vocab = vocab_beside(checkpoint, ckpt)
     try:
         model = RNNLanguageModel(LMConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["model"])

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as `python stage2_rnn_lstm/predict.py`: put
 import torch
 
 from scripts.common import UserError, get_device, load_checkpoint, run_cli
-from stage2_rnn_lstm.data import SentenceVocab, make_batch
+from stage2_rnn_lstm.data import SentenceVocab, make_batch, vocab_beside
 from stage2_rnn_lstm.model import ClassifierConfig, RNNClassifier
 from stage2_rnn_lstm.reference_runs import CLASSIFIER_CHECKPOINT
 
@@ -46,10 +46,7 @@ def predict_proba(model: RNNClassifier, seqs: list[list[int]], device, batch_siz
 def load_classifier(checkpoint: str | Path, device: torch.device) -> tuple[RNNClassifier, SentenceVocab, dict]:
     """Model (in eval mode), vocabulary and checkpoint; the vocabulary is the vocab.json beside the checkpoint."""
     ckpt = load_checkpoint(checkpoint, stage=STAGE, kind="classifier")
-    vocab_path = Path(checkpoint).parent / ckpt["vocab"]["file"]
-    vocab = SentenceVocab.load(vocab_path)
-    if vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
-        raise UserError(f"{vocab_path} is not the vocabulary {checkpoint} was trained with (fingerprints differ)")
+    vocab = vocab_beside(checkpoint, ckpt, SentenceVocab)
     try:
         model = RNNClassifier(ClassifierConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["model"])

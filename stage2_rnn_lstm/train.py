@@ -35,7 +35,7 @@ from scripts.common import (UserError, add_common_args, catch_stop_signals, get_
                             merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
                             positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
                             resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
-from stage2_rnn_lstm.data import DATASETS, Vocab, batchify, dataset_info, get_window, load_text
+from stage2_rnn_lstm.data import DATASETS, Vocab, batchify, dataset_info, get_window, load_text, vocab_beside
 from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel, detach_state
 from stage2_rnn_lstm.reference_runs import REFERENCE_RUNS
 
@@ -109,9 +109,7 @@ def load_resume_point(args, out_dir: Path) -> dict:
 def prepare_data(args, data_dir: Path, out_dir: Path, ckpt: dict | None, log):
     """Token id streams of every split, and the vocabulary: built on the whole training split and saved as
     <out-dir>/vocab.json, or, for a resumed run (`ckpt`), read back from there and checked against the checkpoint."""
-    vocab = Vocab.load(out_dir / "vocab.json") if ckpt else None
-    if ckpt and vocab.fingerprint() != ckpt["vocab"]["fingerprint"]:
-        raise UserError(f"{out_dir / 'vocab.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
+    vocab = vocab_beside(out_dir / "last.pt", ckpt) if ckpt else None
     splits = dataset_info(args.dataset)["splits"]
     texts = {s: load_text(args.dataset, data_dir, s) for s in splits}
     vocab = vocab or Vocab.build(texts["train"], args.vocab_type)
