@@ -60,7 +60,7 @@ class Run:
     recorded: dict                # its contents
     argv: list[str] = field(default_factory=list)  # the declared command: [script, *flags]
     after: str | None = None      # the result file of the run whose checkpoint this one reads (it runs first)
-    needs: str | None = None      # a checkpoint that no recorded run writes: it must exist before this run starts
+    needs: str | None = None      # a checkpoint that no declared run writes: it must exist before this run starts
     commands: list[list[str]] = field(default_factory=list)  # [script, *args] for each command, outputs redirected
     new_result: Path | None = None  # runs/reproduce/<stage>/<name>.json
     out_dir: Path | None = None     # runs/reproduce/<stage>/<name>/: checkpoints, vocabulary, the run's own log
@@ -73,11 +73,6 @@ class Run:
     @property
     def name(self) -> str:
         return Path(self.result).stem
-
-    @property
-    def recorded_args(self) -> list[str]:
-        """The declared command as [script, *args]."""
-        return list(self.argv)
 
 
 # ----------------------------------------------------------------------------- reading the declarations
