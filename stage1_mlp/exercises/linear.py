@@ -11,7 +11,7 @@ weights) and inside the whole Stage 1 model.
 """
 from __future__ import annotations
 
-import math  # math.sqrt, for the bound
+import math  # noqa: F401  (math.sqrt, for the bound: you will need it)
 
 import torch
 import torch.nn as nn

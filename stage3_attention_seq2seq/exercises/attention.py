@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F  # F.softmax, for the weights
+import torch.nn.functional as F  # noqa: F401  (F.softmax, for the weights: you will need it)
 
 
 class Attention(nn.Module):
