@@ -64,6 +64,8 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int,
     p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt exactly")
     p.add_argument("--quick", action="store_true", help="a tiny run on small slices, for smoke tests and CI")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="log curves for TensorBoard in the run folder (`tensorboard --logdir runs`)")
 
 
 def positive_int(text: str) -> int:
@@ -113,8 +115,9 @@ def parse_with_quick_defaults(p: argparse.ArgumentParser, argv: list[str] | None
 def merge_resumed_args(args: argparse.Namespace, saved: dict, resumable: tuple[str, ...]) -> argparse.Namespace:
     """The settings of a resumed run: those it started with (`saved`, from its checkpoint), except the flags in
     `resumable` (where outputs go, which device, --max-steps ...), which this command line sets. A flag newer than
-    the checkpoint keeps this command line's value."""
-    return argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in resumable}})
+    the checkpoint keeps this command line's value, and so does --[no-]tensorboard, which changes nothing computed."""
+    resumable = (*resumable, "tensorboard")
+    return argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in resumable if hasattr(args, k)}})
 
 
 # ----------------------------------------------------------------------------- device, seed, logging
@@ -253,6 +256,66 @@ def write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+class RunTracker:
+    """What a run reports while it trains, for people and for programs.
+
+    - TensorBoard event files in the run folder: `tensorboard --logdir runs` shows every run of every stage side by
+      side. `train(step, loss=..., lr=...)` logs under train/, `evaluation(step, "val", loss=...)` under val/.
+    - metrics.jsonl in the run folder, one JSON line per evaluation, {"step": 326, "split": "val", "loss": 1.83,
+      "seconds": 81.2}: scripts/sweep.py reads it while the run goes on, to stop a hopeless trial early, without the
+      training scripts knowing anything about the search.
+
+    Only the process that writes checkpoints reports (master=False makes every call do nothing). A run resumed from
+    step s forgets what it reported after s (TensorBoard's purge_step, and the same for the JSON lines): a crash after
+    the last checkpoint leaves no duplicate points, and the resumed curves continue exactly where last.pt stopped.
+    """
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True, master: bool = True, step: int = 0):
+        self.jsonl = Path(out_dir) / "metrics.jsonl" if master else None
+        self.writer = None
+        if not master:
+            return
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if step and self.jsonl.is_file():  # resumed: keep the evaluations up to the checkpoint's step
+            kept = [line for line in self.jsonl.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step]
+            atomic_write_text(self.jsonl, "".join(line + "\n" for line in kept))
+        elif not step:
+            self.jsonl.unlink(missing_ok=True)  # a fresh run in a used folder starts a fresh file
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("TensorBoard logging needs the tensorboard package: `pip install tensorboard`, "
+                                "or turn it off with --no-tensorboard") from None
+            self.writer = SummaryWriter(log_dir=str(out_dir), purge_step=step + 1 if step else None, flush_secs=30)
+
+    def train(self, step: int, **scalars: float) -> None:
+        """Per-step training figures (loss, lr, grad_norm, tokens_per_second, ...): TensorBoard only."""
+        if self.writer:
+            for name, value in scalars.items():
+                self.writer.add_scalar(f"train/{name}", float(value), step)
+
+    def evaluation(self, step: int, split: str, seconds: float | None = None, **metrics: float) -> None:
+        """One evaluation of `split` at `step`, `seconds` into training: a line of metrics.jsonl, and TensorBoard
+        scalars under <split>/."""
+        if self.jsonl is None:
+            return
+        line = {"step": step, "split": split} | {k: round(float(v), 6) for k, v in metrics.items()}
+        if seconds is not None:
+            line["seconds"] = round(seconds, 1)
+        with open(self.jsonl, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        if self.writer:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"{split}/{name}", float(value), step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write a checkpoint atomically (see atomic_write): a run killed mid-write keeps its previous checkpoint.
 
@@ -380,7 +443,7 @@ STAGES = ("stage1_mlp", "stage2_rnn_lstm", "stage3_attention_seq2seq", "stage4_t
           "stage6_bert")
 # Flags that say where a run reads and writes and on which device, not what it computes: they are not part of
 # the configuration a reference run is matched on (and a published file never records their local values).
-WHERE_FLAGS = ("out_dir", "data_dir", "result", "json", "device", "resume")
+WHERE_FLAGS = ("out_dir", "data_dir", "result", "json", "device", "resume", "tensorboard")
 
 
 def resolved_config(args: argparse.Namespace, ignore: tuple[str, ...] = ()) -> dict:

@@ -13,6 +13,11 @@ processes of a torchrun launch); an "epoch" is as many steps as it takes to draw
 holds. The learning rate warms up linearly, then follows a cosine down to --min-lr, over the whole run: over its steps,
 or over its minutes with --time-budget (whichever ends first). Every --eval-interval steps the whole validation split
 is scored; best.pt is the lowest validation loss, and the final report scores it on every split.
+
+--select-frac 0.05 holds out the last 5 % of the training text as a "select" split, which then takes validation's
+place during training (best.pt is chosen on it): a hyperparameter search (scripts/sweep.py) compares runs on it and
+never looks at val, the split the README reports. Loss, learning rate, gradient norm and tokens/s go to TensorBoard
+(`tensorboard --logdir runs`), and every validation to <out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -34,8 +39,8 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
                             positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
-                            resolved_config, restore_training, rng_state, run_cli, save_checkpoint, set_seed,
-                            setup_distributed, write_result)
+                            resolved_config, restore_training, rng_state, run_cli, RunTracker, save_checkpoint,
+                            set_seed, setup_distributed, write_result)
 from stage5_gpt.corpus import DATASETS
 from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
@@ -74,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
     p.add_argument("--eval-interval", type=positive_int, default=None,
                    help="steps between validations (default: one epoch)")
+    p.add_argument("--select-frac", type=probability, default=0.0,
+                   help="hold out this last fraction of train as a 'select' split that replaces val during training "
+                        "(for hyperparameter search: choose on it, report val)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU")
     p.add_argument("--cpu-bf16", action="store_true",
@@ -83,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
                                                   "`python scripts/publish.py <out-dir>/result.json`)")
     args = parse_with_quick_defaults(p, argv, QUICK)
+    if args.select_frac >= 0.5:
+        p.error(f"--select-frac {args.select_frac}: hold out less than half of train")
     if args.n_embd % args.n_head:
         p.error(f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}")
     if args.min_lr is None:
@@ -145,16 +155,24 @@ def prepare_data(args, data_dir: Path, out_dir: Path, master: bool, world: int, 
     return meta
 
 
+def hold_out_selection(splits: dict, frac: float) -> dict:
+    """--select-frac: the last `frac` of the training tokens become the "select" split, and train keeps the rest."""
+    if not frac:
+        return splits
+    n = int(len(splits["train"]) * frac)
+    return {**splits, "train": splits["train"][:-n], "select": splits["train"][-n:]}
+
+
 def new_state() -> dict:
     """What a run counts, saved in every checkpoint: steps, tokens, the best validation loss, the loss curves."""
     return {"step": 0, "tokens": 0, "best_val_loss": math.inf, "best_step": 0, "train_seconds": 0.0,
             "history": {"train_loss": [], "val_loss": []}}
 
 
-def log_validation(log, state: dict, val_loss: float, eval_interval: int) -> None:
+def log_validation(log, state: dict, val_loss: float, eval_interval: int, split: str = "val") -> None:
     """One line per validation: the mean training loss since the last one, the validation loss, the time so far."""
     recent = [v for _, v in state["history"]["train_loss"][-eval_interval:]]
-    log.info(f"step {state['step']}: train loss {sum(recent) / len(recent):.4f} | val loss {val_loss:.4f} "
+    log.info(f"step {state['step']}: train loss {sum(recent) / len(recent):.4f} | {split} loss {val_loss:.4f} "
              f"| {state['train_seconds']:.0f}s")
 
 
@@ -237,7 +255,8 @@ def main(argv=None) -> None:
 
     # ---- data: one long array of token ids per split; a step draws random windows of it
     meta = prepare_data(args, data_dir, out_dir, master, world, ckpt, log.info)
-    splits = {s: load_split(out_dir, s) for s in meta["splits"]}
+    splits = hold_out_selection({s: load_split(out_dir, s) for s in meta["splits"]}, args.select_frac)
+    eval_split = "select" if args.select_frac else "val"  # what the loop validates on and chooses best.pt by
     tokens_per_step = args.batch_size * args.block_size
     steps_per_epoch = max(1, len(splits["train"]) // tokens_per_step)
     total_steps = args.epochs * steps_per_epoch
@@ -260,6 +279,7 @@ def main(argv=None) -> None:
     if rank > 0 or not ckpt:  # dropout: a different stream in each process
         torch.manual_seed(args.seed + rank + state["step"])
     train_model = wrap_for_training(model, args.compile, world, device)
+    tracker = RunTracker(out_dir, args.tensorboard, master, state["step"])
     save = functools.partial(save_run, master=master, args=args, config=config, model=model, state=state,
                              batch_gen=batch_gen, meta=meta)  # save(path) -> best.pt; save(path, optimizer, scaler)
 
@@ -271,6 +291,7 @@ def main(argv=None) -> None:
     try:
         model.train()
         while state["step"] < total_steps:
+            t_step = time.time()
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(state["step"], time.time() - t_loop, args, total_steps)
             optimizer.zero_grad(set_to_none=True)
@@ -285,7 +306,7 @@ def main(argv=None) -> None:
                 step_loss += loss.detach()
             if scaler:
                 scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -308,12 +329,15 @@ def main(argv=None) -> None:
             state["history"]["train_loss"].append([state["step"], round(loss_value, 5)])
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
+            tracker.train(state["step"], loss=loss_value, lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                          tokens_per_second=tokens_per_step / (time.time() - t_step))
             if state["step"] % eval_interval == 0 or state["step"] == total_steps or flags[2] > 0:
                 state["train_seconds"] = time.time() - t_loop
-                val_loss, _ = evaluate(model, splits["val"], args.block_size, device)
+                val_loss, _ = evaluate(model, splits[eval_split], args.block_size, device)
                 t_loop = time.time() - state["train_seconds"]  # validation time is not training time
                 state["history"]["val_loss"].append([state["step"], round(val_loss, 5)])
-                log_validation(log, state, val_loss, eval_interval)
+                tracker.evaluation(state["step"], eval_split, state["train_seconds"], loss=val_loss)
+                log_validation(log, state, val_loss, eval_interval, eval_split)
                 if val_loss < state["best_val_loss"]:
                     state["best_val_loss"], state["best_step"] = val_loss, state["step"]
                     save(out_dir / "best.pt")
@@ -329,6 +353,7 @@ def main(argv=None) -> None:
                 break
     finally:
         bar.close()
+        tracker.close()
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop

@@ -9,9 +9,12 @@ the notebook's training run to a temporary folder, so the test leaves no files i
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+
+from scripts import render_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 # stage folder -> the data set folder its notebook reads (under $MY_LLM_DATA)
@@ -31,12 +34,61 @@ def _stage_files(stage_dir: Path) -> set[Path]:
 
 
 @pytest.mark.parametrize("stage", NOTEBOOKS)
-def test_notebook_is_committed_without_outputs(stage):
+def test_notebook_outputs_are_current(stage):
+    """A committed notebook is either clean (code and text only) or rendered by scripts/render_notebooks.py from the
+    code it holds now: editing a code cell without rendering again fails here."""
     nb = json.loads((REPO / stage / f"{stage}.ipynb").read_text(encoding="utf-8"))
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code, "the notebook has no code cells"
-    dirty = [i for i, c in enumerate(code) if c.get("outputs") or c.get("execution_count") is not None]
-    assert not dirty, f"code cells {dirty} keep outputs; clear them before committing"
+    state = render_notebooks.status(nb)
+    assert not state.startswith("stale"), f"{stage}.ipynb is {state}"
+    if state == "current":
+        assert all(c.get("execution_count") for c in code), "a rendered notebook ran every code cell"
+        counts = [c["execution_count"] for c in code]
+        assert counts == sorted(counts), "a rendered notebook ran its cells top to bottom"
+        errors = [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
+        assert not errors, f"rendered with errors: {[(o['ename'], o['evalue']) for o in errors]}"
+        texts = [o.get("text") or o.get("data", {}).get("text/plain", "") for c in code for o in c["outputs"]]
+        texts = ["".join(t) if isinstance(t, list) else t for t in texts]
+        leaks = [t[:120] for t in texts if re.search(r"(?<![\w.])(/home/|/Users/|/tmp/|/work/|/root/|[A-Z]:\\)", t)]
+        assert not leaks, f"outputs show this machine's paths: {leaks}"
+        blank = [i for i, c in enumerate(code) if "plt.show()" in "".join(c["source"])
+                 and not any("image/png" in o.get("data", {}) for o in c["outputs"])]
+        assert not blank, f"code cells {blank} call plt.show() but hold no figure"
+
+
+def test_status_sees_a_changed_cell():
+    """The staleness check can fail: a rendered notebook whose code changes afterwards is stale."""
+    nb = {"metadata": {}, "cells": [{"cell_type": "code", "source": "print(1)", "execution_count": 1,
+                                     "outputs": [{"output_type": "stream", "name": "stdout", "text": "1\n"}]}]}
+    assert render_notebooks.status(nb).startswith("stale")                      # outputs, never rendered
+    nb["metadata"]["my_llm"] = {"rendered": {"code_sha256": render_notebooks.code_hash(nb), "date": "d"}}
+    assert render_notebooks.status(nb) == "current"
+    nb["cells"][0]["source"] = "print(2)"
+    assert render_notebooks.status(nb).startswith("stale: the code cells changed")
+    nb["cells"][0].update(outputs=[], execution_count=None)
+    assert render_notebooks.status(nb).startswith("stale")                      # rendered metadata, no outputs
+    del nb["metadata"]["my_llm"]
+    assert render_notebooks.status(nb) == "clean"
+
+
+def test_render_refuses_without_reference_checkpoints(tmp_path, monkeypatch):
+    """Missing reference runs: a one-line error naming the command to run, and the notebook is left as it was."""
+    from scripts.common import UserError
+
+    monkeypatch.setattr(render_notebooks, "reference_checkpoints",
+                        lambda stage, root=REPO: {"tiny_shakespeare_lstm": tmp_path / "missing" / "best.pt"})
+    before = (REPO / "stage2_rnn_lstm" / "stage2_rnn_lstm.ipynb").read_bytes()
+    with pytest.raises(UserError, match="stage2_rnn_lstm/train.py"):
+        render_notebooks.render("stage2_rnn_lstm", timeout=10)
+    assert (REPO / "stage2_rnn_lstm" / "stage2_rnn_lstm.ipynb").read_bytes() == before
+
+
+def test_every_notebook_declares_what_it_loads():
+    assert set(render_notebooks.NOTEBOOKS) == set(NOTEBOOKS)
+    for stage in NOTEBOOKS:
+        for name, path in render_notebooks.reference_checkpoints(stage).items():
+            assert path.name == "best.pt" and "runs" in path.parts, (stage, name, path)
 
 
 @pytest.mark.slow
