@@ -15,7 +15,8 @@ split -> write the result file (<out-dir>/result.json + curves PNGs). Runs write
 Checkpoints (<out-dir>/last.pt after every epoch, on Ctrl-C, SIGTERM and --max-steps; best.pt for the
 best validation accuracy) hold everything needed to resume: the batch order of every epoch comes
 from (seed, epoch), and the random-number state is saved, so a resumed run repeats the losses an
-uninterrupted run would have had.
+uninterrupted run would have had. Loss, learning rate, gradient norm and texts/s go to TensorBoard
+(`tensorboard --logdir runs`), and every validation to <out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
                             positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
-                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
-                            write_result)
+                            resolved_config, rng_state, run_cli, RunTracker, save_checkpoint, set_rng_state,
+                            set_seed, write_result)
 from stage1_mlp.data import (DATASETS, Bags, Vocab, dataset_info, load_split, phrase_groups, subsample,
                              train_val_split)
 from stage1_mlp.evaluate import classification_metrics, plot_confusion, predict_bags
@@ -152,11 +153,11 @@ def save_run(path: Path, args, model: BagOfNgramsMLP, vocab: Vocab, state: dict,
 
 
 @torch.no_grad()
-def validate(model: BagOfNgramsMLP, val: Bags, device: torch.device) -> tuple[float, float]:
-    """Mean loss and accuracy on the validation bags; leaves the model in training mode."""
+def validate(model: BagOfNgramsMLP, val: Bags, device: torch.device) -> dict[str, float]:
+    """Mean loss, accuracy and macro-F1 on the validation bags; leaves the model in training mode."""
     m = classification_metrics(predict_bags(model, val, 1000, device), val.labels)
     model.train()
-    return m["loss"], m["accuracy"]
+    return {k: m[k] for k in ("loss", "accuracy", "macro_f1")}
 
 
 def stop_message(by: str, args, step: int) -> str:
@@ -247,6 +248,7 @@ def main(argv=None) -> None:
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}, step {state['step']}")
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
+    tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])  # TensorBoard and metrics.jsonl
 
     # ---- the training loop
     # Ctrl-C (SIGINT) and `kill` (SIGTERM) only raise a flag; the loop stops between two steps and saves,
@@ -264,6 +266,7 @@ def main(argv=None) -> None:
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", initial=state["batch_in_epoch"],
                        total=len(batches), leave=False, disable=None)
             for index in batches[state["batch_in_epoch"]:]:
+                t_step = time.time()
                 ids, offsets, labels = (t.to(device) for t in train.batch(index))
                 w = weights[index].to(device)             # (B,) all ones except SST-2 sentences
                 logits = model(ids, offsets)              # (B, n_classes)
@@ -274,6 +277,8 @@ def main(argv=None) -> None:
                                     f"try a lower --lr (now {args.lr})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+                lr = scheduler.get_last_lr()[0]  # this step's: scheduler.step() sets the next one's
                 optimizer.step()
                 scheduler.step()
                 state["step"] += 1
@@ -281,6 +286,8 @@ def main(argv=None) -> None:
                 state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                tracker.train(state["step"], loss=loss.item(), lr=lr, grad_norm=grad_norm,
+                              examples_per_second=len(index) / (time.time() - t_step))
                 if args.max_steps and state["step"] >= args.max_steps:
                     stop["by"] = "max_steps"
                 if stop["by"]:
@@ -289,17 +296,18 @@ def main(argv=None) -> None:
             if stop["by"]:
                 break
             # ---- end of epoch: validate, keep the best, maybe stop early
-            val_loss, val_acc = validate(model, bags["val"], device)
-            state["history"]["val_loss"].append([state["step"], val_loss])
-            state["history"]["val_acc"].append([state["step"], val_acc])
+            val = validate(model, bags["val"], device)  # {"loss", "accuracy", "macro_f1"}
+            state["history"]["val_loss"].append([state["step"], val["loss"]])
+            state["history"]["val_acc"].append([state["step"], val["accuracy"]])
             recent = [v for _, v in state["history"]["train_loss"][-len(batches):]]
-            log.info(f"epoch {epoch + 1}: train loss {sum(recent) / len(recent):.4f} | val loss {val_loss:.4f} "
-                     f"| val acc {val_acc:.4f} | {time.time() - t_loop:.0f}s")
+            log.info(f"epoch {epoch + 1}: train loss {sum(recent) / len(recent):.4f} | val loss {val['loss']:.4f} "
+                     f"| val acc {val['accuracy']:.4f} | {time.time() - t_loop:.0f}s")
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
             state["train_seconds"] = time.time() - t_loop
-            if val_acc > state["best_val_acc"]:
-                state["best_val_acc"], state["bad_epochs"], state["best_epoch"] = val_acc, 0, epoch + 1
+            tracker.evaluation(state["step"], "val", state["train_seconds"], **val)
+            if val["accuracy"] > state["best_val_acc"]:
+                state["best_val_acc"], state["bad_epochs"], state["best_epoch"] = val["accuracy"], 0, epoch + 1
                 save_run(out_dir / "best.pt", args, model, vocab, state)
             else:
                 state["bad_epochs"] += 1
@@ -308,6 +316,7 @@ def main(argv=None) -> None:
                     state["done"] = True
             save_run(out_dir / "last.pt", args, model, vocab, state, optimizer, scheduler)
     finally:
+        tracker.close()
         restore_signals()  # leave the caller (a shell, a notebook kernel) as we found it
     state["train_seconds"] = time.time() - t_loop
     if stop["by"]:

@@ -27,7 +27,8 @@ Outputs in --out-dir (default runs/stage2_rnn_lstm/sst2_classifier/, with _rnn o
 best.pt (the epoch best on validation, what predict.py's load_predictor reads), last.pt (after every epoch, on Ctrl-C,
 SIGTERM and --max-steps, to --resume exactly), vocab.json, classify.log, and result.json with its plot;
 `python scripts/publish.py <out-dir>/result.json` publishes a reference run's (reference_runs.py) into results/.
-The model is `RNNClassifier` (model.py), the data split `sst2_splits` (data.py).
+The model is `RNNClassifier` (model.py), the data split `sst2_splits` (data.py). Loss, learning rate, gradient norm
+and examples/s go to TensorBoard (`tensorboard --logdir runs`), and every validation to <out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, plot_curves, portable, positive_float, positive_int,
                             probability, reference_run_name, resolve_data_dir, resolved_config, rng_state, run_cli,
-                            save_checkpoint, set_rng_state, set_seed, write_result)
+                            RunTracker, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage2_rnn_lstm.data import SentenceVocab, length_batches, make_batch, sst2_splits, vocab_beside
 from stage2_rnn_lstm.model import ClassifierConfig, RNNClassifier
 from stage2_rnn_lstm.predict import predict_proba
@@ -224,6 +225,7 @@ def main(argv=None) -> None:
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
+    tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])  # TensorBoard and metrics.jsonl
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
     stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
@@ -237,6 +239,7 @@ def main(argv=None) -> None:
             bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                        leave=False, disable=None)
             for idx in batches[state["batch"]:]:
+                t_step = time.time()
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(state["step"], args.lr, total_steps)
                 ids, lengths = make_batch([seqs[i] for i in idx], config.pad_id)          # (B, T), (B,)
@@ -247,13 +250,15 @@ def main(argv=None) -> None:
                                     f"try a lower --lr (now {args.lr}) or --clip")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
                 optimizer.step()
                 state["step"] += 1
                 state["batch"] += 1
                 state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+                tracker.train(state["step"], loss=loss.item(), lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                              examples_per_second=len(idx) / (time.time() - t_step))
                 if args.max_steps and state["step"] >= args.max_steps:
                     stop["by"] = "max_steps"
                 if stop["by"]:
@@ -271,11 +276,13 @@ def main(argv=None) -> None:
             recent = [v for _, v in state["history"]["train_loss"][-len(batches):]]
             log.info(f"epoch {state['epoch']}: train loss {sum(recent) / len(recent):.4f} | val accuracy "
                      f"{val['accuracy']:.4f} | val macro-F1 {val['macro_f1']:.4f} | {state['train_seconds']:.0f}s")
+            tracker.evaluation(state["step"], "val", state["train_seconds"], **val)  # accuracy, macro_f1
             if state["best_acc"] is None or val["accuracy"] > state["best_acc"]:
                 state.update(best_acc=val["accuracy"], best_step=state["step"], best_epoch=state["epoch"])
                 save_run(out_dir / "best.pt", args, model, vocab, state)
             save_run(out_dir / "last.pt", args, model, vocab, state, optimizer)
     finally:
+        tracker.close()
         restore_signals()
     state["train_seconds"] = time.time() - t_loop
     if stop["by"]:

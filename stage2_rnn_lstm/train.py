@@ -15,7 +15,8 @@ Checkpoints (<out-dir>/last.pt after every epoch, on Ctrl-C, SIGTERM and --max-s
 validation loss) hold the model, optimizer, schedule, random-number states *and the carried hidden state*,
 so a resumed run repeats the losses an uninterrupted run would have had. The result file goes to
 <out-dir>/result.json; `python scripts/publish.py <out-dir>/result.json` publishes a reference run's
-(reference_runs.py) into stage2_rnn_lstm/results/.
+(reference_runs.py) into stage2_rnn_lstm/results/. Loss, learning rate, gradient norm and tokens/s go to
+TensorBoard (`tensorboard --logdir runs`), and every validation to <out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
                             positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
-                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+                            resolved_config, rng_state, run_cli, RunTracker, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage2_rnn_lstm.data import DATASETS, Vocab, batchify, dataset_info, get_window, load_text, vocab_beside
 from stage2_rnn_lstm.model import LMConfig, RNNLanguageModel, detach_state
 from stage2_rnn_lstm.reference_runs import REFERENCE_RUNS
@@ -239,6 +241,7 @@ def main(argv=None) -> None:
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, window {state['window']}, step {state['step']}")
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
+    tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])  # TensorBoard and metrics.jsonl
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
     stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
@@ -250,6 +253,7 @@ def main(argv=None) -> None:
             bar = tqdm(total=len(windows), initial=state["window"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                        leave=False, disable=None)
             for start in windows[state["window"]:]:
+                t_step = time.time()
                 x, y = get_window(train, start, args.bptt)  # (B, T), (B, T)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(state["step"], args, total_steps)
@@ -259,7 +263,7 @@ def main(argv=None) -> None:
                                     f"try a lower --lr (now {args.lr}) or --clip")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)  # tames exploding gradients
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)  # tames exploding gradients
                 optimizer.step()
                 hidden = detach_state(hidden)  # truncated BPTT: keep the state's values, cut its graph
                 state["step"] += 1
@@ -268,6 +272,8 @@ def main(argv=None) -> None:
                 state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+                tracker.train(state["step"], loss=loss.item(), lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                              tokens_per_second=y.numel() / (time.time() - t_step))
                 if args.max_steps and state["step"] >= args.max_steps:
                     stop["by"] = "max_steps"
                 if stop["by"]:
@@ -286,11 +292,13 @@ def main(argv=None) -> None:
             state["train_seconds"] = time.time() - t_loop
             log.info(f"epoch {state['epoch']}: train loss {sum(recent) / len(recent):.4f} | val loss {val_loss:.4f} "
                      f"| val ppl {math.exp(val_loss):.2f} | {state['train_seconds']:.0f}s")
+            tracker.evaluation(state["step"], "val", state["train_seconds"], loss=val_loss, ppl=math.exp(val_loss))
             if val_loss < state["best_val_loss"]:
                 state["best_val_loss"], state["best_step"] = val_loss, state["step"]
                 save_run(out_dir / "best.pt", args, model, vocab, state, hidden)
             save_run(out_dir / "last.pt", args, model, vocab, state, hidden, optimizer)
     finally:
+        tracker.close()
         restore_signals()
     state["train_seconds"] = time.time() - t_loop
     if stop["by"]:

@@ -10,7 +10,8 @@ Each epoch ends with the validation loss and the validation BLEU (greedy decodin
 best validation BLEU is kept as best.pt, and the final report scores it on the test sets with beam search.
 Checkpoints (<out-dir>/last.pt after every epoch, on Ctrl-C, SIGTERM and --max-steps) hold the model,
 optimizer, random-number states and the position inside the epoch, so a resumed run repeats the losses an
-uninterrupted run would have had.
+uninterrupted run would have had. Loss, learning rate, gradient norm and tokens/s (source and target) go to
+TensorBoard (`tensorboard --logdir runs`), and every validation to <out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
                             positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
-                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed,
-                            write_result)
+                            resolved_config, rng_state, run_cli, RunTracker, save_checkpoint, set_rng_state,
+                            set_seed, write_result)
 from stage3_attention_seq2seq.data import DATASETS, Vocab, batch_order, check_pair, dataset_info, load_pairs, make_batch
 from stage3_attention_seq2seq.decoding import bleu, translate
 from stage3_attention_seq2seq.model import ATTENTIONS, Seq2Seq, Seq2SeqConfig, init_weights
@@ -251,6 +252,7 @@ def main(argv=None) -> None:
         set_rng_state(ckpt["rng"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}")
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
+    tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])  # TensorBoard and metrics.jsonl
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
     stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
@@ -264,6 +266,7 @@ def main(argv=None) -> None:
             bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                        leave=False, disable=None)
             for idx in batches[state["batch"]:]:
+                t_step = time.time()
                 batch = make_batch([train[i][0] for i in idx], [train[i][1] for i in idx])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 for group in optimizer.param_groups:
@@ -275,14 +278,17 @@ def main(argv=None) -> None:
                                     f"try a lower --lr (now {args.lr}) or --clip")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
                 optimizer.step()
                 state["step"] += 1
                 state["batch"] += 1
-                state["tokens"] += int((batch["tgt_out"] != 0).sum()) + int(batch["src_len"].sum())
+                n_tokens = int((batch["tgt_out"] != 0).sum()) + int(batch["src_len"].sum())
+                state["tokens"] += n_tokens
                 state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+                tracker.train(state["step"], loss=loss.item(), lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                              tokens_per_second=n_tokens / (time.time() - t_step))
                 if args.max_steps and state["step"] >= args.max_steps:
                     stop["by"] = "max_steps"
                 if stop["by"]:
@@ -293,8 +299,11 @@ def main(argv=None) -> None:
             # ---- end of epoch: validation loss and BLEU (greedy), keep the best by BLEU
             state["train_seconds"] = time.time() - t_loop
             val_loss = evaluate_loss(model, src_vocab, tgt_vocab, pairs["val"], device)
-            val_bleu = score(model, src_vocab, tgt_vocab, pairs["val"], device)["bleu"]
+            val = score(model, src_vocab, tgt_vocab, pairs["val"], device)  # greedy decoding
+            val_bleu = val["bleu"]
             t_loop = time.time() - state["train_seconds"]  # validation time is not training time
+            tracker.evaluation(state["step"], "val", state["train_seconds"], loss=val_loss, bleu=val_bleu,
+                               bleu_lc=val["bleu_lc"])
             h = state["history"]
             h["val_loss"].append([state["step"], round(val_loss, 5)])
             h["val_bleu"].append([state["step"], val_bleu])
@@ -308,6 +317,7 @@ def main(argv=None) -> None:
                 save_run(out_dir / "best.pt", args, model, vocabs, state)
             save_run(out_dir / "last.pt", args, model, vocabs, state, optimizer)
     finally:
+        tracker.close()
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop

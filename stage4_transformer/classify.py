@@ -22,7 +22,9 @@ other row contains) and drops every training row that is a phrase inside one of 
 Outputs in --out-dir (default runs/stage4_transformer/sst2_classifier/): best.pt (the chosen epoch; what
 predict.py's `load_predictor` reads), last.pt (to --resume exactly; also written on Ctrl-C and SIGTERM), vocab.json,
 train.log, and the result file result.json with its plot. `python scripts/publish.py <out-dir>/result.json` copies a
-reference run's result into stage4_transformer/results/ (reference_runs.py declares them).
+reference run's result into stage4_transformer/results/ (reference_runs.py declares them). Loss, learning rate,
+gradient norm and examples/s go to TensorBoard (`tensorboard --logdir runs`), and every validation to
+<out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, plot_curves, portable, positive_float, positive_int,
                             probability, reference_run_name, resolve_data_dir, resolved_config, rng_state, run_cli,
-                            save_checkpoint, set_rng_state, set_seed, write_result)
+                            RunTracker, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage4_transformer.data import Vocab, encode_sentences, pad, sentence_batches, sst2_splits, vocab_beside
 from stage4_transformer.evaluate import score_classifier
 from stage4_transformer.model import ClassifierConfig, TransformerClassifier
@@ -213,6 +215,7 @@ def main(argv=None) -> None:
              f"{steps_per_epoch} steps per epoch, {total_steps} in all")
     state = restore_run(ckpt, model, optimizer, log) if ckpt else new_state()
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
+    tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])  # TensorBoard and metrics.jsonl
 
     # ---- the loop: one optimizer step per batch; at each epoch's end, accuracy on val picks best.pt
     stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
@@ -224,6 +227,7 @@ def main(argv=None) -> None:
             bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                        leave=False, disable=None)
             for idx in batches[state["batch"]:]:
+                t_step = time.time()
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(state["step"], args, total_steps)
                 ids = pad([train_seqs[i] for i in idx]).to(device)                       # (B, T)
@@ -234,13 +238,15 @@ def main(argv=None) -> None:
                                     f"try a lower --lr (now {args.lr}) or a longer --warmup-steps")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
                 optimizer.step()
                 state["step"] += 1
                 state["batch"] += 1
                 state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+                tracker.train(state["step"], loss=loss.item(), lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                              examples_per_second=len(idx) / (time.time() - t_step))
                 if args.max_steps and state["step"] >= args.max_steps:
                     stop["by"] = "max_steps"
                 if stop["by"]:
@@ -258,11 +264,13 @@ def main(argv=None) -> None:
             recent = [v for _, v in state["history"]["train_loss"][-len(batches):]]
             log.info(f"epoch {state['epoch']}: train loss {sum(recent) / len(recent):.4f} | val accuracy "
                      f"{val['accuracy']:.4f} | macro-F1 {val['macro_f1']:.4f} | {state['train_seconds']:.0f}s")
+            tracker.evaluation(state["step"], "val", state["train_seconds"], **val)  # accuracy, macro_f1
             if state["best_acc"] is None or val["accuracy"] > state["best_acc"]:
                 state.update(best_acc=val["accuracy"], best_step=state["step"], best_epoch=state["epoch"])
                 save_run(out_dir / "best.pt", model, None, args, state, vocab)
             save_run(out_dir / "last.pt", model, optimizer, args, state, vocab)
     finally:
+        tracker.close()
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop

@@ -19,7 +19,9 @@ Outputs in --out-dir (default runs/stage4_transformer/multi30k_<src>_<tgt>): bes
 written on Ctrl-C and SIGTERM), vocab.json, train.log, the translations of the test sets (*.hyp.txt), result.json and
 its plot.
 The runs behind the published figures are declared in reference_runs.py; `python scripts/publish.py
-<out-dir>/result.json` copies such a run's result into stage4_transformer/results/.
+<out-dir>/result.json` copies such a run's result into stage4_transformer/results/. Loss, learning rate, gradient
+norm and tokens/s (source and target) go to TensorBoard (`tensorboard --logdir runs`), and every validation to
+<out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from scripts.common import (UserError, add_common_args, atomic_write_text, autoc
                             get_device, get_logger, load_checkpoint, merge_resumed_args, note_command,
                             parse_with_quick_defaults, plot_curves, portable, positive_float, positive_int,
                             probability, reference_run_name, resolve_data_dir, resolved_config, rng_state, run_cli,
-                            save_checkpoint, set_rng_state, set_seed, write_result)
+                            RunTracker, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage4_transformer.data import Vocab, check_pair, load_pairs, make_batch, token_batches, vocab_beside
 from stage4_transformer.decoding import bleu, translate
 from stage4_transformer.model import Transformer, TransformerConfig
@@ -206,17 +208,18 @@ def build_model(args, vocab: Vocab, device) -> tuple[Transformer, torch.optim.Op
     return model, optimizer
 
 
-def optimizer_step(model, optimizer, scaler, clip: float) -> None:
+def optimizer_step(model, optimizer, scaler, clip: float) -> torch.Tensor:
     """Clip the gradient norm and step; with fp16 loss scaling, unscale the gradients first (and let the scaler skip
-    a step whose gradients overflowed)."""
+    a step whose gradients overflowed). Returns the gradient norm before clipping."""
     if scaler:
         scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     if scaler:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
+    return grad_norm
 
 
 def new_state() -> dict:
@@ -332,6 +335,7 @@ def main(argv=None) -> None:
              f"{total_steps} in all")
     state = restore_run(ckpt, model, optimizer, scaler, log) if ckpt else new_state()
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
+    tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])  # TensorBoard and metrics.jsonl
 
     # ---- the loop: an optimizer step = --accum-steps batches; each epoch ends with validation loss and BLEU
     stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, stop
@@ -346,6 +350,7 @@ def main(argv=None) -> None:
             bar = tqdm(total=len(groups), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                        leave=False, disable=None)
             for group in groups[state["batch"]:]:
+                t_step, tokens_before = time.time(), state["tokens"]
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(state["step"], args, total_steps, time.time() - t_loop)
                 optimizer.zero_grad(set_to_none=True)
@@ -364,12 +369,14 @@ def main(argv=None) -> None:
                     (scaler.scale(loss * share) if scaler else loss * share).backward()
                     step_loss += loss.item() * share
                     state["tokens"] += int(b["src"].ne(0).sum() + b["tgt_out"].ne(0).sum())
-                optimizer_step(model, optimizer, scaler, args.clip)
+                grad_norm = optimizer_step(model, optimizer, scaler, args.clip)
                 state["step"] += 1
                 state["batch"] += 1
                 state["history"]["train_loss"].append([state["step"], round(step_loss, 5)])
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
+                tracker.train(state["step"], loss=step_loss, lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                              tokens_per_second=(state["tokens"] - tokens_before) / (time.time() - t_step))
                 if args.max_steps and state["step"] >= args.max_steps:
                     stop["by"] = "max_steps"
                 if args.time_budget and time.time() - t_loop >= 60 * args.time_budget:
@@ -382,8 +389,11 @@ def main(argv=None) -> None:
             # ---- end of an epoch: validation loss and BLEU (greedy); best.pt is the best BLEU so far
             state["train_seconds"] = time.time() - t_loop
             val_loss = evaluate_loss(model, vocab, pairs["val"], device)
-            val_bleu = score(model, vocab, pairs["val"], device)["bleu"]
+            val = score(model, vocab, pairs["val"], device)  # greedy decoding
+            val_bleu = val["bleu"]
             t_loop = time.time() - state["train_seconds"]  # validation time is not training time
+            tracker.evaluation(state["step"], "val", state["train_seconds"], loss=val_loss, bleu=val_bleu,
+                               bleu_lc=val["bleu_lc"])
             h = state["history"]
             h["val_loss"].append([state["step"], round(val_loss, 5)])
             h["val_bleu"].append([state["step"], val_bleu])
@@ -402,6 +412,7 @@ def main(argv=None) -> None:
                 log.info(f"time budget of {args.time_budget} minutes used up at step {state['step']}")
                 break
     finally:
+        tracker.close()
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop

@@ -18,7 +18,8 @@ dev: dev is the test set here (GLUE's test labels are not public), and choosing 
 SST-2's training rows are the phrases of about 8,500 sentences, so a random held-out row is nearly always a phrase of
 a training row; `data.sentence_split` holds out whole sentences instead and drops their phrases from train, so that
 validation looks like dev. `predict.load_predictor` turns the best.pt this script writes into a function
-texts -> probabilities.
+texts -> probabilities. Loss, learning rate, gradient norm and examples/s go to TensorBoard
+(`tensorboard --logdir runs`), and every validation to <out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, catch_stop_signals, get_device, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, plot_curves, portable, positive_float, positive_int,
                             probability, reference_command, reference_run_name, resolve_data_dir, resolved_config,
-                            rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+                            rng_state, run_cli, RunTracker, save_checkpoint, set_rng_state, set_seed, write_result)
 from stage5_gpt.data import encode_sentences, length_batches, load_sst2, make_batch, pad_id_of, sentence_split
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT, GPTClassifier, GPTConfig
@@ -227,6 +228,7 @@ def main(argv=None) -> None:
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
+    tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])  # TensorBoard and metrics.jsonl
     save = functools.partial(save_run, args=args, model=model, state=state, pre=pre)  # save(path[, optimizer])
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
@@ -241,6 +243,7 @@ def main(argv=None) -> None:
             bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                        leave=False, disable=None)
             for idx in batches[state["batch"]:]:
+                t_step = time.time()
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(state["step"], args, total_steps)
                 ids, lengths = make_batch([seqs[i] for i in idx], pad_id, device)
@@ -250,13 +253,15 @@ def main(argv=None) -> None:
                                     f"try a lower --lr (now {args.lr}), a longer --warmup-steps or a smaller --clip")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, args.clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip)
                 optimizer.step()
                 state["step"] += 1
                 state["batch"] += 1
                 state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+                tracker.train(state["step"], loss=loss.item(), lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                              examples_per_second=len(idx) / (time.time() - t_step))
                 if args.max_steps and state["step"] >= args.max_steps:
                     stop["by"] = "max_steps"
                 if stop["by"]:
@@ -273,11 +278,14 @@ def main(argv=None) -> None:
             recent = [v for _, v in state["history"]["train_loss"][-len(batches):]]
             log.info(f"epoch {state['epoch']}: train loss {sum(recent) / len(recent):.4f} | val accuracy "
                      f"{val['accuracy']:.4f} | {state['train_seconds']:.0f}s")
+            tracker.evaluation(state["step"], "val", state["train_seconds"], accuracy=val["accuracy"],
+                               macro_f1=val["macro_f1"])
             if val["accuracy"] > state["best_acc"]:
                 state["best_acc"], state["best_step"] = val["accuracy"], state["step"]
                 save(out_dir / "best.pt")
             save(out_dir / "last.pt", optimizer)
     finally:
+        tracker.close()
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop

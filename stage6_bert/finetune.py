@@ -27,7 +27,8 @@ Outputs in --out-dir (default runs/stage6_bert/glue_<task>[_scratch]/): best.pt 
 from the pre-training run), finetune.log, <TASK>.tsv (the test predictions in the format GLUE's server takes), and
 result.json with its plot. The reference runs behind the published figures are declared in reference_runs.py;
 `python scripts/publish.py <out-dir>/result.json` publishes one. The held-out split and the batches are in glue.py,
-the classifier (BertClassifier) in model.py.
+the classifier (BertClassifier) in model.py. Loss, learning rate, gradient norm and examples/s go to TensorBoard
+(`tensorboard --logdir runs`), and every validation (all of the task's metrics) to <out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_device, get_logger,
                             load_checkpoint, merge_resumed_args, note_command, plot_curves, portable, positive_float,
                             positive_int, probability, reference_command, reference_run_name, resolve_data_dir,
-                            resolved_config, rng_state, run_cli, save_checkpoint, set_rng_state, set_seed, write_result)
+                            resolved_config, rng_state, run_cli, RunTracker, save_checkpoint, set_rng_state, set_seed,
+                            write_result)
 from stage6_bert.glue import (QUICK_ROWS, SPLITS, TASKS, compute_metrics, encode, get_task, length_batches, load_split,
                               make_batch, take, train_val_rows, write_predictions)
 from stage6_bert.model import BertClassifier, configure_optimizer
@@ -229,6 +231,7 @@ def main(argv=None) -> None:
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
+    tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])  # TensorBoard and metrics.jsonl
 
     # ---- the training loop: whole epochs, the best one chosen on val (Ctrl-C / SIGTERM: finish the step, save, stop)
     stop, restore_signals = catch_stop_signals()
@@ -247,6 +250,7 @@ def main(argv=None) -> None:
                     stop["by"] = "max_steps"
                 if stop["by"]:
                     break
+                t_step = time.time()
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(state["step"], args.lr, warmup, total_steps)
                 ids, segments, mask, labels = make_batch(train, idx, device)
@@ -260,7 +264,7 @@ def main(argv=None) -> None:
                 (scaler.scale(loss) if scaler else loss).backward()
                 if scaler:
                     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
                 if scaler:
                     scaler.step(optimizer)
                     scaler.update()
@@ -271,6 +275,8 @@ def main(argv=None) -> None:
                 state["history"]["train_loss"].append([state["step"], round(loss.item(), 5)])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+                tracker.train(state["step"], loss=loss.item(), lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                              examples_per_second=len(idx) / (time.time() - t_step))
             bar.close()
             if stop["by"]:
                 break
@@ -278,10 +284,12 @@ def main(argv=None) -> None:
             state["train_seconds"] = time.time() - t_loop
             val = compute_metrics(args.task, predict_rows(model, data["val"], device), data["val"].labels)
             t_loop = time.time() - state["train_seconds"]  # validation time is not training time
+            tracker.evaluation(state["step"], "val", state["train_seconds"], **val)  # the task's metrics
             if record_epoch(state, val, task, len(batches), log):
                 save_run(out_dir / "best.pt", model, args, task, state, pre)
             save_run(out_dir / "last.pt", model, args, task, state, pre, optimizer, scaler)
     finally:
+        tracker.close()
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop

@@ -22,7 +22,9 @@ The checkpoints (what finetune.py reads): <out-dir>/last.pt and best.pt hold {"s
 file beside the checkpoint), "args": the flags, "state": step, history, ...}; last.pt also holds the optimizer and the
 random-number states that --resume needs. The default --out-dir is runs/stage6_bert/pretrain (pretrain_nsp with
 --nsp); the result file <out-dir>/result.json and its plot go there too. The reference runs behind the published
-figures are declared in reference_runs.py; `python scripts/publish.py <out-dir>/result.json` publishes one.
+figures are declared in reference_runs.py; `python scripts/publish.py <out-dir>/result.json` publishes one. Loss,
+learning rate, gradient norm and tokens/s go to TensorBoard (`tensorboard --logdir runs`), and every validation to
+<out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ from tqdm import tqdm
 from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_logger, load_checkpoint,
                             merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
                             positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
-                            resolved_config, restore_training, rng_state, run_cli, save_checkpoint, set_seed,
-                            setup_distributed, write_result)
+                            resolved_config, restore_training, rng_state, run_cli, RunTracker, save_checkpoint,
+                            set_seed, setup_distributed, write_result)
 from stage6_bert.data import (PackedWindows, SentencePairs, collate, fixed_batches, mask_batch, prepare,
                               split_documents)
 from stage6_bert.model import BertConfig, BertPretrain, configure_optimizer
@@ -304,9 +306,12 @@ def draw_step(train_set, step: int, args, steps_per_epoch: int, vocab_size: int,
     return [{name: t[rank * per:(rank + 1) * per] for name, t in b.items()} for b in batches], n_masked, n_tokens
 
 
-def record_validation(state: dict, val: dict, examples: list[str], args, eval_interval: int, log) -> bool:
-    """Add a validation to the history and the log; True when it is the best so far (then best.pt is saved)."""
+def record_validation(state: dict, val: dict, examples: list[str], args, eval_interval: int, log,
+                      tracker: RunTracker) -> bool:
+    """Add a validation to the history, the log, TensorBoard and metrics.jsonl; True when it is the best so far (then
+    best.pt is saved)."""
     h, step = state["history"], state["step"]
+    tracker.evaluation(step, "val", state["train_seconds"], **val)  # mlm_loss, mlm_acc (and nsp_loss, nsp_acc)
     h["val_mlm_loss"].append([step, round(val["mlm_loss"], 5)])
     h["val_mlm_acc"].append([step, round(val["mlm_acc"], 5)])
     if args.nsp:
@@ -359,6 +364,7 @@ def main(argv=None) -> None:
     if rank > 0 or not ckpt:  # dropout: a different stream in each process
         torch.manual_seed(args.seed + rank + state["step"])
     train_model = wrap_for_training(model, args.compile, world, device)
+    tracker = RunTracker(out_dir, args.tensorboard, master, state["step"])  # TensorBoard and metrics.jsonl
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
     stop, restore_signals = catch_stop_signals()
@@ -367,6 +373,7 @@ def main(argv=None) -> None:
     try:
         model.train()
         while state["step"] < total_steps:
+            t_step = time.time()
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(state["step"], time.time() - t_loop, args, total_steps)
             optimizer.zero_grad(set_to_none=True)
@@ -390,7 +397,7 @@ def main(argv=None) -> None:
                 step_loss += loss.detach()
             if scaler:
                 scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -412,12 +419,14 @@ def main(argv=None) -> None:
             state["history"]["train_loss"].append([state["step"], round(loss_value, 5)])
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
+            tracker.train(state["step"], loss=loss_value, lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                          tokens_per_second=n_tokens / (time.time() - t_step))
             if state["step"] % eval_interval == 0 or state["step"] == total_steps or flags[2] > 0:
                 state["train_seconds"] = time.time() - t_loop
                 val = evaluate(model, val_set, args, vocab_size, device)
                 examples = fill_in(model, tok, FILL_IN, device)
                 t_loop = time.time() - state["train_seconds"]  # validation time is not training time
-                if record_validation(state, val, examples, args, eval_interval, log) and master:
+                if record_validation(state, val, examples, args, eval_interval, log, tracker) and master:
                     save_run(out_dir / "best.pt", model, config, args, state, batch_gen, summary["fingerprint"])
                 if master:
                     save_run(out_dir / "last.pt", model, config, args, state, batch_gen, summary["fingerprint"],
@@ -433,6 +442,7 @@ def main(argv=None) -> None:
                 break
     finally:
         bar.close()
+        tracker.close()
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop
