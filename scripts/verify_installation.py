@@ -56,6 +56,11 @@ PACKAGES = {
     "ipykernel": ("ipykernel", "the notebooks' Python kernel", False),
     "pytest": ("pytest", "the test suite", False),
     "transformers": ("transformers", "the parity tests against Hugging Face (Stages 5 and 6)", False),
+    "safetensors": ("safetensors", "Stage 6's real pre-trained weights (model.safetensors)", True),
+    "tensorboard": ("tensorboard", "the curves every training script logs (tensorboard --logdir runs)", True),
+    "optuna": ("optuna", "the hyperparameter search, scripts/sweep.py", False),
+    "scipy": ("scipy", "the metric tests only (reference Pearson and Spearman)", False),
+    "scikit-learn": ("sklearn", "the metric tests only (reference Matthews correlation and F1)", False),
 }
 INSTALLED_WITH = {"nbformat": "jupyter", "nbclient": "jupyter", "ipykernel": "jupyter"}  # what to pip install
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"

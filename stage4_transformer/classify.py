@@ -15,7 +15,7 @@ lr/10 (train.py's cosine).
 
 Honest numbers. GLUE's test labels are private, so dev (872 sentences) is the test set here: it is scored once, at
 the end, with the epoch that was best on a validation split held out from train. SST-2's train set is every phrase of
-the parse trees of about 8,500 sentences, so a random held-out row would nearly always be a phrase of another training
+the parse trees of about 6,900 sentences, so a random held-out row would nearly always be a phrase of another training
 row, and its score would measure memory. data.py's `sentence_split` holds out --val-size whole sentences (rows that no
 other row contains) and drops every training row that is a phrase inside one of them: validation then looks like dev.
 

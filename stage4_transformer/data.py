@@ -314,7 +314,7 @@ def sst2_splits(data_dir: str | Path, val_size: int, n_train: int | None = None,
 def sentence_split(texts: list[str], n_val: int, rng: random.Random) -> tuple[list[int], list[int]]:
     """(train rows, val rows) of a training set made of the phrases of its sentences, as SST-2's is.
 
-    SST-2's train set is every phrase of the parse trees of about 8,500 sentences, so a random held-out row would
+    SST-2's train set is every phrase of the parse trees of about 6,900 sentences, so a random held-out row would
     nearly always be a phrase of another training row, and its score would measure memory. Validation takes `n_val`
     rows that no other row contains (whole sentences), tried in a random order. Training keeps every other row except
     those that are a phrase inside a validation sentence: their labels would give its answer away. What is left is

@@ -15,7 +15,7 @@ head (a linear probe of what pre-training learnt).
 
 The best epoch is chosen on a validation split held out from the training sentences (--val-size of them), never on
 dev: dev is the test set here (GLUE's test labels are not public), and choosing on it would flatter the figure.
-SST-2's training rows are the phrases of about 8,500 sentences, so a random held-out row is nearly always a phrase of
+SST-2's training rows are the phrases of about 6,900 sentences, so a random held-out row is nearly always a phrase of
 a training row; `data.sentence_split` holds out whole sentences instead and drops their phrases from train, so that
 validation looks like dev. `predict.load_predictor` turns the best.pt this script writes into a function
 texts -> probabilities. Loss, learning rate, gradient norm and examples/s go to TensorBoard

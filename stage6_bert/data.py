@@ -6,7 +6,11 @@
       -> examples, one of two kinds:
            packed (default, RoBERTa)   [CLS] 126 tokens of running text [SEP]               segment ids 0 ... 0
            pairs  (--nsp, BERT)        [CLS] A [SEP] B [SEP], B the next segment or not     segment ids 0 ... 0 1 ... 1
-      -> a batch padded with [PAD] (id 0) -> mask_tokens: 15% of the real tokens become targets
+      -> a batch padded with [PAD] -> mask_tokens: 15% of the real tokens become targets
+
+The special ids ([CLS], [SEP], [PAD], [MASK], [UNK]) are the tokenizer's (`tok.cls_id`, ...): 0-4 in a vocabulary
+trained here, elsewhere in a real one (bert-base-uncased: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103).
+The functions below take the tokenizer as `tok`; left out, it is COURSE_LAYOUT, the ids of a vocabulary trained here.
 
 Why the IMDb reviews. The fine-tuning task the course aims at is SST-2, sentences from film reviews. WikiText-2 alone is
 2 million words of encyclopaedia; the 50,000 unlabelled IMDb reviews (imdb/unsup.csv.gz, about 12 million words) are
@@ -25,7 +29,6 @@ padding. Both recipes are here: `PackedWindows` (the default) and `SentencePairs
 from __future__ import annotations
 
 import hashlib
-import shutil
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +41,10 @@ from scripts.common import UserError, atomic_write
 # the text itself comes from documents.py (its data sets IMDB_UNSUP and WIKITEXT are named here too)
 from stage6_bert.documents import (IMDB_UNSUP, UNKNOWN_WORD, WIKITEXT, load_documents, split_documents,  # noqa: F401
                                    vocabulary_texts)
-from stage6_bert.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, WordPieceTokenizer
+from stage6_bert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
 IS_NEXT, NOT_NEXT = 0, 1  # NSP labels, in BERT's (and the model's) order
+COURSE_LAYOUT = WordPieceTokenizer(SPECIAL_TOKENS)  # no words: only the special ids of a vocabulary trained here (0-4)
 
 
 # ----------------------------------------------------------------------------- ids, encoded once
@@ -98,7 +102,7 @@ def encode_sentence(tok: WordPieceTokenizer, sentence: str) -> list[int]:
     ids = []
     for k, part in enumerate(sentence.split(UNKNOWN_WORD)):
         if k:
-            ids.append(UNK_ID)
+            ids.append(tok.unk_id)
         ids += tok.encode(part)
     return ids
 
@@ -122,20 +126,23 @@ def prepare(data_dir: str | Path, out_dir: str | Path, *, corpus: list[str] | No
             log=print) -> tuple[WordPieceTokenizer, Corpus, dict]:
     """Read the documents, get a tokenizer, and encode the corpus, or find it encoded already.
 
-    The tokenizer is `tokenizer_file` (copied to <out_dir>/tokenizer.json), else <out_dir>/tokenizer.json if it is
-    there, else a new WordPiece vocabulary of `vocab_size` trained on the training documents (never the held-out
-    ones). The ids go to <out_dir>/corpus_<fingerprint>.npz; the next run with the same text and tokenizer loads them
-    in a fraction of a second instead of encoding again. -> (tokenizer, corpus, a summary for the log and result file).
+    The tokenizer is `tokenizer_file` (written to <out_dir>/tokenizer.json in the course's format), else
+    <out_dir>/tokenizer.json if it is there, else a new WordPiece vocabulary of `vocab_size` trained on the training
+    documents (never the held-out ones). The ids go to <out_dir>/corpus_<fingerprint>.npz; the next run with the same
+    text and tokenizer loads them in a fraction of a second instead of encoding again. -> (tokenizer, corpus, a summary
+    for the log and result file).
     """
     out_dir = Path(out_dir)
     documents = load_documents(data_dir, corpus, imdb_unsup, max_chars)
     train_docs, _ = split_documents(len(documents))
     out_dir.mkdir(parents=True, exist_ok=True)
     tok_path = out_dir / "tokenizer.json"
-    if tokenizer_file:
+    if tokenizer_file:  # the course's JSON, a Hugging Face tokenizer.json or a vocab.txt: kept as the course's JSON
         tok = WordPieceTokenizer.load(tokenizer_file)  # checks the file before it is copied
         if not tok_path.is_file() or tok_path.read_bytes() != Path(tokenizer_file).read_bytes():
-            shutil.copyfile(tokenizer_file, tok_path)
+            saved = WordPieceTokenizer.load(tok_path) if tok_path.is_file() else None
+            if saved is None or (saved.vocab, saved.settings()) != (tok.vocab, tok.settings()):
+                tok.save(tok_path)
     elif tok_path.is_file():
         tok = WordPieceTokenizer.load(tok_path)
         log(f"using the tokenizer in {tok_path} ({len(tok):,} tokens)")
@@ -163,15 +170,16 @@ def prepare(data_dir: str | Path, out_dir: str | Path, *, corpus: list[str] | No
 class PackedWindows:
     """Without NSP (RoBERTa's FULL-SENTENCES): the documents as one stream of ids with a [SEP] between documents, cut
     into consecutive windows of max_len - 2 tokens. Example i is [CLS] window_i [SEP], all of it segment 0. Every
-    example is full (only the very last one is shorter), so no compute goes to padding."""
+    example is full (only the very last one is shorter), so no compute goes to padding. tok: whose [CLS] and [SEP]."""
 
-    def __init__(self, corpus: Corpus, docs: list[int], max_len: int):
+    def __init__(self, corpus: Corpus, docs: list[int], max_len: int, tok: WordPieceTokenizer = COURSE_LAYOUT):
         if max_len < 3:
             raise ValueError(f"max_len {max_len} leaves no room for [CLS] and [SEP]")
+        self.cls_id, self.sep_id = tok.cls_id, tok.sep_id
         pieces = []
         for d in docs:
             start, end = corpus.doc_range(d)
-            pieces += [corpus.ids[start:end], np.array([SEP_ID], dtype=corpus.ids.dtype)]
+            pieces += [corpus.ids[start:end], np.array([self.sep_id], dtype=corpus.ids.dtype)]
         self.stream = np.concatenate(pieces[:-1])   # (N,): no [SEP] after the last document
         self.width = max_len - 2
 
@@ -181,7 +189,7 @@ class PackedWindows:
     def example(self, i: int, generator: torch.Generator | None = None):
         """-> (ids, segment ids, None): two (L,) int64 arrays, L <= max_len; no NSP label."""
         window = self.stream[i * self.width:(i + 1) * self.width].astype(np.int64)
-        ids = np.concatenate([[CLS_ID], window, [SEP_ID]])
+        ids = np.concatenate([[self.cls_id], window, [self.sep_id]])
         return ids, np.zeros_like(ids), None
 
 
@@ -191,11 +199,12 @@ class SentencePairs:
     document so that a short document of two sentences still gives a pair. Example i is [CLS] A [SEP] B [SEP]: A is
     the i-th segment that has a successor in its document, and B is that successor (label 0, IsNext) or, half of the
     time, a segment of another document (label 1, NotNext). The coin and the random segment are drawn from `generator`
-    each time the example is used, so, like the masks, the pairs change from epoch to epoch."""
+    each time the example is used, so, like the masks, the pairs change from epoch to epoch. tok: whose [CLS], [SEP]."""
 
-    def __init__(self, corpus: Corpus, docs: list[int], max_len: int):
+    def __init__(self, corpus: Corpus, docs: list[int], max_len: int, tok: WordPieceTokenizer = COURSE_LAYOUT):
         if max_len < 5:
             raise ValueError(f"max_len {max_len} leaves no room for [CLS] A [SEP] B [SEP]")
+        self.cls_id, self.sep_id = tok.cls_id, tok.sep_id
         half = (max_len - 3) // 2
         segments = []   # (start, end, n): corpus.ids[start:end] is a segment of document docs[n]
         for n, d in enumerate(docs):
@@ -239,18 +248,18 @@ class SentencePairs:
             r = int(torch.randint(len(self.starts) - (hi - lo), (1,), generator=generator).item())
             b, label = (r if r < lo else r + hi - lo), NOT_NEXT
         ids_a, ids_b = self.segment(a), self.segment(b)
-        ids = np.concatenate([[CLS_ID], ids_a, [SEP_ID], ids_b, [SEP_ID]])
+        ids = np.concatenate([[self.cls_id], ids_a, [self.sep_id], ids_b, [self.sep_id]])
         segments = np.concatenate([np.zeros(len(ids_a) + 2, np.int64), np.ones(len(ids_b) + 1, np.int64)])
         return ids, segments, label
 
 
 # ----------------------------------------------------------------------------- batches and masking
 
-def collate(examples: list[tuple]) -> dict[str, torch.Tensor]:
-    """Examples -> one batch, right-padded with [PAD] (id 0) to the longest: input_ids, token_type_ids and
+def collate(examples: list[tuple], tok: WordPieceTokenizer = COURSE_LAYOUT) -> dict[str, torch.Tensor]:
+    """Examples -> one batch, right-padded with tok's [PAD] to the longest: input_ids, token_type_ids and
     attention_mask (1 at real tokens, 0 at pads), each (B, T), and nsp_labels (B,) when the examples have them."""
     B, T = len(examples), max(len(ids) for ids, _, _ in examples)
-    input_ids = torch.full((B, T), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((B, T), tok.pad_id, dtype=torch.long)
     token_type_ids = torch.zeros((B, T), dtype=torch.long)
     attention_mask = torch.zeros((B, T), dtype=torch.long)
     for row, (ids, segments, _) in enumerate(examples):
@@ -264,7 +273,8 @@ def collate(examples: list[tuple]) -> dict[str, torch.Tensor]:
 
 
 def mask_tokens(ids: torch.Tensor, special_mask: torch.Tensor, vocab_size: int, generator: torch.Generator,
-                mask_prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+                mask_prob: float = 0.15, mask_id: int = COURSE_LAYOUT.mask_id,
+                special_ids: tuple[int, ...] = tuple(COURSE_LAYOUT.special_ids)) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masked-LM corruption (Devlin et al. 2019, section 3.1 and appendix A.1), drawn afresh for every batch.
 
     Each token where special_mask is False is chosen with probability mask_prob. A chosen token is a target: labels
@@ -275,30 +285,39 @@ def mask_tokens(ids: torch.Tensor, special_mask: torch.Tensor, vocab_size: int, 
     target, and the model cannot trust a word just because it is not [MASK].
 
     ids (B, T) int64; special_mask (B, T) bool, True where a token must never be chosen ([CLS], [SEP], [PAD], ...);
-    generator: a CPU torch.Generator. Pure: `ids` is not changed, and the same generator state gives the same result.
-    -> (input_ids (B, T), labels (B, T)).
+    generator: a CPU torch.Generator. mask_id: the tokenizer's [MASK]; special_ids: the ids a random token must never
+    be (tok.special_ids; the defaults are those of a vocabulary trained here, 4 and 0-4). Pure: `ids` is not changed,
+    and the same generator state gives the same result. -> (input_ids (B, T), labels (B, T)).
     """
     chosen = (torch.rand(ids.shape, generator=generator) < mask_prob) & ~special_mask           # (B, T)
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
     how = torch.rand(ids.shape, generator=generator)                                            # (B, T): which of 3
-    random_ids = torch.randint(len(SPECIAL_TOKENS), vocab_size, ids.shape, generator=generator)  # (B, T)
-    inputs = torch.where(chosen & (how < 0.8), torch.full_like(ids, MASK_ID), ids)               # 80%: [MASK]
+    # a random word: its rank among the vocab_size - len(special_ids) words, then its id, stepping over each special
+    # id below it (a vocabulary trained here: rank + 5; bert-base-uncased: ranks from 100 on step over 100 .. 103)
+    random_ids = torch.randint(vocab_size - len(special_ids), ids.shape, generator=generator)   # (B, T)
+    for special in sorted(special_ids):
+        random_ids += random_ids >= special
+    inputs = torch.where(chosen & (how < 0.8), torch.full_like(ids, mask_id), ids)               # 80%: [MASK]
     inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, inputs)               # 10%: random
     return inputs, labels                                                                       # 10%: unchanged
 
 
-def mask_batch(batch: dict, vocab_size: int, generator: torch.Generator, mask_prob: float = 0.15) -> dict:
-    """A collated batch with its input ids masked and mlm_labels (B, T) added. The special tokens (ids 0-4: [PAD],
-    [UNK], [CLS], [SEP], [MASK]) are never chosen; [UNK] neither, as in Hugging Face: predicting it teaches nothing."""
-    input_ids, labels = mask_tokens(batch["input_ids"], batch["input_ids"] < len(SPECIAL_TOKENS), vocab_size,
-                                    generator, mask_prob)
+def mask_batch(batch: dict, vocab_size: int, generator: torch.Generator, mask_prob: float = 0.15,
+               tok: WordPieceTokenizer = COURSE_LAYOUT) -> dict:
+    """A collated batch with its input ids masked and mlm_labels (B, T) added. tok's special tokens ([PAD], [UNK],
+    [CLS], [SEP], [MASK]; ids 0-4 in a vocabulary trained here) are never chosen; [UNK] neither, as in Hugging Face:
+    predicting it teaches nothing."""
+    special = torch.isin(batch["input_ids"], torch.tensor(tok.special_ids))                     # (B, T)
+    input_ids, labels = mask_tokens(batch["input_ids"], special, vocab_size, generator, mask_prob, tok.mask_id,
+                                    tuple(tok.special_ids))
     return {**batch, "input_ids": input_ids, "mlm_labels": labels}
 
 
-def fixed_batches(dataset, batch_size: int, vocab_size: int, mask_prob: float, seed: int):
+def fixed_batches(dataset, batch_size: int, vocab_size: int, mask_prob: float, seed: int,
+                  tok: WordPieceTokenizer = COURSE_LAYOUT):
     """Every example of `dataset` once, in order, masked (and paired) by a generator seeded with `seed`: the same
     batches at every call, so that validation scores from different steps compare."""
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, len(dataset), batch_size):
         examples = [dataset.example(i, generator) for i in range(start, min(start + batch_size, len(dataset)))]
-        yield mask_batch(collate(examples), vocab_size, generator, mask_prob)
+        yield mask_batch(collate(examples, tok), vocab_size, generator, mask_prob, tok)

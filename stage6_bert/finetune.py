@@ -4,6 +4,7 @@
     python stage6_bert/finetune.py --task sst2 --from-scratch         # the same network and tokenizer, random weights
     python stage6_bert/finetune.py --task stsb --epochs 5             # STS-B: a regression head, Pearson correlation
     python stage6_bert/finetune.py --task rte --quick                 # a smoke run on small slices
+    python stage6_bert/finetune.py --task sst2 --pretrained all-MiniLM-L6-v2 --lr 5e-5   # real pre-trained weights
 
 BERT reads "[CLS] sentence [SEP]" (or "[CLS] a [SEP] b [SEP]" for a pair, with segment ids 0 and 1), and a single
 linear layer on the pooled [CLS] state gives the class scores (`BertClassifier`): cross-entropy for a classification
@@ -12,23 +13,33 @@ rate, a linear warmup over the first --warmup-ratio of the steps and a linear de
 --from-scratch builds the same classifier with random weights and the same tokenizer: the gap between the two dev
 figures is what pre-training bought.
 
+Real weights. --pretrained names a Hugging Face BERT folder instead of --checkpoint: a folder, a name under
+<data-dir>/pretrained/ (all-MiniLM-L6-v2 is in the course's data directory), or a hub id downloaded there when
+missing (pretrained.py). The course's own Bert reads its config.json and model.safetensors, and its tokenizer.json
+(the bert-base-uncased vocabulary, [CLS] 101, [SEP] 102) goes into --out-dir as the course's JSON, so that evaluate.py
+and predict.py read the fine-tuned model like any other. --max-len may then be up to the checkpoint's
+max_position_embeddings (512); the default 128 holds nearly every GLUE example. A checkpoint without a pooler gets a
+new one, like the head.
+
 Honest numbers. GLUE's test labels are private, so dev is our test set: it is scored once, at the end, with the epoch
 that was best on a validation split held out from train (--val-size; by the task's headline metric). By default that
 is 10% of train, at most 2,000 examples: WNLI 64, RTE 249, MRPC 367, STS-B 575, CoLA 855. The small tasks get a
 proportion rather than a fixed count, so that enough is left to train on. SST-2 is different: its train set is every
-phrase of the parse trees of some 8,500 movie-review sentences, so a random held-out example is nearly always a
+phrase of the parse trees of about 6,900 movie-review sentences, so a random held-out example is nearly always a
 phrase inside a training example (89% of them), and its score measures memory (val 0.91 while dev was 0.80). SST-2
 holds out 500 whole sentences instead, like dev's, and drops every phrase inside them from train (`sentence_split`).
 WNLI's dev set is adversarial to its train set, and BERT does not beat always answering the majority class (56.3%)
 there either.
 
-Outputs in --out-dir (default runs/stage6_bert/glue_<task>[_scratch]/): best.pt (the chosen classifier, a
-"classifier" checkpoint that evaluate.py and predict.py read), last.pt (to --resume exactly), tokenizer.json (copied
-from the pre-training run), finetune.log, <TASK>.tsv (the test predictions in the format GLUE's server takes), and
-result.json with its plot. The reference runs behind the published figures are declared in reference_runs.py;
-`python scripts/publish.py <out-dir>/result.json` publishes one. The held-out split and the batches are in glue.py,
-the classifier (BertClassifier) in model.py. Loss, learning rate, gradient norm and examples/s go to TensorBoard
-(`tensorboard --logdir runs`), and every validation (all of the task's metrics) to <out-dir>/metrics.jsonl.
+Outputs in --out-dir (default runs/stage6_bert/glue_<task>[_<weights>][_scratch][_seed<N>]/, see run_name): best.pt (the
+chosen classifier, a "classifier" checkpoint that evaluate.py and predict.py read), last.pt (to --resume exactly),
+tokenizer.json (copied from the pre-training run, or the real weights' vocabulary), finetune.log, <TASK>.tsv (the test
+predictions in the format GLUE's server takes), and result.json with its plot; its "pretrained" says where the weights
+came from (null for random ones) and its "max_len" the length used. The reference runs behind the published figures are
+declared in reference_runs.py; `python scripts/publish.py <out-dir>/result.json` publishes one. The held-out split and
+the batches are in glue.py, the classifier (BertClassifier) in model.py. Loss, learning rate, gradient norm and
+examples/s go to TensorBoard (`tensorboard --logdir runs`), and every validation (all of the task's metrics) to
+<out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -56,12 +67,14 @@ from stage6_bert.glue import (QUICK_ROWS, SPLITS, TASKS, compute_metrics, encode
                               make_batch, take, train_val_rows, write_predictions)
 from stage6_bert.model import BertClassifier, configure_optimizer
 from stage6_bert.predict import load_pretrained, predict_rows
+from stage6_bert.pretrained import load_pretrained_bert, short_name
 from stage6_bert.reference_runs import BERT_CHECKPOINT, REFERENCE_RUNS
 from stage6_bert.tokenizer import WordPieceTokenizer
 
 STAGE = "stage6_bert"
 SCRIPT = "stage6_bert/finetune.py"
 RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")  # from the command line on --resume
+SEED = 1337  # add_common_args' default --seed: a run with another seed gets its own folder (run_name)
 
 
 def val_size(text: str) -> float:
@@ -82,13 +95,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Fine-tune the pre-trained BERT on a GLUE task (Stage 6).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, choices=list(TASKS), help="the GLUE task")
-    p.add_argument("--checkpoint", default=BERT_CHECKPOINT,
-                   help="the pre-training checkpoint (its tokenizer.json sits beside it); with --from-scratch only its "
-                        "config and tokenizer are used")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"the course's pre-training checkpoint (its tokenizer.json sits beside it; default: "
+                        f"{BERT_CHECKPOINT}); with --from-scratch only its config and tokenizer are used")
+    p.add_argument("--pretrained", default=None, metavar="NAME",
+                   help="real pre-trained weights instead of --checkpoint: a Hugging Face BERT folder, a name under "
+                        "<data-dir>/pretrained/ (all-MiniLM-L6-v2), or a hub id downloaded there when missing")
     add_common_args(p, epochs=3, batch_size=32, lr=1e-4, out_dir="runs/stage6_bert/{name}")
     p.add_argument("--from-scratch", action="store_true",
                    help="random weights instead of the pre-trained ones (the same config and tokenizer)")
-    p.add_argument("--max-len", type=positive_int, default=128, help="tokens per example, [CLS] and [SEP]s included")
+    p.add_argument("--max-len", type=positive_int, default=128,
+                   help="tokens per example, [CLS] and [SEP]s included, at most: a model with fewer positions cuts it "
+                        "to its max_position (the result file's max_len is the length used)")
     p.add_argument("--warmup-ratio", type=probability, default=0.1, help="share of the steps with linear warmup")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay on the weight matrices")
     p.add_argument("--val-size", type=val_size, default=None,
@@ -107,12 +125,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
                                                   "`python scripts/publish.py <out-dir>/result.json`)")
     args = p.parse_args(argv)
+    if args.checkpoint and args.pretrained:
+        p.error("--checkpoint and --pretrained both name the weights to start from; give one")
+    if not args.pretrained:
+        args.checkpoint = args.checkpoint or BERT_CHECKPOINT
     args.out_dir = args.out_dir.format(name=run_name(args))
     return args
 
 
 def run_name(args) -> str:
-    return f"glue_{args.task}" + ("_scratch" if args.from_scratch else "")
+    """glue_<task>, + _<weights> for real ones (glue_sst2_minilm), + _scratch, + _seed<N> for another --seed."""
+    return (f"glue_{args.task}" + (f"_{short_name(args.pretrained)}" if getattr(args, "pretrained", None) else "")
+            + ("_scratch" if args.from_scratch else "") + (f"_seed{args.seed}" if args.seed != SEED else ""))
 
 
 def resume_checkpoint(args) -> dict:
@@ -126,10 +150,20 @@ def resume_checkpoint(args) -> dict:
     return ckpt
 
 
-def build_classifier(args, task, device) -> tuple[BertClassifier, WordPieceTokenizer, dict]:
-    """The pre-trained encoder (or its random twin, --from-scratch) and a new head for the task, with the
-    pre-training run's tokenizer copied into --out-dir (best.pt names it: the model travels with its tokenizer).
-    -> (model, tokenizer, the pre-training checkpoint)."""
+def build_classifier(args, task, device, data_dir: Path) -> tuple[BertClassifier, WordPieceTokenizer, dict | None]:
+    """The pre-trained encoder (or its random twin, --from-scratch) and a new head for the task, with its tokenizer
+    written into --out-dir (best.pt names it: the model travels with its tokenizer). The encoder comes from the
+    course's pre-training checkpoint (--checkpoint) or from real weights (--pretrained).
+    -> (model, tokenizer, where the weights came from: None for random ones; what result files record)."""
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    tok_dst = Path(args.out_dir) / "tokenizer.json"
+    if args.pretrained:
+        model, tok, source = load_pretrained_bert(args.pretrained, data_dir, BertClassifier, num_labels=task.num_labels,
+                                                  pooling=args.pooling, dropout=args.dropout, attn_dropout=args.dropout)
+        if args.from_scratch:   # the same architecture and vocabulary, random weights
+            model = BertClassifier(model.cfg, task.num_labels, pooling=args.pooling)
+        tok.save(tok_dst)   # the course's JSON: evaluate.py and predict.py read it beside best.pt
+        return model.to(device), tok, None if args.from_scratch else source
     if not Path(args.checkpoint).is_file():  # the first link of the chain is missing: name the run that makes it
         raise UserError(f"checkpoint not found: {args.checkpoint}; the pre-training reference run writes it: "
                         f"`{reference_command(REFERENCE_RUNS['pretrain'])}` (or pass --checkpoint)")
@@ -141,11 +175,11 @@ def build_classifier(args, task, device) -> tuple[BertClassifier, WordPieceToken
             model.load_backbone(pre_state)
         except RuntimeError as e:
             raise UserError(f"{args.checkpoint}: the weights do not fit its config ({str(e).splitlines()[0]})") from None
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    tok_src, tok_dst = Path(args.checkpoint).parent / pre["tokenizer"], Path(args.out_dir) / "tokenizer.json"
+    tok_src = Path(args.checkpoint).parent / pre["tokenizer"]
     if tok_src.resolve() != tok_dst.resolve():
         shutil.copyfile(tok_src, tok_dst)
-    return model.to(device), tok, pre
+    source = {"checkpoint": portable(str(args.checkpoint)), "step": pre.get("state", {}).get("step")}
+    return model.to(device), tok, None if args.from_scratch else source
 
 
 def prepare_data(args, task, tok, max_len: int, data_dir: Path, log) -> tuple[dict, list[str]]:
@@ -160,20 +194,29 @@ def prepare_data(args, task, tok, max_len: int, data_dir: Path, log) -> tuple[di
             "dev": encode(tok, splits["dev"], max_len), "test": encode(tok, splits["test"], max_len)}
     cut = sum(len(ids) >= max_len for enc in data.values() for ids in enc.ids)
     dropped = len(splits["train"]) - len(train_rows) - len(val_rows)  # SST-2: the phrases inside the val sentences
+    capped = f" (--max-len {args.max_len} is more than the model's positions)" if max_len < args.max_len else ""
     log.info(f"GLUE {task.name}: {len(train_rows):,} train / {len(val_rows):,} val (from train"
              f"{f'; {dropped:,} phrases of val sentences left out' if dropped else ''}) / {len(data['dev']):,} dev / "
-             f"{len(data['test']):,} test | {cut:,} examples reach --max-len {max_len}")
+             f"{len(data['test']):,} test | {cut:,} examples reach the length used, {max_len} tokens{capped}")
     return data, splits["test"].index
 
 
-def save_run(path: Path, model, args, task, state: dict, pre: dict, optimizer=None, scaler=None) -> None:
+def starting_point(args, source: dict | None) -> str:
+    """Where the encoder's weights came from, for the log."""
+    if source is None:
+        return f"random init (the architecture and tokenizer of {args.pretrained or args.checkpoint})"
+    if "checkpoint" in source:
+        return f"pre-trained {source['checkpoint']} (step {source['step']})"
+    return f"pre-trained weights {source['weights']} ({source['folder']})"
+
+
+def save_run(path: Path, model, args, task, state: dict, source: dict | None, optimizer=None, scaler=None) -> None:
     """best.pt (no optimizer), or last.pt: also the optimizer, the loss scaler and the random-number states that
-    --resume needs. Kind "classifier", with its task (STS-B's regressor too: a task head with one output)."""
+    --resume needs. Kind "classifier", with its task (STS-B's regressor too: a task head with one output), and where
+    its starting weights came from ("pretrained", as build_classifier describes it)."""
     obj = {"stage": STAGE, "kind": "classifier", "task": args.task, "config": model.cfg.to_dict(),
            "num_labels": task.num_labels, "pooling": args.pooling, "model": model.state_dict(),
-           "tokenizer": "tokenizer.json", "args": vars(args), "state": state, "rng": rng_state(),
-           "pretrained": None if args.from_scratch else {"checkpoint": portable(str(args.checkpoint)),
-                                                         "step": pre.get("state", {}).get("step")}}
+           "tokenizer": "tokenizer.json", "args": vars(args), "state": state, "rng": rng_state(), "pretrained": source}
     if optimizer is not None:
         obj["optimizer"] = optimizer.state_dict()
         obj["scaler"] = scaler.state_dict() if scaler is not None else None
@@ -207,17 +250,18 @@ def main(argv=None) -> None:
     t_start = time.time()
 
     # ---- the pre-trained encoder (or its random twin) and a new head; then the data, encoded with its tokenizer
-    model, tok, pre = build_classifier(args, task, device)
-    max_len = min(args.max_len, model.cfg.max_position)
+    data_dir = resolve_data_dir(args.data_dir)
+    model, tok, source = build_classifier(args, task, device, data_dir)
+    max_len = min(args.max_len, model.cfg.max_position)   # the length used: the result file's "max_len"
     if max_len < (3 if len(task.text) == 2 else 2):
         raise UserError(f"--max-len {args.max_len} leaves no room for the text after [CLS] and [SEP]")
-    data, test_index = prepare_data(args, task, tok, max_len, resolve_data_dir(args.data_dir), log)
+    data, test_index = prepare_data(args, task, tok, max_len, data_dir, log)
     steps_per_epoch = math.ceil(len(data["train"]) / args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     warmup = round(args.warmup_ratio * total_steps)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay)
     autocast, scaler = autocast_for(device, args.amp)
-    log.info(f"{'random init' if args.from_scratch else 'pre-trained ' + str(args.checkpoint)} | "
+    log.info(f"{starting_point(args, source)} | "
              f"{sum(p.numel() for p in model.parameters()):,} parameters | {total_steps} steps, {warmup} warmup | "
              f"choosing the epoch by val {task.headline}")
 
@@ -286,8 +330,8 @@ def main(argv=None) -> None:
             t_loop = time.time() - state["train_seconds"]  # validation time is not training time
             tracker.evaluation(state["step"], "val", state["train_seconds"], **val)  # the task's metrics
             if record_epoch(state, val, task, len(batches), log):
-                save_run(out_dir / "best.pt", model, args, task, state, pre)
-            save_run(out_dir / "last.pt", model, args, task, state, pre, optimizer, scaler)
+                save_run(out_dir / "best.pt", model, args, task, state, source)
+            save_run(out_dir / "last.pt", model, args, task, state, source, optimizer, scaler)
     finally:
         tracker.close()
         restore_signals()
@@ -296,18 +340,18 @@ def main(argv=None) -> None:
         if stop["by"] == "max_steps" and state["best"] is None:
             # no epoch finished yet: best.pt holds these weights, and the first finished epoch replaces them
             state["best_step"] = state["step"]
-            save_run(out_dir / "best.pt", model, args, task, state, pre)
-        save_run(out_dir / "last.pt", model, args, task, state, pre, optimizer, scaler)
+            save_run(out_dir / "best.pt", model, args, task, state, source)
+        save_run(out_dir / "last.pt", model, args, task, state, source, optimizer, scaler)
         log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
                  f"python {SCRIPT} --task {args.task} --out-dir {out_dir}"
                  + (f" --data-dir {args.data_dir}" if args.data_dir else "") + " --resume")
         if stop["by"] != "max_steps":
             sys.exit(130)
-    final_report(args, task, model, data, test_index, state, pre, max_len, device, t_start, log)
+    final_report(args, task, model, data, test_index, state, source, max_len, device, t_start, log)
 
 
-def final_report(args, task, model, data: dict, test_index: list[str], state: dict, pre: dict, max_len: int, device,
-                 t_start: float, log) -> None:
+def final_report(args, task, model, data: dict, test_index: list[str], state: dict, source: dict | None,
+                 max_len: int, device, t_start: float, log) -> None:
     """The epoch that was best on val, scored once on dev; predictions for test; the result file and its plot."""
     out_dir = Path(args.out_dir)
     model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind="classifier")["model"])
@@ -320,14 +364,13 @@ def final_report(args, task, model, data: dict, test_index: list[str], state: di
              + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f" | test predictions: {pred_path}")
     result_path = Path(args.result) if args.result else out_dir / "result.json"
     run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
-    write_result(result_path, stage=STAGE, dataset=f"GLUE {task.name}" + (" (random init)" if args.from_scratch else ""),
+    start = "random init" if args.from_scratch else args.pretrained   # None: the course's own pre-trained BERT
+    write_result(result_path, stage=STAGE, dataset=f"GLUE {task.name}" + (f" ({start})" if start else ""),
                  split="dev", metrics=metrics, headline=task.headline, train_seconds=state["train_seconds"],
                  device=device, params=sum(p.numel() for p in model.parameters()),
                  command=state["commands"], run=run, declared=REFERENCE_RUNS.get(run),
                  extra={"task": args.task, "wall_seconds": round(time.time() - t_start, 1), "quick": args.quick,
-                        "from_scratch": args.from_scratch,
-                        "pretrained": None if args.from_scratch else portable(str(args.checkpoint)),
-                        "pretrained_step": pre.get("state", {}).get("step"),
+                        "from_scratch": args.from_scratch, "pretrained": source,
                         "epochs_run": state["epoch"], "steps": state["step"], "best_epoch": state["best_epoch"],
                         "best_step": state["best_step"], f"best_val_{task.headline}": state["best"],
                         "sizes": {k: len(v) for k, v in data.items()}, "max_len": max_len,
@@ -338,7 +381,7 @@ def final_report(args, task, model, data: dict, test_index: list[str], state: di
     if h["val"]:
         panels[task.headline] = {"val (held out from train)": tuple(zip(*h["val"]))}
     plot_curves(result_path.with_suffix(".png"), panels,
-                title=f"BERT on {task.name} ({'from scratch' if args.from_scratch else 'pre-trained'}): "
+                title=f"BERT on {task.name} ({'from scratch' if args.from_scratch else start or 'pre-trained'}): "
                       f"dev {task.headline} {metrics[task.headline]}")
     log.info(f"wrote {result_path} and its plot" + (f" (reference run {run}: publish it with python "
                                                    f"scripts/publish.py {result_path})" if run else ""))

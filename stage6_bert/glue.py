@@ -310,10 +310,12 @@ def compute_metrics(task: str, preds: list, labels: list) -> dict[str, float]:
 
 @dataclass
 class Encoded:
-    """A split as BERT input: per row the ids and segment ids of [CLS] a [SEP] (b [SEP]); labels as in Split."""
+    """A split as BERT input: per row the ids and segment ids of [CLS] a [SEP] (b [SEP]); labels as in Split; the
+    tokenizer's [PAD] id, what make_batch pads with."""
     ids: list[list[int]]
     segments: list[list[int]]
     labels: list | None
+    pad_id: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -325,13 +327,14 @@ def encode(tok, split: Split, max_len: int) -> Encoded:
         pairs = [tok.encode_single(a, max_len) for a in split.a]
     else:
         pairs = [tok.encode_pair(a, b, max_len) for a, b in zip(split.a, split.b)]
-    return Encoded([p[0] for p in pairs], [p[1] for p in pairs], split.labels)
+    return Encoded([p[0] for p in pairs], [p[1] for p in pairs], split.labels, tok.pad_id)
 
 
-def make_batch(enc: Encoded, idx: list[int], device, pad_id: int = 0):
-    """Rows idx of enc, right-padded to the longest -> ids, segments, attention mask (B, T) and labels (B,) or None."""
+def make_batch(enc: Encoded, idx: list[int], device):
+    """Rows idx of enc, right-padded with its [PAD] to the longest -> ids, segments, attention mask (B, T) and labels
+    (B,) or None."""
     T = max(len(enc.ids[i]) for i in idx)
-    ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+    ids = torch.full((len(idx), T), enc.pad_id, dtype=torch.long)
     segments = torch.zeros((len(idx), T), dtype=torch.long)
     mask = torch.zeros((len(idx), T), dtype=torch.long)
     for row, i in enumerate(idx):
@@ -409,7 +412,8 @@ def train_val_rows(task: str, train: Split, val_size: float | None) -> tuple[lis
 
 
 def take(enc: Encoded, rows: list[int]) -> Encoded:
-    return Encoded([enc.ids[i] for i in rows], [enc.segments[i] for i in rows], [enc.labels[i] for i in rows])
+    return Encoded([enc.ids[i] for i in rows], [enc.segments[i] for i in rows], [enc.labels[i] for i in rows],
+                   enc.pad_id)
 
 
 def length_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:

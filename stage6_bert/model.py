@@ -420,3 +420,113 @@ def from_hf_bert(hf_model, **overrides) -> nn.Module:
         mine[name] = torch.cat([theirs[target.format(p)] for p in QKV]) if "{}" in target else theirs[target]
     model.load_state_dict(mine)
     return model
+
+
+# ---- Real pre-trained weights: a Hugging Face folder (config.json + model.safetensors) read without transformers
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate")   # transformers' tanh-approximation names
+
+
+def config_from_hf(hc: dict, **overrides) -> BertConfig:
+    """A Hugging Face config.json (as a dict) -> our BertConfig. Only what this model computes is accepted: model_type
+    "bert" (post-norm layers), exact GELU, absolute positions, an encoder without cross-attention. Anything else is a
+    ValueError naming the field, never a silent approximation: the tanh GELU of "gelu_new" differs from ours by up to
+    4.7e-4 per activation, enough to move the hidden states off the checkpoint's. Fields a config may leave out take
+    transformers' BertConfig defaults (the values of BERT itself). overrides: other fields of ours, e.g. dropout."""
+    if not isinstance(hc, dict):
+        raise ValueError("config.json does not hold a JSON object")
+    if hc.get("model_type") != "bert":
+        raise ValueError(f"model_type is {hc.get('model_type')!r}, not 'bert': a checkpoint of another architecture "
+                         f"({', '.join(hc.get('architectures') or []) or 'no architectures listed'})")
+    act, positions = hc.get("hidden_act", "gelu"), hc.get("position_embedding_type", "absolute")
+    if act not in ("gelu", "gelu_python"):   # both are x * Phi(x) with erf in transformers
+        kind = "the tanh approximation of GELU" if act in TANH_GELU else "another activation"
+        raise ValueError(f"hidden_act is {act!r} ({kind}); this BERT computes exact (erf) GELU, hidden_act 'gelu'")
+    if positions != "absolute":
+        raise ValueError(f"position_embedding_type is {positions!r}; this BERT has absolute (learned) positions")
+    if hc.get("is_decoder") or hc.get("add_cross_attention"):
+        raise ValueError("is_decoder / add_cross_attention is set; this BERT is an encoder without cross-attention")
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "intermediate_size", "max_position_embeddings") if k not in hc]
+    if missing:
+        raise ValueError(f"config.json has no {', '.join(missing)}")
+    fields = dict(vocab_size=hc["vocab_size"], max_position=hc["max_position_embeddings"],
+                  type_vocab_size=hc.get("type_vocab_size", 2), hidden=hc["hidden_size"],
+                  n_layer=hc["num_hidden_layers"], n_head=hc["num_attention_heads"],
+                  intermediate=hc["intermediate_size"], dropout=hc.get("hidden_dropout_prob", 0.1),
+                  attn_dropout=hc.get("attention_probs_dropout_prob", 0.1),
+                  layer_norm_eps=hc.get("layer_norm_eps", 1e-12), pad_id=hc.get("pad_token_id") or 0,
+                  initializer_range=hc.get("initializer_range", 0.02), norm="post")
+    try:
+        return BertConfig(**{**fields, **overrides})
+    except TypeError as e:   # a value of the wrong type (a width given as text, ...)
+        raise ValueError(f"config.json: {e}") from None
+
+
+def state_from_hf(tensors: dict, cfg: BertConfig) -> tuple[dict, list[str]]:
+    """The tensors of a Hugging Face BERT checkpoint (BertModel's names, or with a "bert." prefix as in
+    BertForPreTraining; LayerNorm's old "gamma"/"beta" names too) -> (a BertPretrain state dict in our names, the
+    parts the checkpoint lacks). The encoder must be complete and every tensor the shape `cfg` gives it; the pooler,
+    the masked-LM head and the NSP head are optional (all-MiniLM-L6-v2 has a pooler and neither head): a missing one
+    keeps a fresh init and is named in the list ("pooler", "mlm", "nsp"). Tensors no part reads (position_ids, a
+    task head) are left out."""
+    theirs = {}
+    for name, tensor in tensors.items():
+        name = name.removesuffix(".gamma") + ".weight" if name.endswith(".gamma") else name
+        name = name.removesuffix(".beta") + ".bias" if name.endswith(".beta") else name
+        theirs[name.removeprefix("bert.")] = tensor           # the encoder's names without their "bert." prefix
+    theirs.setdefault("cls.predictions.decoder.bias", theirs.get("cls.predictions.bias"))
+    decoder = theirs.pop("cls.predictions.decoder.weight", None)   # BERT ties it to the token embedding; so do we
+    embedding = theirs.get("embeddings.word_embeddings.weight")
+    if decoder is not None and embedding is not None and not torch.equal(decoder, embedding):
+        raise ValueError("the masked-LM output matrix is not the token embedding (untied): this BERT ties them")
+    theirs["cls.predictions.decoder.weight"] = embedding
+    template = BertPretrain(cfg).state_dict()     # every name and shape we need, with a fresh init for what is missing
+    parts = {"pooler": "bert.pooler.", "mlm": "mlm.", "nsp": "nsp."}
+    out, absent = {}, set()
+    for name, mine in template.items():
+        target = hf_name(name).removeprefix("bert.")
+        keys = [target.format(p) for p in QKV] if "{}" in target else [target]
+        found = [theirs.get(k) for k in keys]
+        if any(t is None for t in found):
+            part = next((p for p, prefix in parts.items() if name.startswith(prefix)), None)
+            if part is None:
+                raise ValueError(f"the checkpoint has no {keys[found.index(None)]}: not a complete BERT encoder")
+            absent.add(part)
+            continue
+        tensor = torch.cat(found) if len(found) > 1 else found[0]   # q, k, v stacked into our fused qkv
+        if tensor.shape != mine.shape:
+            raise ValueError(f"{keys[0]} has shape {tuple(found[0].shape)}, but config.json makes it "
+                             f"{tuple(mine.shape) if len(found) == 1 else (mine.shape[0] // 3, *mine.shape[1:])}")
+        out[name] = tensor.to(mine.dtype)
+    for name, mine in template.items():   # a part seen only in pieces (an MLM head without its bias) is absent too
+        if any(name.startswith(parts[p]) for p in absent):
+            out[name] = mine
+    out["mlm.decoder.weight"] = out["bert.tok_emb.weight"]   # one tied matrix under its two names
+    return out, sorted(absent)
+
+
+def from_pretrained(folder, kind=Bert, *, num_labels: int = 2, pooling: str = "cls", **overrides):
+    """nanoGPT's GPT.from_pretrained, for BERT: a folder with config.json and model.safetensors (the Hugging Face
+    layout) -> our `kind` (Bert, BertPretrain or BertClassifier, with num_labels and pooling) holding its weights,
+    and the parts the checkpoint lacks (see state_from_hf). Only `safetensors` is needed, not transformers: the
+    weights are a plain {name: tensor} file. BertPretrain needs the masked-LM head (fill-mask); a classifier's head is
+    new. ValueError for a config or weights this model cannot take; OSError for a file that cannot be read."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file   # the weights file format of the hub: tensors, no pickled code
+
+    folder = Path(folder)
+    cfg = config_from_hf(json.loads((folder / "config.json").read_text(encoding="utf-8")), **overrides)
+    state, absent = state_from_hf(load_file(folder / "model.safetensors"), cfg)
+    if kind is BertPretrain and "mlm" in absent:
+        raise ValueError("the checkpoint has no masked-LM head (no cls.predictions.* weights): it can be fine-tuned "
+                         "or used as an encoder, but it cannot fill in masks")
+    if kind is BertPretrain:
+        model = BertPretrain(cfg)
+    else:
+        model = BertClassifier(cfg, num_labels, pooling) if kind is BertClassifier else Bert(cfg)
+        encoder = {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
+        state = encoder if kind is Bert else {**model.state_dict(), **{f"bert.{k}": v for k, v in encoder.items()}}
+    model.load_state_dict(state)
+    return model, absent

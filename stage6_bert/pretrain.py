@@ -53,7 +53,6 @@ from stage6_bert.data import (PackedWindows, SentencePairs, collate, fixed_batch
                               split_documents)
 from stage6_bert.model import BertConfig, BertPretrain, configure_optimizer
 from stage6_bert.reference_runs import REFERENCE_RUNS
-from stage6_bert.tokenizer import CLS_ID, MASK_ID, SEP_ID
 
 STAGE = "stage6_bert"
 SCRIPT = "stage6_bert/pretrain.py"
@@ -89,7 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=positive_int, default=8000,
                    help="WordPiece vocabulary, trained on the corpus when <out-dir>/tokenizer.json does not exist")
     p.add_argument("--tokenizer", default=None, metavar="PATH",
-                   help="use this WordPiece JSON (from stage6_bert/tokenizer.py train) instead")
+                   help="use this WordPiece vocabulary instead: a JSON from stage6_bert/tokenizer.py train, a Hugging "
+                        "Face tokenizer.json or BERT's vocab.txt (e.g. bert-base-uncased's)")
     p.add_argument("--max-len", type=positive_int, default=128, help="tokens per example, [CLS] and [SEP] included")
     p.add_argument("--hidden", type=positive_int, default=256, help="model width (BERT-base: 768)")
     p.add_argument("--layers", type=positive_int, default=4, help="encoder layers (BERT-base: 12)")
@@ -146,12 +146,12 @@ def lr_at(step: int, elapsed: float, args, total_steps: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, args, vocab_size: int, device) -> dict[str, float]:
+def evaluate(model, dataset, args, tok, device) -> dict[str, float]:
     """MLM loss and accuracy over the masked tokens of the whole validation set (and NSP loss and accuracy). The masks
     and pairs are the same at every call (fixed_batches), so scores from different steps compare."""
     model.eval()
     mlm_sum, mlm_right, n_masked, nsp_sum, nsp_right, n_pairs = 0.0, 0, 0, 0.0, 0, 0
-    for batch in fixed_batches(dataset, args.batch_size, vocab_size, args.mask_prob, args.seed):
+    for batch in fixed_batches(dataset, args.batch_size, len(tok), args.mask_prob, args.seed, tok):
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
                     attention_mask=batch["attention_mask"], mlm_labels=batch["mlm_labels"])
@@ -172,12 +172,12 @@ def evaluate(model, dataset, args, vocab_size: int, device) -> dict[str, float]:
 
 def encode_with_masks(tok, text: str) -> list[int]:
     """[CLS] text [SEP], each "[MASK]" in the text the [MASK] id (tok.encode alone reads it as plain text)."""
-    ids = [CLS_ID]
+    ids = [tok.cls_id]
     for k, part in enumerate(text.split("[MASK]")):
         if k:
-            ids.append(MASK_ID)
+            ids.append(tok.mask_id)
         ids += tok.encode(part)
-    return ids + [SEP_ID]
+    return ids + [tok.sep_id]
 
 
 @torch.no_grad()
@@ -187,7 +187,7 @@ def fill_in(model, tok, texts: list[str], device, k: int = 5) -> list[str]:
     lines = []
     for text in texts:
         ids = torch.tensor([encode_with_masks(tok, text)], device=device)        # (1, T)
-        logits = model(ids, masked_only=False).mlm_logits[ids == MASK_ID]         # (M, V): a row per [MASK]
+        logits = model(ids, masked_only=False).mlm_logits[ids == tok.mask_id]     # (M, V): a row per [MASK]
         guesses = [" / ".join(tok.vocab[i] for i in row.tolist()) for row in logits.topk(k, dim=-1).indices]
         lines.append(f"{text} -> " + " ; ".join(guesses))
     model.train()
@@ -222,21 +222,22 @@ def prepare_data(args, data_dir: Path, rank: int, world: int, ckpt: dict | None,
     return prepared
 
 
-def make_examples(args, corpus) -> tuple:
-    """(training examples, validation examples): packed windows, or sentence pairs with --nsp."""
+def make_examples(args, corpus, tok) -> tuple:
+    """(training examples, validation examples): packed windows, or sentence pairs with --nsp, framed by tok's
+    [CLS] and [SEP]."""
     train_docs, val_docs = split_documents(len(corpus))
     kind = SentencePairs if args.nsp else PackedWindows
-    train_set, val_set = kind(corpus, train_docs, args.max_len), kind(corpus, val_docs, args.max_len)
+    train_set, val_set = kind(corpus, train_docs, args.max_len, tok), kind(corpus, val_docs, args.max_len, tok)
     if len(train_set) < args.batch_size:
         raise UserError(f"only {len(train_set)} training examples, fewer than --batch-size {args.batch_size}; "
                         f"lower it or give more text")
     return train_set, val_set
 
 
-def build_model(args, vocab_size: int, device) -> tuple[BertPretrain, BertConfig]:
-    config = BertConfig(vocab_size=vocab_size, max_position=args.max_len, hidden=args.hidden, n_layer=args.layers,
+def build_model(args, tok, device) -> tuple[BertPretrain, BertConfig]:
+    config = BertConfig(vocab_size=len(tok), max_position=args.max_len, hidden=args.hidden, n_layer=args.layers,
                         n_head=args.heads, intermediate=args.intermediate, dropout=args.dropout,
-                        attn_dropout=args.dropout, norm=args.norm, pos_init=args.pos_init)
+                        attn_dropout=args.dropout, norm=args.norm, pos_init=args.pos_init, pad_id=tok.pad_id)
     model = BertPretrain(config).to(device)
     if not args.nsp:  # nothing trains the pooler and the NSP head without NSP (and DDP wants a gradient for every
         for module in (model.bert.pooler, model.nsp):  # trainable parameter): they keep their init; fine-tuning
@@ -287,7 +288,7 @@ def epoch_order(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
-def draw_step(train_set, step: int, args, steps_per_epoch: int, vocab_size: int, batch_gen, rank: int,
+def draw_step(train_set, step: int, args, steps_per_epoch: int, tok, batch_gen, rank: int,
               world: int) -> tuple[list[dict], int, int]:
     """This process's micro-batches for one step, and the numbers of masked tokens and of real (not [PAD]) tokens
     in the whole step, all processes together.
@@ -300,7 +301,7 @@ def draw_step(train_set, step: int, args, steps_per_epoch: int, vocab_size: int,
     batches = []
     for j in range(args.accum_steps):
         examples = [train_set.example(i, batch_gen) for i in idx[j * micro:(j + 1) * micro]]
-        batches.append(mask_batch(collate(examples), vocab_size, batch_gen, args.mask_prob))   # (micro, T) each
+        batches.append(mask_batch(collate(examples, tok), len(tok), batch_gen, args.mask_prob, tok))   # (micro, T)
     n_masked = sum(int((b["mlm_labels"] != -100).sum()) for b in batches)
     n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     return [{name: t[rank * per:(rank + 1) * per] for name, t in b.items()} for b in batches], n_masked, n_tokens
@@ -346,14 +347,13 @@ def main(argv=None) -> None:
     # ---- data: the tokenizer and the encoded corpus in the run folder, then the examples
     data_dir = resolve_data_dir(args.data_dir)
     tok, corpus, summary = prepare_data(args, data_dir, rank, world, ckpt, log)
-    train_set, val_set = make_examples(args, corpus)
+    train_set, val_set = make_examples(args, corpus, tok)
     steps_per_epoch = len(train_set) // args.batch_size
     total_steps = args.epochs * steps_per_epoch
     eval_interval = args.eval_interval or min(500, steps_per_epoch)
-    vocab_size = len(tok)
 
     # ---- model and optimizer
-    model, config = build_model(args, vocab_size, device)
+    model, config = build_model(args, tok, device)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay)
     autocast, scaler = autocast_for(device, args.amp, args.cpu_bf16)
     log.info(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {config}")
@@ -377,8 +377,8 @@ def main(argv=None) -> None:
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(state["step"], time.time() - t_loop, args, total_steps)
             optimizer.zero_grad(set_to_none=True)
-            batches, n_masked, n_tokens = draw_step(train_set, state["step"], args, steps_per_epoch, vocab_size,
-                                                    batch_gen, rank, world)
+            batches, n_masked, n_tokens = draw_step(train_set, state["step"], args, steps_per_epoch, tok, batch_gen,
+                                                    rank, world)
             step_loss = torch.zeros((), device=device)
             for j, b in enumerate(batches):
                 b = {name: t.to(device) for name, t in b.items()}
@@ -423,7 +423,7 @@ def main(argv=None) -> None:
                           tokens_per_second=n_tokens / (time.time() - t_step))
             if state["step"] % eval_interval == 0 or state["step"] == total_steps or flags[2] > 0:
                 state["train_seconds"] = time.time() - t_loop
-                val = evaluate(model, val_set, args, vocab_size, device)
+                val = evaluate(model, val_set, args, tok, device)
                 examples = fill_in(model, tok, FILL_IN, device)
                 t_loop = time.time() - state["train_seconds"]  # validation time is not training time
                 if record_validation(state, val, examples, args, eval_interval, log, tracker) and master:
@@ -464,7 +464,7 @@ def final_report(args, model, tok, train_set, val_set, state: dict, summary: dic
     """The best checkpoint on the validation documents, its guesses, the result file and its plot."""
     out_dir = Path(args.out_dir)
     model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind="masked_lm")["model"])
-    val = evaluate(model, val_set, args, len(tok), device)
+    val = evaluate(model, val_set, args, tok, device)
     metrics = {"val_mlm_loss": round(val["mlm_loss"], 4), "val_mlm_ppl": round(math.exp(val["mlm_loss"]), 2),
                "val_mlm_acc": round(val["mlm_acc"], 4)}
     if args.nsp:

@@ -28,8 +28,15 @@ occurs fewer than `min_frequency` times. It is fast for the same reason as Stage
 once with its count, pair counts change only in the words a merge touches, and a heap with lazy deletion finds the most
 frequent pair (ties: the pair of smaller ids, so training is deterministic).
 
-Ids: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], 4 [MASK]; then the alphabet ("c" forms, then "##c" forms, by code point); then
-one token per merge, in the order learned. The vocabulary is a list of strings and an id is a position in it.
+Ids: a vocabulary trained here is 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], 4 [MASK]; then the alphabet ("c" forms, then
+"##c" forms, by code point); then one token per merge, in the order learned. The vocabulary is a list of strings and an
+id is a position in it.
+
+Real vocabularies. The same class reads BERT's own files: a vocab.txt (one token per line, line number = id) or a
+Hugging Face tokenizer.json (its WordPiece vocabulary and BertNormalizer settings), see `load`. There the special
+tokens sit elsewhere: bert-base-uncased has [PAD] 0, then [unused0] .. [unused98], then [UNK] 100, [CLS] 101, [SEP] 102,
+[MASK] 103. So the special ids are read from the vocabulary, never assumed: `tok.pad_id`, `tok.unk_id`, `tok.cls_id`,
+`tok.sep_id`, `tok.mask_id`, and `tok.special_ids` for all five. Every Stage 6 script uses them.
 """
 from __future__ import annotations
 
@@ -49,7 +56,9 @@ if __package__ in (None, ""):  # run as `python stage6_bert/tokenizer.py`: put t
 from scripts.common import UserError, atomic_write_text, positive_int, resolve_data_dir, run_cli
 from stage6_bert.documents import load_documents, split_documents, vocabulary_texts
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # BERT's five; a vocabulary needs them all, anywhere
+# Their ids in a vocabulary trained here (train() puts them first). Code that may meet a real vocabulary reads
+# tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id and tok.mask_id instead.
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
 PREFIX = "##"  # marks a piece that continues a word
 FORMAT, VERSION = "my_llm-wordpiece", 1
@@ -107,18 +116,24 @@ def merge_pair(ids: list[int], a: int, b: int, new_id: int) -> list[int]:
 
 
 class WordPieceTokenizer:
-    """An ordered vocabulary (id = position) and the normalisation settings; encode/decode need nothing else."""
+    """An ordered vocabulary (id = position) and the normalisation settings; encode/decode need nothing else.
+    The five special tokens may sit anywhere in it: their ids are attributes (pad_id, unk_id, cls_id, sep_id,
+    mask_id), read from the vocabulary."""
 
     def __init__(self, vocab: list[str], lowercase: bool = True, strip_accents: bool | None = None,
                  handle_chinese_chars: bool = True, max_input_chars_per_word: int = 100):
-        if list(vocab[:5]) != SPECIAL_TOKENS:
-            raise ValueError(f"the vocabulary must start with {SPECIAL_TOKENS}")
         if not all(isinstance(t, str) and t and not any(c.isspace() for c in t) for t in vocab):
             raise ValueError("every token must be a non-empty string without whitespace")
         self.vocab = list(vocab)
         self.ids = {t: i for i, t in enumerate(self.vocab)}
         if len(self.ids) != len(self.vocab):
             raise ValueError("the vocabulary holds a token twice")
+        missing = [t for t in SPECIAL_TOKENS if t not in self.ids]
+        if missing:
+            raise ValueError(f"the vocabulary has no {', '.join(missing)} (a BERT vocabulary needs "
+                             f"{', '.join(SPECIAL_TOKENS)}, anywhere in it)")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.ids[t] for t in SPECIAL_TOKENS)
+        self.special_ids = sorted(self.ids[t] for t in SPECIAL_TOKENS)  # what masking never chooses, decode skips
         if not (isinstance(lowercase, bool) and isinstance(handle_chinese_chars, bool)
                 and (strip_accents is None or isinstance(strip_accents, bool))):
             raise ValueError("lowercase, strip_accents and handle_chinese_chars must be true or false")
@@ -151,7 +166,7 @@ class WordPieceTokenizer:
         """Greedy longest match first: at each position take the longest piece in the vocabulary ("unaffable" -> un,
         ##aff, ##able). Never a search over all splits: a dead end makes the word [UNK], even if another split fits."""
         if len(word) > self.max_input_chars_per_word:
-            return [UNK_ID]
+            return [self.unk_id]
         ids, start = [], 0
         while start < len(word):
             for end in range(min(len(word), start + self.longest), start, -1):  # longest candidate first
@@ -160,7 +175,7 @@ class WordPieceTokenizer:
                     ids.append(self.ids[piece])
                     break
             else:
-                return [UNK_ID]  # nothing matches here: the whole word is unknown, not just this piece
+                return [self.unk_id]  # nothing matches here: the whole word is unknown, not just this piece
             start = end
         return ids
 
@@ -184,30 +199,32 @@ class WordPieceTokenizer:
             if max_len < 2:
                 raise ValueError(f"max_len {max_len} leaves no room for [CLS] and [SEP]")
             ids = ids[:max_len - 2]
-        return [CLS_ID, *ids, SEP_ID], [0] * (len(ids) + 2)
+        return [self.cls_id, *ids, self.sep_id], [0] * (len(ids) + 2)
 
     def encode_pair(self, a: str, b: str, max_len: int | None = None) -> tuple[list[int], list[int]]:
         """[CLS] a [SEP] b [SEP] with segment ids 0 for "[CLS] a [SEP]" and 1 for "b [SEP]".
 
         Truncation is longest first, as BERT's _truncate_seq_pair: while too long, drop the last token of the longer
-        sequence (of b on a tie). A long passage loses tokens before a short question does."""
+        sequence (of b on a tie). A long passage loses tokens before a short question does. (Hugging Face's
+        tokenizers drop a's token on a tie; that is the only difference, tests/test_stage6_pretrained.py checks it.)"""
         ids_a, ids_b = self.encode(a), self.encode(b)
         if max_len is not None:
             if max_len < 3:
                 raise ValueError(f"max_len {max_len} leaves no room for [CLS], [SEP] and [SEP]")
             while len(ids_a) + len(ids_b) > max_len - 3:
                 (ids_a if len(ids_a) > len(ids_b) else ids_b).pop()
-        return [CLS_ID, *ids_a, SEP_ID, *ids_b, SEP_ID], [0] * (len(ids_a) + 2) + [1] * (len(ids_b) + 1)
+        return [self.cls_id, *ids_a, self.sep_id, *ids_b, self.sep_id], [0] * (len(ids_a) + 2) + [1] * (len(ids_b) + 1)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Ids -> words separated by spaces, "##" pieces glued to the word before: the normalised text, with a space
-        around each punctuation mark ("Don't!" -> "don ' t !"). [UNK] shows only with skip_special_tokens=False."""
-        words = []
+        around each punctuation mark ("Don't!" -> "don ' t !"). [UNK] shows only with skip_special_tokens=False, which
+        skips the five special tokens by their ids (wherever the vocabulary has them), nothing else."""
+        words, special = [], set(self.special_ids) if skip_special_tokens else set()
         for i in ids:
             i = int(i)
             if not 0 <= i < len(self.vocab):
                 raise ValueError(f"unknown token id {i} (this tokenizer has {len(self.vocab)} tokens)")
-            if i < len(SPECIAL_TOKENS) and skip_special_tokens:
+            if i in special:
                 continue
             token = self.vocab[i]
             if token.startswith(PREFIX) and words:
@@ -305,20 +322,77 @@ class WordPieceTokenizer:
         Path(path).write_text("".join(t + "\n" for t in self.vocab), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> "WordPieceTokenizer":
+    def load(cls, path: str | Path, **settings) -> "WordPieceTokenizer":
+        """A tokenizer file in any of three formats, told apart by their content:
+            the course's JSON (`save`: "format": "my_llm-wordpiece"),
+            Hugging Face's tokenizer.json of a BERT (`from_hf_json`),
+            BERT's vocab.txt, a file ending in .txt (`from_vocab_txt`; it holds no settings: `settings` gives them,
+            default BERT uncased's).
+        Anything wrong is one line (UserError) naming the file."""
+        path = Path(path)
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = None if path.suffix == ".txt" else json.loads(text)
         except FileNotFoundError:
             raise UserError(f"tokenizer file not found: {path} (stage6_bert/tokenizer.py train writes one)") from None
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read tokenizer {path}: {type(e).__name__}: {e}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise UserError(f"{path} is not a {FORMAT} version {VERSION} tokenizer file")
         try:
+            if data is None:
+                return cls.from_vocab_txt(text, **settings)
+            if isinstance(data, dict) and "format" not in data and isinstance(data.get("model"), dict):
+                return cls.from_hf_json(data)
+            if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+                raise UserError(f"{path} is not a {FORMAT} version {VERSION} tokenizer file (nor a Hugging Face "
+                                f"tokenizer.json)")
             return cls(data["vocab"], data["lowercase"], data["strip_accents"], data["handle_chinese_chars"],
                        data["max_input_chars_per_word"])
+        except UserError as e:
+            raise UserError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"tokenizer file {path} is corrupt: {type(e).__name__}: {e}") from None
+
+    @classmethod
+    def from_vocab_txt(cls, text: str, **settings) -> "WordPieceTokenizer":
+        """BERT's vocab.txt (its text): one token per line, line number = id; trailing whitespace is not part of a
+        token (as Hugging Face reads it). The file says nothing about normalisation: `settings` (default: lower-case,
+        strip accents, split Chinese characters, as bert-base-uncased)."""
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the newline after the last token
+        return cls([line.rstrip() for line in lines], **settings)
+
+    @classmethod
+    def from_hf_json(cls, data: dict) -> "WordPieceTokenizer":
+        """Hugging Face's tokenizer.json (parsed) of a BERT: the WordPiece vocabulary ("model": token -> id) and the
+        settings of its BertNormalizer and WordPiece model. A tokenizer this class would not reproduce exactly
+        (another model type, normaliser, pre-tokeniser or word-piece prefix) is an error naming what differs, never
+        an approximation. Its "truncation", "padding" and "post_processor" sections are not read: encode_single and
+        encode_pair add [CLS]/[SEP] and truncate, glue.make_batch pads."""
+        model, norm, pre = (data.get(k) or {} for k in ("model", "normalizer", "pre_tokenizer"))
+        problems = []
+        if model.get("type") != "WordPiece":
+            problems.append(f"model {model.get('type')!r}, not WordPiece")
+        elif model.get("continuing_subword_prefix", PREFIX) != PREFIX or model.get("unk_token", "[UNK]") != "[UNK]":
+            problems.append(f"pieces marked {model.get('continuing_subword_prefix')!r} and unknown words "
+                            f"{model.get('unk_token')!r}, not {PREFIX!r} and '[UNK]'")
+        if norm.get("type") != "BertNormalizer" or norm.get("clean_text") is False:
+            unclean = " without clean_text" if norm.get("clean_text") is False else ""
+            problems.append(f"normalizer {norm.get('type')!r}{unclean}, not BertNormalizer")
+        if pre.get("type") != "BertPreTokenizer":
+            problems.append(f"pre_tokenizer {pre.get('type')!r}, not BertPreTokenizer")
+        if problems:
+            raise UserError(f"a tokenizer.json that WordPieceTokenizer cannot reproduce: {'; '.join(problems)}")
+        by_id = sorted((i, t) for t, i in model["vocab"].items())   # token -> id, as a list in id order
+        if [i for i, _ in by_id] != list(range(len(by_id))):
+            raise ValueError("the vocabulary ids are not 0, 1, 2, ... without gaps")
+        vocab = [t for _, t in by_id]
+        for added in data.get("added_tokens") or []:   # [CLS] etc. are "added tokens" too: at their vocabulary ids
+            if not (0 <= added["id"] < len(vocab) and vocab[added["id"]] == added["content"]):
+                raise ValueError(f"added token {added['content']!r} (id {added['id']}) is not in the vocabulary")
+        return cls(vocab, lowercase=norm.get("lowercase", True), strip_accents=norm.get("strip_accents"),
+                   handle_chinese_chars=norm.get("handle_chinese_chars", True),
+                   max_input_chars_per_word=model.get("max_input_chars_per_word", 100))
 
     def to_hf_tokenizer(self):
         """The same tokeniser as a Hugging Face `tokenizers.Tokenizer`, built from our vocabulary and settings alone:
@@ -332,7 +406,7 @@ class WordPieceTokenizer:
         hf.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=self.handle_chinese_chars,
                                                    strip_accents=self.strip_accents, lowercase=self.lowercase)
         hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        hf.post_processor = processors.BertProcessing(("[SEP]", SEP_ID), ("[CLS]", CLS_ID))
+        hf.post_processor = processors.BertProcessing(("[SEP]", self.sep_id), ("[CLS]", self.cls_id))
         hf.decoder = decoders.WordPiece(prefix=PREFIX, cleanup=False)
         return hf
 
@@ -356,7 +430,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--out", default=None, help="JSON file to write (default: runs/stage6_bert/wordpiece<size>.json)")
     t.add_argument("--vocab-txt", default=None, help="also write BERT's vocab.txt (one token per line) here")
     e = sub.add_parser("encode", help="show the tokens and ids of a text (or a pair of texts)")
-    e.add_argument("--tokenizer", required=True, help="a JSON file written by `train`")
+    e.add_argument("--tokenizer", required=True, help="a JSON file written by `train`, a Hugging Face tokenizer.json "
+                                                       "or BERT's vocab.txt (uncased)")
     e.add_argument("text")
     e.add_argument("--pair", default=None, help="a second text: show [CLS] text [SEP] pair [SEP]")
     e.add_argument("--max-len", type=positive_int, default=None, help="truncate to this many tokens")

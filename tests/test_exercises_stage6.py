@@ -46,6 +46,18 @@ def grade_mask_tokens(fn) -> None:
     assert not torch.equal(other[1], labels), "another generator seed must give other masks"
     everything = fn(ids, special, V, torch.Generator().manual_seed(2), mask_prob=1.0)[1] != -100
     assert torch.equal(everything, ~special), "with mask_prob=1.0 every non-special token must be chosen"
+    # a real vocabulary's layout (bert-base-uncased's, small): [PAD] 0, [UNK] 10, [CLS] 11, [SEP] 12, [MASK] 13
+    specials = (0, 10, 11, 12, 13)
+    real = torch.randint(14, V, (64, 40), generator=torch.Generator().manual_seed(3))
+    real[:, 0], real[:, -1], real[:, 7] = 11, 12, 10
+    inputs, labels = fn(real, torch.isin(real, torch.tensor(specials)), V, torch.Generator().manual_seed(4), 0.5, 13,
+                        specials)
+    chosen = labels != -100
+    assert (inputs[chosen] == 13).float().mean() > 0.7, \
+        "a chosen token must become mask_id (here 13, not the course's 4) 80% of the time"
+    replaced = chosen & (inputs != 13) & (inputs != real)
+    assert replaced.any() and not torch.isin(inputs[replaced], torch.tensor(specials)).any(), \
+        "a random token must never be one of special_ids"
     # the statistics of tests/test_stage6_pretrain.py, and masking of collated batches through mask_batch
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pretrain_tests, "mask_tokens", fn)
@@ -77,9 +89,9 @@ def test_exercise_keeps_the_solutions_signature_and_docstring():
 
 def test_the_grader_rejects_a_wrong_version():
     """Always writing [MASK] (no random 10%, no kept 10%) must not pass."""
-    def always_mask(ids, special_mask, vocab_size, generator, mask_prob=0.15):
+    def always_mask(ids, special_mask, vocab_size, generator, mask_prob=0.15, mask_id=MASK_ID, special_ids=()):
         chosen = (torch.rand(ids.shape, generator=generator) < mask_prob) & ~special_mask
-        return (torch.where(chosen, torch.full_like(ids, MASK_ID), ids),
+        return (torch.where(chosen, torch.full_like(ids, mask_id), ids),
                 torch.where(chosen, ids, torch.full_like(ids, -100)))
     with pytest.raises(AssertionError):
         grade_mask_tokens(always_mask)

@@ -9,11 +9,12 @@ import pytest
 
 from conftest import REPO_ROOT
 from scripts.common import WHERE_FLAGS, reference_command, reference_run_name, resolved_config
-from stage6_bert import fill_mask, finetune, predict, pretrain
+from stage6_bert import fill_mask, finetune, predict, pretrain, similarity
 from stage6_bert.reference_runs import BERT_CHECKPOINT, REFERENCE_RUNS
 
 STAGE = "stage6_bert"
-PARSERS = {"stage6_bert/pretrain.py": pretrain.parse_args, "stage6_bert/finetune.py": finetune.parse_args}
+PARSERS = {"stage6_bert/pretrain.py": pretrain.parse_args, "stage6_bert/finetune.py": finetune.parse_args,
+           "stage6_bert/similarity.py": similarity.parse_args}
 RESULTS = sorted((REPO_ROOT / STAGE / "results").glob("*.json"))
 
 
@@ -56,8 +57,9 @@ def test_the_fine_tunes_read_the_checkpoint_the_pretraining_run_writes():
     assert finetune.parse_args(["--task", "sst2"]).checkpoint == BERT_CHECKPOINT
     assert fill_mask.parse_args(["a [MASK] ."]).checkpoint == BERT_CHECKPOINT
     for name, argv in REFERENCE_RUNS.items():
-        if argv[0] == "stage6_bert/finetune.py":
-            assert finetune.parse_args(argv[1:]).checkpoint == BERT_CHECKPOINT, name
+        if argv[0] == "stage6_bert/finetune.py":   # the course's own BERT, or real weights (--pretrained): no checkpoint
+            args = finetune.parse_args(argv[1:])
+            assert args.checkpoint == (None if args.pretrained else BERT_CHECKPOINT), name
 
 
 def test_a_run_matches_its_reference_by_settings_not_by_text():

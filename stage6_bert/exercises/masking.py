@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from stage6_bert.tokenizer import MASK_ID, SPECIAL_TOKENS  # noqa: F401  (the solution uses both)
+from stage6_bert.tokenizer import MASK_ID, SPECIAL_TOKENS  # the defaults: a vocabulary trained here
 
 
 def mask_tokens(ids: torch.Tensor, special_mask: torch.Tensor, vocab_size: int, generator: torch.Generator,
-                mask_prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+                mask_prob: float = 0.15, mask_id: int = MASK_ID,
+                special_ids: tuple[int, ...] = tuple(range(len(SPECIAL_TOKENS)))) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masked-LM corruption (Devlin et al. 2019, section 3.1 and appendix A.1), drawn afresh for every batch.
 
     Each token where special_mask is False is chosen with probability mask_prob. A chosen token is a target: labels
@@ -28,11 +29,13 @@ def mask_tokens(ids: torch.Tensor, special_mask: torch.Tensor, vocab_size: int, 
     target, and the model cannot trust a word just because it is not [MASK].
 
     ids (B, T) int64; special_mask (B, T) bool, True where a token must never be chosen ([CLS], [SEP], [PAD], ...);
-    generator: a CPU torch.Generator. Pure: `ids` is not changed, and the same generator state gives the same result.
-    -> (input_ids (B, T), labels (B, T)).
+    generator: a CPU torch.Generator. mask_id: the tokenizer's [MASK]; special_ids: the ids a random token must never
+    be (tok.special_ids; the defaults are those of a vocabulary trained here, 4 and 0-4). Pure: `ids` is not changed,
+    and the same generator state gives the same result. -> (input_ids (B, T), labels (B, T)).
     """
     raise NotImplementedError(
         "your code here: chosen = (torch.rand(ids.shape, generator=generator) < mask_prob) & ~special_mask; "
-        "labels = ids where chosen, else -100 (torch.where); one more uniform draw per token decides [MASK] (< 0.8), "
-        "a random id from torch.randint(len(SPECIAL_TOKENS), vocab_size, ...) (0.8 to 0.9) or the token itself; "
+        "labels = ids where chosen, else -100 (torch.where); one more uniform draw per token decides mask_id (< 0.8), "
+        "a random word (0.8 to 0.9) or the token itself; a random word: r = torch.randint(vocab_size - "
+        "len(special_ids), ...), then for each special id s in increasing order r += r >= s (it steps over them); "
         "never write into `ids`, and draw every random number from `generator`")
