@@ -78,11 +78,9 @@ def train_argv(name: str, d: dict, out: Path, *extra) -> list[str]:
     return [str(a) for a in [*TRAINERS[name][1](d, out), *extra]]
 
 
-@pytest.fixture(scope="module")
-def d(tmp_path_factory) -> dict:
+def tiny_stage_data(root: Path) -> dict:
     """The tiny data of every stage, a pre-trained GPT (one step) for Stage 5 fine-tuning, a random pre-trained BERT
-    for Stage 6 fine-tuning. Written once for the module; never modify them."""
-    root = tmp_path_factory.mktemp("robust")
+    for Stage 6 fine-tuning, under `root`: what TRAINERS' flags read (tests/test_tracking.py uses them too)."""
     data = write_tiny_data(root / "data")  # imdb, glue/sst2, ag_news
     write_tiny_lm_data(data)
     write_tiny_multi30k(data)
@@ -95,6 +93,12 @@ def d(tmp_path_factory) -> dict:
     return {"root": root, "data": data, "corpus": corpus, "gpt": gpt / "best.pt",
             "glue": write_tiny_glue(root / "glue_data", tasks=["sst2"]),
             "bert": make_pretrain_checkpoint(root / "bert")}
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory) -> dict:
+    """tiny_stage_data, written once for the module; never modify them."""
+    return tiny_stage_data(tmp_path_factory.mktemp("robust"))
 
 
 def on_training_loss(monkeypatch, action) -> None:

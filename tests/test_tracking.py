@@ -17,16 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_tiny_data, write_tiny_lm_data, write_tiny_multi30k
 from scripts.common import REPO_ROOT, RunTracker, load_checkpoint
 from stage2_rnn_lstm import classify as classify2
 from stage4_transformer import classify as classify4
-from stage5_gpt import train as train5
-from test_robustness import TRAINERS, train_argv
+from test_robustness import TRAINERS, tiny_stage_data, train_argv
 from test_stage2_classify import run_args as classify2_args
 from test_stage4_classify import run_args as classify4_args
-from test_stage6_finetune import make_pretrain_checkpoint, write_tiny_glue
-from test_stage6_pretrain import corpus_text
 
 
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -127,21 +123,8 @@ def test_only_the_master_process_writes(tmp_path):
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory) -> dict:
-    """test_robustness.py's tiny data of every stage: its TRAINERS' flags read these paths. A pre-trained GPT (one
-    step) for Stage 5 fine-tuning, a random pre-trained BERT for Stage 6 fine-tuning. Never modify them."""
-    root = tmp_path_factory.mktemp("tracking")
-    data = write_tiny_data(root / "data")  # imdb, glue/sst2, ag_news
-    write_tiny_lm_data(data)
-    write_tiny_multi30k(data)
-    corpus = root / "animals.txt"
-    corpus.write_text(corpus_text(), encoding="utf-8")
-    gpt = root / "gpt"
-    train5.main([str(a) for a in ["--data-dir", data, "--out-dir", gpt, "--result", gpt / "result.json",
-                                  "--max-steps", "1", "--eval-interval", "1", "--batch-size", "8", "--block-size", "32",
-                                  "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--no-tensorboard"]])
-    return {"root": root, "data": data, "corpus": corpus, "gpt": gpt / "best.pt",
-            "glue": write_tiny_glue(root / "glue_data", tasks=["sst2"]),
-            "bert": make_pretrain_checkpoint(root / "bert")}
+    """test_robustness.py's tiny data of every stage: its TRAINERS' flags read these paths. Never modify them."""
+    return tiny_stage_data(tmp_path_factory.mktemp("tracking"))
 
 
 # name -> (the history key in last.pt that holds one value per validation, the metric of metrics.jsonl it equals,
