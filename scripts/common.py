@@ -536,18 +536,21 @@ def note_command(state: dict, script: str, argv: list[str] | None = None) -> Non
     state.setdefault("commands", []).append(command_line(script, argv))
 
 
-def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metrics: dict, headline: str,
+def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metrics: dict, headline: str | None,
                  train_seconds: float, device: torch.device | str, params: int, command: str | list[str],
                  run: str | None = None, declared: list[str] | None = None, extra: dict | None = None) -> dict:
     """Write a run's result file: the one schema every stage uses, and the source of every README number.
 
-    `headline` names the entry of `metrics` that the README results table shows. `command` is the command line, or
-    the list note_command kept: its first entry is the command, the later ones (resumes) go to "resumed_with".
+    `headline` names the entry of `metrics` that the README results table shows. None for a file of several tasks'
+    figures (stage6_bert/baselines.py: metrics {task: {metric: value}}), which has no single headline: it records no
+    "headline_metric", so it is a side file, not a row of that table (results_table.py, reproduce.py), and its
+    figures have a table of their own. `command` is the command line, or the list note_command kept: its first entry
+    is the command, the later ones (resumes) go to "resumed_with".
     `run` is the reference run this is (reference_run_name), and `declared` its flags: the file then records the
     declared command, the one to paste. Every command is recorded portable() (no absolute paths of this machine).
     """
     commands = [command] if isinstance(command, str) else list(command)
-    if headline not in metrics:
+    if headline is not None and headline not in metrics:
         raise ValueError(f"headline metric {headline!r} is not among the metrics {list(metrics)}")
     if declared is not None:
         commands[0] = reference_command(declared)
@@ -555,7 +558,7 @@ def write_result(path: str | Path, *, stage: str, dataset: str, split: str, metr
         "dataset": dataset,
         "split": split,
         "metrics": metrics,
-        "headline_metric": headline,
+    } | ({"headline_metric": headline} if headline is not None else {}) | {
         "train_seconds": round(float(train_seconds), 1),
         "device": str(device),
         "threads": torch.get_num_threads(),

@@ -6,7 +6,8 @@
 
 Tabs: Stage 1 classifies a review (class probabilities); Stage 2's character LSTM continues a text; Stages 3 and 4
 translate a sentence side by side, each with its attention map; Stage 5's GPT writes a continuation, streamed token by
-token; Stage 6's BERT fills in [MASK] and tells a sentence's sentiment (SST-2).
+token; Stage 6's BERT fills in [MASK] and tells a sentence's sentiment (SST-2): with real pre-trained weights
+(all-MiniLM-L6-v2 fine-tuned on SST-2) when that checkpoint exists, else with the course's own BERT, and it says which.
 
 Each tab loads its model the first time it is used and keeps it. The default checkpoints are where each stage's
 declared reference run (MODELS below; each stage's reference_runs.py) writes its best checkpoint. A tab
@@ -48,6 +49,7 @@ from stage4_transformer import decoding as s4_decoding, evaluate as s4_evaluate,
 from stage4_transformer.data import tokenize as s4_tokenize
 from stage5_gpt import evaluate as s5_evaluate, generate as s5_generate
 from stage6_bert import fill_mask as s6_fill_mask, predict as s6_predict
+from stage6_bert.reference_runs import MINILM_SST2_CHECKPOINT
 
 # model -> (what it is, the declared reference runs that make it, in order: its stage's reference_runs.py). The tab's
 # default checkpoint is <out-dir>/best.pt of the last of them, where that run's own script says it writes.
@@ -74,15 +76,24 @@ def default_checkpoint(key: str) -> Path:
     return Path(parse_declared(all_reference_runs()[MODELS[key][1][-1]]).out_dir) / "best.pt"
 
 
+# Stage 6's sentiment box prefers real pre-trained weights fine-tuned on SST-2 (finetune.py --task sst2 --pretrained
+# all-MiniLM-L6-v2) to the course's own BERT: the same code, weights trained on far more text. Not in MODELS: no declared
+# run of it need exist; when its checkpoint is absent the box falls back to MODELS' "stage6_sst2" and says so.
+REAL_SST2 = "stage6_sst2_real"
+REAL_SST2_COMMAND = "python stage6_bert/finetune.py --task sst2 --pretrained all-MiniLM-L6-v2"
+SST2_ANSWERED_BY = {REAL_SST2: "all-MiniLM-L6-v2 (real pre-trained weights) fine-tuned on SST-2",
+                    "stage6_sst2": "the course's own BERT, pre-trained and fine-tuned here"}
+
 MAX_CHARS = {"stage1": 5000, "stage2": 1000, "stage34": s3_translate.MAX_CHARS, "stage5": 2000, "stage6": 500}
 SST2_LABELS = ("negative", "positive")  # GLUE SST-2: label 0 is negative, 1 positive
-SETTINGS = {"device": torch.device("cpu"), "checkpoints": {key: default_checkpoint(key) for key in MODELS}}
+SETTINGS = {"device": torch.device("cpu"),
+            "checkpoints": {key: default_checkpoint(key) for key in MODELS} | {REAL_SST2: Path(MINILM_SST2_CHECKPOINT)}}
 _loaded: dict = {}  # (model, checkpoint path) -> what its loader returned
 log = logging.getLogger("demo")
 
 
 def configure(device: str | torch.device = "cpu", **checkpoints: str | Path) -> None:
-    """Set the device and any checkpoint paths (keys of MODELS); models already loaded are forgotten."""
+    """Set the device and any checkpoint paths (keys of MODELS, or REAL_SST2); models already loaded are forgotten."""
     SETTINGS["device"] = torch.device(device)
     SETTINGS["checkpoints"].update({key: Path(path) for key, path in checkpoints.items()})
     _loaded.clear()
@@ -90,12 +101,16 @@ def configure(device: str | torch.device = "cpu", **checkpoints: str | Path) -> 
 
 def missing_checkpoint(key: str) -> str:
     """'' when the model's checkpoint exists; otherwise a short message with the command that trains it."""
-    name = MODELS[key][0]
     path = SETTINGS["checkpoints"][key]
     if path.is_file():
         return ""
+    if key == REAL_SST2:   # gone since sst2_model() saw it
+        return f"`{path}` was removed; submit again and the course's own BERT answers."
+    name = MODELS[key][0]
     steps = ", then ".join(f"`{c}`" for c in commands(key))
-    return (f"No {name} yet: `{path}` does not exist. Train it from the repository root with {steps}. "
+    real = (f" Or fine-tune real pre-trained weights, which this box prefers: `{REAL_SST2_COMMAND}` writes "
+            f"`{SETTINGS['checkpoints'][REAL_SST2]}`." if key == "stage6_sst2" else "")
+    return (f"No {name} yet: `{path}` does not exist. Train it from the repository root with {steps}.{real} "
             f"This tab finds it on the next submit, without a restart.")
 
 
@@ -251,18 +266,27 @@ def stage6_fill(text: str, top_k: float):
     return f"**Best guess:** {html.escape(best)}\n\n{table}", ""
 
 
+def sst2_model() -> str:
+    """Which model answers the sentiment box: the real-weights classifier when its checkpoint exists (looked for on
+    every call, like any missing checkpoint), else the course's own."""
+    return REAL_SST2 if SETTINGS["checkpoints"][REAL_SST2].is_file() else "stage6_sst2"
+
+
 @guarded(2)
 def stage6_sentiment(text: str):
-    """-> ({negative, positive: probability}, message)."""
+    """-> ({negative, positive: probability}, which model answered)."""
     text = check_text(text, MAX_CHARS["stage6"])
-    predict = load("stage6_sst2", s6_predict.load_predictor)
+    key = sst2_model()
+    predict = load(key, s6_predict.load_predictor)
     probs = predict([text])[0]
-    return {label: float(p) for label, p in zip(SST2_LABELS, probs)}, ""
+    answered = f"Answered by {SST2_ANSWERED_BY[key]} (`{SETTINGS['checkpoints'][key]}`)."
+    return {label: float(p) for label, p in zip(SST2_LABELS, probs)}, answered
 
 
 def page_notes() -> list[str]:
-    """On every page load: each message box says which checkpoints are missing (the commands that train them)."""
-    return [missing_checkpoint(key) for key in MODELS]
+    """On every page load: each message box says which checkpoints are missing (the commands that train them). The
+    sentiment box misses nothing while the real-weights classifier is there to answer."""
+    return ["" if key == "stage6_sst2" and sst2_model() == REAL_SST2 else missing_checkpoint(key) for key in MODELS]
 
 
 # ----------------------------------------------------------------------------- the page
@@ -329,7 +353,9 @@ def build_app():
             s5_go.click(stage5_generate, [s5_in, s5_temp, s5_topk, s5_topp, s5_len], [s5_out, s5_msg])
         with gr.Tab("Stage 6: BERT", elem_id="tab-stage6"):
             gr.Markdown("The pre-trained BERT guesses the words hidden by `[MASK]` (lower-case text, as it was "
-                        "trained on); the BERT fine-tuned on SST-2 tells a sentence's sentiment.")
+                        "trained on); a BERT fine-tuned on SST-2 tells a sentence's sentiment: all-MiniLM-L6-v2, "
+                        "real pre-trained weights, when `" + MINILM_SST2_CHECKPOINT + "` exists, else the course's "
+                        "own. The line under the answer says which one answered.")
             with gr.Row():
                 with gr.Column():
                     s6m_in = box("s6-mask-input", "Text with [MASK]", MAX_CHARS["stage6"], "the movie was [MASK] .")
@@ -363,23 +389,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, (name, _) in MODELS.items():
         p.add_argument(f"--{key.replace('_', '-')}-checkpoint", dest=key, default=str(default_checkpoint(key)),
                        metavar="PATH", help=f"the {name}, made by: {commands(key)[-1]}")
+    p.add_argument("--stage6-sst2-real-checkpoint", dest=REAL_SST2, default=MINILM_SST2_CHECKPOINT, metavar="PATH",
+                   help=f"real pre-trained weights fine-tuned on SST-2, which the sentiment box prefers when the file "
+                        f"exists, made by: {REAL_SST2_COMMAND}")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    for key in MODELS:  # a path given by hand must exist; a default one may come later
-        if getattr(args, key) != str(default_checkpoint(key)) and not Path(getattr(args, key)).is_file():
+    defaults = {key: str(default_checkpoint(key)) for key in MODELS} | {REAL_SST2: MINILM_SST2_CHECKPOINT}
+    for key, default in defaults.items():  # a path given by hand must exist; a default one may come later
+        if getattr(args, key) != default and not Path(getattr(args, key)).is_file():
             raise UserError(f"--{key.replace('_', '-')}-checkpoint {getattr(args, key)}: no such file")
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise UserError("the demo needs gradio: pip install -r requirements-demo.txt") from None
-    configure(get_device(args.device), **{key: getattr(args, key) for key in MODELS})
+    configure(get_device(args.device), **{key: getattr(args, key) for key in defaults})
     get_logger("demo")
     for key in MODELS:
         log.info(f"{key}: {SETTINGS['checkpoints'][key]}" + (" (missing: its tab says how to train it)"
                                                             if missing_checkpoint(key) else ""))
+    log.info(f"{REAL_SST2}: {SETTINGS['checkpoints'][REAL_SST2]} (" + ("the sentiment box answers with it)"
+             if sst2_model() == REAL_SST2 else f"missing: the course's own BERT answers; {REAL_SST2_COMMAND})"))
     try:
         build_app().launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False)
     except OSError as e:  # the port is taken, or the host is not an address of this machine

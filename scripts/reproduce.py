@@ -267,7 +267,7 @@ def print_plan(order: list[Run], side: dict[str, str], root: Path, out_root: Pat
             print("    $ " + shlex.join(["python", script, *args]))
     skipped = sorted(k for k in side if k.split("/")[0] in stages)
     if skipped:
-        print("\nnot re-run: side files with no headline metric (speeds of this machine, tokenizer figures)")
+        print("\nnot re-run: side files with no headline metric (speeds of this machine, tokenizer figures, baselines)")
         for key in skipped:
             print(f"    {key} ({side[key]})")
 

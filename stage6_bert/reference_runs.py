@@ -6,7 +6,9 @@ results/ with `python scripts/publish.py <out-dir>/result.json`. Where-flags (--
 --device) are left out: each run writes to its default --out-dir, runs/stage6_bert/<name>.
 
 The fine-tunes read the checkpoint the pre-training run writes: BERT_CHECKPOINT is finetune.py's default
---checkpoint, and the demo and the capstone read it too.
+--checkpoint, and the demo and the capstone read it too. MINILM_SST2_CHECKPOINT is where real pre-trained weights
+fine-tuned on SST-2 land (`finetune.py --task sst2 --pretrained all-MiniLM-L6-v2`, any learning rate or epochs; only
+another --seed or --out-dir moves it): the demo's sentiment box prefers it to the course's own model when it exists.
 """
 
 REFERENCE_RUNS = {
@@ -20,7 +22,12 @@ REFERENCE_RUNS = {
     "glue_rte": ["stage6_bert/finetune.py", "--task", "rte"],
     "glue_stsb": ["stage6_bert/finetune.py", "--task", "stsb"],
     "glue_wnli": ["stage6_bert/finetune.py", "--task", "wnli"],
+    "glue_baselines": ["stage6_bert/baselines.py"],     # the constant predictor on every task's dev set: no training
+    # real pre-trained weights (data/pretrained/all-MiniLM-L6-v2): zero-shot sentence similarity, no training
+    "stsb_zero_shot_minilm": ["stage6_bert/similarity.py"],
 }
 
 # The folder the "pretrain" run writes (pretrain.py's default --out-dir, runs/stage6_bert/<run name>), + best.pt.
 BERT_CHECKPOINT = "runs/stage6_bert/pretrain/best.pt"
+# Where `finetune.py --task sst2 --pretrained all-MiniLM-L6-v2` writes (its default --out-dir, + best.pt).
+MINILM_SST2_CHECKPOINT = "runs/stage6_bert/glue_sst2_minilm/best.pt"

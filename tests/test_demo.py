@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("gradio", reason="the demo needs gradio: pip install -r requirements-demo.txt")
 
 import tiny_checkpoints  # noqa: E402
 from conftest import REPO_ROOT, assert_one_line_error, cli  # noqa: E402
 from scripts import demo  # noqa: E402
+from stage6_bert.predict import load_predictor  # noqa: E402
+from stage6_bert.reference_runs import MINILM_SST2_CHECKPOINT  # noqa: E402
 
 SOURCE = "A man is riding a bike."  # 8 source tokens with <eos>: the attention map is 0.45 * 8 + 2 inches wide
 
@@ -31,9 +34,12 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def tiny(checkpoints):
-    demo.configure("cpu", **checkpoints)
+    """The tiny checkpoints, and no real-weights SST-2 classifier (whatever runs/ holds on this machine): the
+    sentiment box answers with the course's own tiny BERT unless a test puts one there."""
+    demo.configure("cpu", **checkpoints, **{demo.REAL_SST2: checkpoints["stage6_sst2"].parent / "no_real" / "best.pt"})
     yield checkpoints
-    demo.configure("cpu", **{key: demo.default_checkpoint(key) for key in demo.MODELS})
+    demo.configure("cpu", **{key: demo.default_checkpoint(key) for key in demo.MODELS},
+                   **{demo.REAL_SST2: Path(MINILM_SST2_CHECKPOINT)})
 
 
 # every tab, called with one text: the tab's outputs (a streamed tab: its last outputs)
@@ -98,7 +104,37 @@ def test_stage6_fills_mask_with_k_guesses_each(tiny):
 
 def test_stage6_gives_sst2_sentiment(tiny):
     probs, message = demo.stage6_sentiment("a gripping , beautifully acted film .")
-    assert list(probs) == ["negative", "positive"] and sum(probs.values()) == pytest.approx(1.0) and message == ""
+    assert list(probs) == ["negative", "positive"] and sum(probs.values()) == pytest.approx(1.0)
+    assert message == f"Answered by the course's own BERT, pre-trained and fine-tuned here (`{tiny['stage6_sst2']}`)."
+
+
+def test_stage6_sentiment_prefers_real_weights_when_their_checkpoint_exists(tiny, tmp_path):
+    """A classifier at the real-weights path (here a second tiny classifier standing in for all-MiniLM-L6-v2 fine-tuned
+    on SST-2) answers instead of the course's own, found on the next submit, and the message names it; while it is
+    there, a missing course checkpoint is no note on the page."""
+    text = "a gripping , beautifully acted film ."
+    real = tmp_path / "glue_sst2_minilm" / "best.pt"
+    demo.configure("cpu", **{demo.REAL_SST2: real})
+    own, message = demo.stage6_sentiment(text)
+    assert message.startswith("Answered by the course's own BERT")
+    real.parent.mkdir()
+    torch.manual_seed(1)   # other random weights than the course's tiny classifier: other probabilities
+    tiny_checkpoints.stage6_sst2(real.parent)
+    probs, message = demo.stage6_sentiment(text)
+    assert message == f"Answered by all-MiniLM-L6-v2 (real pre-trained weights) fine-tuned on SST-2 (`{real}`)."
+    assert list(probs.values()) == pytest.approx(load_predictor(real)([text])[0].tolist())
+    assert list(probs.values()) != pytest.approx(list(own.values()))
+    demo.configure("cpu", stage6_sst2=tmp_path / "none.pt")
+    assert demo.stage6_sentiment(text)[1].startswith("Answered by all-MiniLM-L6-v2")
+    assert demo.page_notes()[list(demo.MODELS).index("stage6_sst2")] == ""
+
+
+def test_a_missing_sst2_checkpoint_names_the_real_weights_command_too(tiny, tmp_path):
+    demo.configure("cpu", stage6_sst2=tmp_path / "none.pt")
+    probs, message = demo.stage6_sentiment("a good film .")
+    assert probs is None and "does not exist" in message
+    assert f"`{demo.REAL_SST2_COMMAND}` writes `{demo.SETTINGS['checkpoints'][demo.REAL_SST2]}`" in message
+    assert demo.REAL_SST2_COMMAND == "python stage6_bert/finetune.py --task sst2 --pretrained all-MiniLM-L6-v2"
 
 
 # ----------------------------------------------------------------------------- messages instead of errors
@@ -189,6 +225,16 @@ def test_default_checkpoint_is_where_the_command_writes_it(key):
     assert demo.default_checkpoint("stage6_mlm") == Path(BERT_CHECKPOINT)
 
 
+def test_the_real_weights_classifier_is_where_its_command_writes_it():
+    """The sentiment box looks for real weights where `finetune.py --task sst2 --pretrained all-MiniLM-L6-v2` writes
+    (MINILM_SST2_CHECKPOINT, itself tested against finetune.parse_args in tests/test_stage6_reference_runs.py)."""
+    from stage6_bert import finetune
+    words = shlex.split(demo.REAL_SST2_COMMAND)
+    assert Path(finetune.parse_args(words[2:]).out_dir) / "best.pt" == Path(MINILM_SST2_CHECKPOINT)
+    assert demo.parse_args([]).stage6_sst2_real == MINILM_SST2_CHECKPOINT
+    assert demo.SETTINGS["checkpoints"][demo.REAL_SST2] == Path(MINILM_SST2_CHECKPOINT)
+
+
 # ----------------------------------------------------------------------------- the command line
 
 def test_help_and_defaults(capsys):
@@ -205,6 +251,7 @@ def test_help_and_defaults(capsys):
     (["--port", "70000"], r"--port: expected a port number"),
     (["--stage1-checkpoint", "no/such/best.pt"], r"--stage1-checkpoint no/such/best.pt: no such file"),
     (["--stage6-sst2-checkpoint", "nope.pt"], r"--stage6-sst2-checkpoint nope.pt: no such file"),
+    (["--stage6-sst2-real-checkpoint", "nope.pt"], r"--stage6-sst2-real-checkpoint nope.pt: no such file"),
 ])
 def test_bad_flags_are_one_line_errors(argv, pattern, capsys):
     code, err = cli(demo.main, argv, capsys)

@@ -40,8 +40,9 @@ def free_port() -> int:
 def server(tmp_path_factory):
     """The demo as a separate process, on a free port; stopped whatever happens."""
     root = tmp_path_factory.mktemp("demo_e2e")
-    flags = [x for key, path in tiny_checkpoints.make_all(root / "checkpoints").items()
-             for x in (f"--{key.replace('_', '-')}-checkpoint", str(path))]
+    paths = tiny_checkpoints.make_all(root / "checkpoints")
+    flags = [x for key, path in paths.items() for x in (f"--{key.replace('_', '-')}-checkpoint", str(path))]
+    flags += ["--stage6-sst2-real-checkpoint", str(paths["stage6_sst2"])]  # not whatever runs/ holds here
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "w")

@@ -85,6 +85,22 @@ def test_absolute_paths_are_found_wherever_they_hide():
                            "data_dir": "~/.cache/my_llm/data", "fill": "good / bad"}) == []
 
 
+def test_a_result_of_several_tasks_has_no_headline_and_is_no_row_of_the_results_table(tmp_path):
+    """write_result(headline=None): a file of several tasks' figures (stage6_bert/baselines.py) records no
+    "headline_metric", the mark of a side file that results_table.py and reproduce.py leave out of their tables."""
+    from scripts.results_table import load_results
+
+    path = tmp_path / "stage6_bert" / "results" / "glue_baselines.json"
+    metrics = {"mrpc": {"f1": 0.8122, "accuracy": 0.6838}, "stsb": {"pearson": None, "mse": 2.36}}
+    fields = dict(stage="stage6_bert", dataset="GLUE", split="dev", metrics=metrics, train_seconds=0, device="cpu",
+                  params=0, command="python stage6_bert/baselines.py")
+    r = write_result(path, headline=None, **fields)
+    assert "headline_metric" not in r and json.loads(path.read_text()) == r and r["metrics"] == metrics
+    assert load_results(tmp_path) == []
+    with pytest.raises(ValueError, match="headline metric 'f1' is not among the metrics"):
+        write_result(path, headline="f1", **fields)   # a name inside a task's entry is not a headline
+
+
 # ----------------------------------------------------------------------------- publish.py
 
 def fake_repo(tmp_path: Path) -> Path:

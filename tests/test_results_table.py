@@ -113,6 +113,85 @@ def test_a_translation_without_markers_is_an_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Stage 6's GLUE table: the constant predictor, the course's BERT and real weights, per task
+
+def glue_file(metrics: dict, **fields) -> str:
+    """A fine-tuning result file, as finetune.py writes it (the fields the GLUE table reads)."""
+    return json.dumps({"stage": "stage6_bert", "headline_metric": next(iter(metrics)), "metrics": metrics,
+                       "train_seconds": 1.0, "params": 1, "device": "cpu", "threads": 2, "dataset": "GLUE",
+                       "split": "dev", "command": "python stage6_bert/finetune.py", **fields})
+
+
+def glue_repo(root: Path) -> dict[str, Path]:
+    """Stage 6 with the baselines of two tasks, the course's MRPC and CoLA, real weights on MRPC with three seeds,
+    no real weights on CoLA yet, and its two READMEs with the glue markers (and none of the results table)."""
+    results = root / "stage6_bert" / "results"
+    results.mkdir(parents=True)
+    baselines = {"mrpc": {"f1": 0.8122, "accuracy": 0.6838}, "cola": {"matthews_corr": 0.0, "accuracy": 0.6913},
+                 "stsb": {"pearson": None, "spearman": None, "mse": 2.3636}}
+    (results / "glue_baselines.json").write_text(json.dumps({"stage": "stage6_bert", "metrics": baselines}))
+    (results / "glue_mrpc.json").write_text(glue_file({"f1": 0.8122, "accuracy": 0.6838}))
+    (results / "glue_cola.json").write_text(glue_file({"matthews_corr": 0.0, "accuracy": 0.6913}))
+    for name, f1, accuracy in [("", 0.90, 0.85), ("_seed2", 0.88, 0.83), ("_seed3", 0.89, 0.81)]:
+        (results / f"glue_mrpc_minilm{name}.json").write_text(glue_file({"f1": f1, "accuracy": accuracy}))
+    readme = f"# Stage 6\n\nGLUE:\n\n{results_table.GLUE_START}\n{results_table.GLUE_END}\n\nAfter.\n"
+    paths = {"en": root / "stage6_bert" / "README.md", "zh": root / "stage6_bert" / "README.zh-CN.md"}
+    for path in paths.values():
+        path.write_text(readme, encoding="utf-8")
+    (root / "README.md").write_text(f"{START}\n{END}\n", encoding="utf-8")   # the top README: the results table
+    return paths
+
+
+def row(text: str, task: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {task} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_the_glue_table_shows_each_model_per_task_and_never_a_number_not_run(tmp_path, capsys):
+    paths = glue_repo(tmp_path)
+    assert results_table.main(["--write"], root=tmp_path) == 0
+    en, zh = (paths[k].read_text(encoding="utf-8") for k in ("en", "zh"))
+    assert row(en, "MRPC") == [
+        "MRPC", "f1 / accuracy", "[0.8122](results/glue_baselines.json) / 0.6838",
+        "[0.8122](results/glue_mrpc.json) / 0.6838",
+        "0.8900 / 0.8300 (mean of 3: [0.9000](results/glue_mrpc_minilm.json), "
+        "[0.8800](results/glue_mrpc_minilm_seed2.json), [0.8900](results/glue_mrpc_minilm_seed3.json))"]
+    assert row(en, "CoLA")[2:] == ["[0.0000](results/glue_baselines.json) / 0.6913",
+                                   "[0.0000](results/glue_cola.json) / 0.6913", "not run yet"]
+    assert row(en, "SST-2")[2:] == ["not run yet"] * 3   # no entry in the baselines file, no result file
+    assert row(en, "STS-B")[2] == ("undefined (a constant has no correlation); mse "
+                                   "[2.3636](results/glue_baselines.json)")
+    assert row(en, "STS-B zero-shot (no fine-tuning: cosine of mean-pooled vectors)")[4] == "not run yet"
+    assert results_table.GLUE_WORDS["en"]["header"] in en and results_table.GLUE_WORDS["zh-CN"]["header"] in zh
+    assert row(zh, "MRPC")[4].startswith("0.8900 / 0.8300 (3 次的平均: ") and row(zh, "CoLA")[4] == "尚未运行"
+    assert en.startswith("# Stage 6\n\nGLUE:\n\n") and en.endswith(f"{results_table.GLUE_END}\n\nAfter.\n")
+    assert results_table.main(["--check"], root=tmp_path) == 0
+    capsys.readouterr()
+
+    (tmp_path / "stage6_bert" / "results" / "glue_cola_minilm.json").write_text(
+        glue_file({"matthews_corr": 0.45, "accuracy": 0.8}))   # a new run published, and nobody ran --write
+    assert results_table.main(["--check"], root=tmp_path) == 1
+    assert "stage6_bert/README.md, stage6_bert/README.zh-CN.md" in capsys.readouterr().err
+    results_table.main(["--write"], root=tmp_path)
+    assert row(paths["en"].read_text(encoding="utf-8"), "CoLA")[4] == \
+        "[0.4500](results/glue_cola_minilm.json) / 0.8000"
+
+
+def test_the_glue_tables_metrics_are_the_tasks_metrics():
+    """GLUE_TASKS repeats glue.py's TASKS (the scripts here import no torch): the same tasks, names and metrics."""
+    from stage6_bert.glue import TASKS
+    assert [(key, TASKS[key].name, TASKS[key].metrics) for key in TASKS] == results_table.GLUE_TASKS
+    assert set(results_table.GLUE_WORDS["en"]) == set(results_table.GLUE_WORDS["zh-CN"])
+
+
+def test_the_stage6_readmes_hold_the_glue_table():
+    for name in ("README.md", "README.zh-CN.md"):
+        assert results_table.GLUE_START in (REPO_ROOT / "stage6_bert" / name).read_text(encoding="utf-8"), name
+    assert set(results_table.glue_readmes()) == {REPO_ROOT / "stage6_bert" / "README.md",
+                                                 REPO_ROOT / "stage6_bert" / "README.zh-CN.md"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The Chinese README against the English one
 
 FENCE = re.compile(r"^\s*```(\w*)")

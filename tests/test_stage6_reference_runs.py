@@ -9,12 +9,12 @@ import pytest
 
 from conftest import REPO_ROOT
 from scripts.common import WHERE_FLAGS, reference_command, reference_run_name, resolved_config
-from stage6_bert import fill_mask, finetune, predict, pretrain, similarity
-from stage6_bert.reference_runs import BERT_CHECKPOINT, REFERENCE_RUNS
+from stage6_bert import baselines, fill_mask, finetune, predict, pretrain, similarity
+from stage6_bert.reference_runs import BERT_CHECKPOINT, MINILM_SST2_CHECKPOINT, REFERENCE_RUNS
 
 STAGE = "stage6_bert"
 PARSERS = {"stage6_bert/pretrain.py": pretrain.parse_args, "stage6_bert/finetune.py": finetune.parse_args,
-           "stage6_bert/similarity.py": similarity.parse_args}
+           "stage6_bert/similarity.py": similarity.parse_args, "stage6_bert/baselines.py": baselines.parse_args}
 RESULTS = sorted((REPO_ROOT / STAGE / "results").glob("*.json"))
 
 
@@ -60,6 +60,21 @@ def test_the_fine_tunes_read_the_checkpoint_the_pretraining_run_writes():
         if argv[0] == "stage6_bert/finetune.py":   # the course's own BERT, or real weights (--pretrained): no checkpoint
             args = finetune.parse_args(argv[1:])
             assert args.checkpoint == (None if args.pretrained else BERT_CHECKPOINT), name
+
+
+def test_real_weights_fine_tuned_on_sst2_land_where_the_demo_looks():
+    """MINILM_SST2_CHECKPOINT is finetune.py's default --out-dir for --task sst2 --pretrained all-MiniLM-L6-v2, + best.pt,
+    whatever the learning rate or epochs (the hub id names the same weights); so is any declared run of it."""
+    for extra in ([], ["--lr", "5e-5", "--epochs", "3"], ["--pooling", "mean", "--batch-size", "16"]):
+        for weights in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+            args = finetune.parse_args(["--task", "sst2", "--pretrained", weights, *extra])
+            assert args.out_dir + "/best.pt" == MINILM_SST2_CHECKPOINT
+    assert finetune.parse_args(["--task", "sst2", "--pretrained", "all-MiniLM-L6-v2", "--seed", "2"]).out_dir + \
+        "/best.pt" != MINILM_SST2_CHECKPOINT   # another seed: another folder
+    for name, argv in REFERENCE_RUNS.items():
+        if argv[0] == "stage6_bert/finetune.py" and name.startswith("glue_sst2_minilm"):
+            args = finetune.parse_args(argv[1:])
+            assert (args.out_dir + "/best.pt" == MINILM_SST2_CHECKPOINT) == (name == "glue_sst2_minilm"), name
 
 
 def test_a_run_matches_its_reference_by_settings_not_by_text():
