@@ -105,8 +105,9 @@ def reference_summary(name: str, ckpt: Path, root: Path = REPO_ROOT) -> dict:
 
 
 def scrub(text: str, temp_out: Path) -> str:
-    """A text output with this machine's paths taken out."""
-    text = text.replace(str(temp_out), "runs/notebook")
+    """A text output with this machine's paths taken out: the temporary run folder reads as the notebook's default,
+    runs/notebook/<folder>."""
+    text = text.replace(str(temp_out), f"runs/notebook/{temp_out.name}")
     return portable(text)
 
 
