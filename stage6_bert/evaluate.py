@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as `python stage6_bert/evaluate.py`: put th
 
 from scripts.common import get_device, positive_int, resolve_data_dir, run_cli
 from stage6_bert.glue import QUICK_ROWS, compute_metrics, confusion, encode, get_task, load_split
-from stage6_bert.predict import load_finetuned, predict_rows
+from stage6_bert.predict import load_finetuned, predict_rows, separately
 
 
 def format_confusion(counts: list[list[int]], names: tuple[str, ...]) -> str:
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     dev = load_split(task_name, resolve_data_dir(args.data_dir), "dev")
     if run_args.get("quick"):
         dev = dev.head(QUICK_ROWS["dev"])
-    enc = encode(tok, dev, min(run_args.get("max_len") or 128, model.cfg.max_position))
+    enc = encode(tok, dev, min(run_args.get("max_len") or 128, model.cfg.max_position), separately(ckpt))
     preds = predict_rows(model, enc, device, args.batch_size)
     metrics = compute_metrics(task_name, preds, dev.labels)
     counts = confusion(preds, dev.labels, task.num_labels) if task.labels else None

@@ -5,6 +5,7 @@
     python stage6_bert/finetune.py --task stsb --epochs 5             # STS-B: a regression head, Pearson correlation
     python stage6_bert/finetune.py --task rte --quick                 # a smoke run on small slices
     python stage6_bert/finetune.py --task sst2 --pretrained all-MiniLM-L6-v2 --lr 5e-5   # real pre-trained weights
+    python stage6_bert/finetune.py --task stsb --pretrained all-MiniLM-L6-v2 --pair-encoding bi --lr 2e-5
 
 BERT reads "[CLS] sentence [SEP]" (or "[CLS] a [SEP] b [SEP]" for a pair, with segment ids 0 and 1), and a single
 linear layer on the pooled [CLS] state gives the class scores (`BertClassifier`): cross-entropy for a classification
@@ -12,6 +13,11 @@ task, mean squared error for STS-B's similarity score (one output). Every weight
 rate, a linear warmup over the first --warmup-ratio of the steps and a linear decay to 0 (Devlin et al. 2019).
 --from-scratch builds the same classifier with random weights and the same tokenizer: the gap between the two dev
 figures is what pre-training bought.
+
+Two ways to read a pair. By default BERT reads both sentences in one input (a cross-encoder: every word of one attends
+to every word of the other). For STS-B, --pair-encoding bi encodes each sentence alone and scores the pair by the cosine
+of the two mean-pooled vectors (a bi-encoder, model.BertBiEncoder, Sentence-BERT's recipe): no head at all, the
+zero-shot scoring of similarity.py, trained. Sentence-embedding weights such as all-MiniLM-L6-v2 were trained for it.
 
 Real weights. --pretrained names a Hugging Face BERT folder instead of --checkpoint: a folder, a name under
 <data-dir>/pretrained/ (all-MiniLM-L6-v2 is in the course's data directory), or a hub id downloaded there when
@@ -65,7 +71,7 @@ from scripts.common import (UserError, add_common_args, autocast_for, catch_stop
                             write_result)
 from stage6_bert.glue import (QUICK_ROWS, SPLITS, TASKS, compute_metrics, encode, get_task, length_batches, load_split,
                               make_batch, take, train_val_rows, write_predictions)
-from stage6_bert.model import BertClassifier, configure_optimizer
+from stage6_bert.model import BertBiEncoder, BertClassifier, configure_optimizer
 from stage6_bert.predict import load_pretrained, predict_rows
 from stage6_bert.pretrained import load_pretrained_bert, short_name
 from stage6_bert.reference_runs import BERT_CHECKPOINT, REFERENCE_RUNS
@@ -75,6 +81,7 @@ STAGE = "stage6_bert"
 SCRIPT = "stage6_bert/finetune.py"
 RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result")  # from the command line on --resume
 SEED = 1337  # add_common_args' default --seed: a run with another seed gets its own folder (run_name)
+PAIR_ENCODINGS = ("cross", "bi")
 
 
 def val_size(text: str) -> float:
@@ -116,9 +123,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dropout while fine-tuning (embeddings, residual branches, attention weights, classifier "
                         "input), whatever pre-training used: a short pre-training run underfits and is best without "
                         "dropout, while a small labelled set overfits and needs it")
-    p.add_argument("--pooling", choices=BertClassifier.POOLINGS, default="cls",
+    p.add_argument("--pooling", choices=BertClassifier.POOLINGS, default=None,
                    help="the sentence vector the head reads: BERT's pooled [CLS] state, or the mean of the last layer "
-                        "over the real tokens (what an MLM-only pre-training trained; see BertClassifier)")
+                        "over the real tokens (what an MLM-only pre-training trained; see BertClassifier) "
+                        "(default: cls; a bi-encoder always uses mean)")
+    p.add_argument("--pair-encoding", choices=PAIR_ENCODINGS, default="cross",
+                   help="a pair task's two sentences in one input (cross), or each encoded alone and scored by the "
+                        "cosine of their vectors (bi, STS-B only; see BertBiEncoder)")
     p.add_argument("--clip", type=positive_float, default=1.0, help="clip the gradient norm to this value")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU")
@@ -129,13 +140,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--checkpoint and --pretrained both name the weights to start from; give one")
     if not args.pretrained:
         args.checkpoint = args.checkpoint or BERT_CHECKPOINT
+    if args.pair_encoding == "bi":
+        if args.task != "stsb":
+            p.error(f"--pair-encoding bi scores a pair by the cosine of its two sentence vectors: STS-B's similarity; "
+                    f"{args.task} is not a similarity score")
+        if args.pooling == "cls":
+            p.error("--pair-encoding bi mean-pools each sentence; --pooling cls does not apply")
+    args.pooling = args.pooling or ("mean" if args.pair_encoding == "bi" else "cls")
     args.out_dir = args.out_dir.format(name=run_name(args))
     return args
 
 
 def run_name(args) -> str:
-    """glue_<task>, + _<weights> for real ones (glue_sst2_minilm), + _scratch, + _seed<N> for another --seed."""
+    """glue_<task>, + _<weights> for real ones (glue_sst2_minilm), + _bi for a bi-encoder, + _scratch, + _seed<N> for
+    another --seed."""
     return (f"glue_{args.task}" + (f"_{short_name(args.pretrained)}" if getattr(args, "pretrained", None) else "")
+            + ("_bi" if getattr(args, "pair_encoding", "cross") == "bi" else "")
             + ("_scratch" if args.from_scratch else "") + (f"_seed{args.seed}" if args.seed != SEED else ""))
 
 
@@ -150,7 +170,15 @@ def resume_checkpoint(args) -> dict:
     return ckpt
 
 
-def build_classifier(args, task, device, data_dir: Path) -> tuple[BertClassifier, WordPieceTokenizer, dict | None]:
+def new_model(args, task, cfg) -> BertClassifier | BertBiEncoder:
+    """A random-init model of the kind --pair-encoding asks for."""
+    if args.pair_encoding == "bi":
+        return BertBiEncoder(cfg)
+    return BertClassifier(cfg, task.num_labels, pooling=args.pooling)
+
+
+def build_classifier(args, task, device, data_dir: Path) -> tuple[BertClassifier | BertBiEncoder, WordPieceTokenizer,
+                                                                  dict | None]:
     """The pre-trained encoder (or its random twin, --from-scratch) and a new head for the task, with its tokenizer
     written into --out-dir (best.pt names it: the model travels with its tokenizer). The encoder comes from the
     course's pre-training checkpoint (--checkpoint) or from real weights (--pretrained).
@@ -158,10 +186,11 @@ def build_classifier(args, task, device, data_dir: Path) -> tuple[BertClassifier
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     tok_dst = Path(args.out_dir) / "tokenizer.json"
     if args.pretrained:
-        model, tok, source = load_pretrained_bert(args.pretrained, data_dir, BertClassifier, num_labels=task.num_labels,
+        kind = BertBiEncoder if args.pair_encoding == "bi" else BertClassifier
+        model, tok, source = load_pretrained_bert(args.pretrained, data_dir, kind, num_labels=task.num_labels,
                                                   pooling=args.pooling, dropout=args.dropout, attn_dropout=args.dropout)
         if args.from_scratch:   # the same architecture and vocabulary, random weights
-            model = BertClassifier(model.cfg, task.num_labels, pooling=args.pooling)
+            model = new_model(args, task, model.cfg)
         tok.save(tok_dst)   # the course's JSON: evaluate.py and predict.py read it beside best.pt
         return model.to(device), tok, None if args.from_scratch else source
     if not Path(args.checkpoint).is_file():  # the first link of the chain is missing: name the run that makes it
@@ -169,7 +198,7 @@ def build_classifier(args, task, device, data_dir: Path) -> tuple[BertClassifier
                         f"`{reference_command(REFERENCE_RUNS['pretrain'])}` (or pass --checkpoint)")
     pre_state, cfg, tok, pre = load_pretrained(args.checkpoint)
     cfg = dataclasses.replace(cfg, dropout=args.dropout, attn_dropout=args.dropout)
-    model = BertClassifier(cfg, task.num_labels, pooling=args.pooling)
+    model = new_model(args, task, cfg)
     if not args.from_scratch:
         try:
             model.load_backbone(pre_state)
@@ -189,10 +218,12 @@ def prepare_data(args, task, tok, max_len: int, data_dir: Path, log) -> tuple[di
     if args.quick:
         splits = {s: v.head(QUICK_ROWS[s]) for s, v in splits.items()}
     train_rows, val_rows = train_val_rows(args.task, splits["train"], args.val_size)
-    train_all = encode(tok, splits["train"], max_len)
+    separately = args.pair_encoding == "bi"   # each sentence of a pair alone
+    train_all = encode(tok, splits["train"], max_len, separately)
     data = {"train": take(train_all, train_rows), "val": take(train_all, val_rows),
-            "dev": encode(tok, splits["dev"], max_len), "test": encode(tok, splits["test"], max_len)}
-    cut = sum(len(ids) >= max_len for enc in data.values() for ids in enc.ids)
+            "dev": encode(tok, splits["dev"], max_len, separately), "test": encode(tok, splits["test"], max_len,
+                                                                                  separately)}
+    cut = sum(n >= max_len for enc in data.values() for n in enc.lengths())
     dropped = len(splits["train"]) - len(train_rows) - len(val_rows)  # SST-2: the phrases inside the val sentences
     capped = f" (--max-len {args.max_len} is more than the model's positions)" if max_len < args.max_len else ""
     log.info(f"GLUE {task.name}: {len(train_rows):,} train / {len(val_rows):,} val (from train"
@@ -213,9 +244,11 @@ def starting_point(args, source: dict | None) -> str:
 def save_run(path: Path, model, args, task, state: dict, source: dict | None, optimizer=None, scaler=None) -> None:
     """best.pt (no optimizer), or last.pt: also the optimizer, the loss scaler and the random-number states that
     --resume needs. Kind "classifier", with its task (STS-B's regressor too: a task head with one output), and where
-    its starting weights came from ("pretrained", as build_classifier describes it)."""
+    its starting weights came from ("pretrained", as build_classifier describes it); a bi-encoder says so
+    ("pair_encoding")."""
     obj = {"stage": STAGE, "kind": "classifier", "task": args.task, "config": model.cfg.to_dict(),
-           "num_labels": task.num_labels, "pooling": args.pooling, "model": model.state_dict(),
+           "num_labels": task.num_labels, "pooling": args.pooling, "pair_encoding": args.pair_encoding,
+           "model": model.state_dict(),
            "tokenizer": "tokenizer.json", "args": vars(args), "state": state, "rng": rng_state(), "pretrained": source}
     if optimizer is not None:
         obj["optimizer"] = optimizer.state_dict()
@@ -285,7 +318,7 @@ def main(argv=None) -> None:
         model.train()
         while state["epoch"] < args.epochs and not stop["by"]:
             # fixed by (seed, epoch): resumable mid-epoch
-            batches = length_batches([len(ids) for ids in train.ids], args.batch_size,
+            batches = length_batches(train.lengths(), args.batch_size,
                                      random.Random(args.seed + state["epoch"]))
             bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                        leave=False, disable=None)

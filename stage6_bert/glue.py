@@ -311,20 +311,33 @@ def compute_metrics(task: str, preds: list, labels: list) -> dict[str, float]:
 @dataclass
 class Encoded:
     """A split as BERT input: per row the ids and segment ids of [CLS] a [SEP] (b [SEP]); labels as in Split; the
-    tokenizer's [PAD] id, what make_batch pads with."""
+    tokenizer's [PAD] id, what make_batch pads with. A pair encoded for a bi-encoder (encode(..., separately=True))
+    keeps its two sentences apart instead: ids holds [CLS] a [SEP] and ids_b holds [CLS] b [SEP]."""
     ids: list[list[int]]
     segments: list[list[int]]
     labels: list | None
     pad_id: int = 0
+    ids_b: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def lengths(self) -> list[int]:
+        """Tokens per row: what a batch of it is padded to (the longer sentence of a separately encoded pair)."""
+        if self.ids_b is None:
+            return [len(ids) for ids in self.ids]
+        return [max(len(a), len(b)) for a, b in zip(self.ids, self.ids_b)]
 
-def encode(tok, split: Split, max_len: int) -> Encoded:
-    """Tokenise every row, cut to max_len tokens (a pair loses tokens from its longer text first)."""
+
+def encode(tok, split: Split, max_len: int, separately: bool = False) -> Encoded:
+    """Tokenise every row, cut to max_len tokens (a pair loses tokens from its longer text first). separately=True
+    encodes each sentence of a pair alone, each cut to max_len, for a bi-encoder (model.BertBiEncoder)."""
     if split.b is None:
         pairs = [tok.encode_single(a, max_len) for a in split.a]
+    elif separately:
+        ids_b = [tok.encode_single(b, max_len)[0] for b in split.b]
+        pairs = [tok.encode_single(a, max_len) for a in split.a]
+        return Encoded([p[0] for p in pairs], [p[1] for p in pairs], split.labels, tok.pad_id, ids_b)
     else:
         pairs = [tok.encode_pair(a, b, max_len) for a, b in zip(split.a, split.b)]
     return Encoded([p[0] for p in pairs], [p[1] for p in pairs], split.labels, tok.pad_id)
@@ -332,15 +345,20 @@ def encode(tok, split: Split, max_len: int) -> Encoded:
 
 def make_batch(enc: Encoded, idx: list[int], device):
     """Rows idx of enc, right-padded with its [PAD] to the longest -> ids, segments, attention mask (B, T) and labels
-    (B,) or None."""
-    T = max(len(enc.ids[i]) for i in idx)
-    ids = torch.full((len(idx), T), enc.pad_id, dtype=torch.long)
-    segments = torch.zeros((len(idx), T), dtype=torch.long)
-    mask = torch.zeros((len(idx), T), dtype=torch.long)
-    for row, i in enumerate(idx):
-        n = len(enc.ids[i])
-        ids[row, :n] = torch.tensor(enc.ids[i])
-        segments[row, :n] = torch.tensor(enc.segments[i])
+    (B,) or None. A separately encoded pair gives 2B rows: sentence a of every row first, then every sentence b, so
+    that one forward pass encodes both sides with the same weights (model.BertBiEncoder splits them again)."""
+    rows = [enc.ids[i] for i in idx]
+    if enc.ids_b is not None:
+        rows += [enc.ids_b[i] for i in idx]
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), enc.pad_id, dtype=torch.long)
+    segments = torch.zeros((len(rows), T), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for row, r in enumerate(rows):
+        n = len(r)
+        ids[row, :n] = torch.tensor(r)
+        if row < len(idx):                                         # a single sentence's segment ids are all 0
+            segments[row, :n] = torch.tensor(enc.segments[idx[row]])
         mask[row, :n] = 1                                          # 1 = a real token, 0 = a pad
     labels = None
     if enc.labels is not None:
@@ -413,7 +431,7 @@ def train_val_rows(task: str, train: Split, val_size: float | None) -> tuple[lis
 
 def take(enc: Encoded, rows: list[int]) -> Encoded:
     return Encoded([enc.ids[i] for i in rows], [enc.segments[i] for i in rows], [enc.labels[i] for i in rows],
-                   enc.pad_id)
+                   enc.pad_id, None if enc.ids_b is None else [enc.ids_b[i] for i in rows])
 
 
 def length_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:

@@ -325,6 +325,48 @@ class BertClassifier(nn.Module):
         return logits, loss
 
 
+class BertBiEncoder(nn.Module):
+    """A bi-encoder (Reimers & Gurevych 2019, Sentence-BERT) for a similarity score: each sentence of a pair goes
+    through the encoder alone, is mean-pooled over its real tokens, and the score is the cosine of the two vectors,
+    times `scale` (STS-B's top score, 5). One encoder with one set of weights reads both sides ("siamese").
+
+    A cross-encoder (BertClassifier on "[CLS] a [SEP] b [SEP]") lets every word of one sentence attend to every word
+    of the other; this one cannot, but a sentence's vector can be computed once and compared with millions, and it is
+    exactly how all-MiniLM-L6-v2 was trained and how similarity.py scores pairs zero-shot. Fine-tuning it moves the
+    zero-shot model, through the same cosine, towards STS-B's scores: the loss is the mean squared error between the
+    cosine and gold / scale. It adds no parameter.
+
+    Input: make_batch's rows for a separately encoded pair, (2B, T): sentence a of each pair, then each sentence b.
+    -> scores (B, 1), like a regression head's logits, and the loss against labels (B,) or None."""
+
+    num_labels = 1   # a score: predict.predict_rows reads it like a regression head's output
+
+    def __init__(self, cfg: BertConfig, scale: float = 5.0):
+        super().__init__()
+        self.cfg, self.scale = cfg, scale
+        self.bert = Bert(cfg)
+
+    load_backbone = BertClassifier.load_backbone
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, T) -> (N, C) unit vectors: the last layer's mean over the real tokens, L2-normalised."""
+        hidden, _ = self.bert(input_ids, attention_mask=attention_mask)     # (N, T, C)
+        keep = (input_ids != self.cfg.pad_id) if attention_mask is None else attention_mask.bool()
+        keep = keep.unsqueeze(-1).to(hidden.dtype)                           # (N, T, 1)
+        mean = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)             # (N, C)
+        return F.normalize(mean.float(), dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, *, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+        if input_ids.size(0) % 2:
+            raise ValueError(f"a bi-encoder batch holds sentence a then sentence b of each pair: an even number of "
+                             f"rows, got {input_ids.size(0)}")
+        u, v = self.embed(input_ids, attention_mask).chunk(2)               # (B, C) each: side a, side b
+        cosine = (u * v).sum(-1)                                             # (B,), from -1 to 1
+        loss = None if labels is None else F.mse_loss(cosine, labels.float() / self.scale)
+        return (cosine * self.scale).unsqueeze(-1), loss                    # (B, 1): on the labels' scale
+
+
 def configure_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, betas=(0.9, 0.999)):
     """AdamW as BERT was trained: weight decay on the matrices only (Linear weights, embeddings), none on biases and
     LayerNorms. The tied embedding is one parameter and is listed once."""
@@ -507,10 +549,11 @@ def state_from_hf(tensors: dict, cfg: BertConfig) -> tuple[dict, list[str]]:
 
 def from_pretrained(folder, kind=Bert, *, num_labels: int = 2, pooling: str = "cls", **overrides):
     """nanoGPT's GPT.from_pretrained, for BERT: a folder with config.json and model.safetensors (the Hugging Face
-    layout) -> our `kind` (Bert, BertPretrain or BertClassifier, with num_labels and pooling) holding its weights,
-    and the parts the checkpoint lacks (see state_from_hf). Only `safetensors` is needed, not transformers: the
-    weights are a plain {name: tensor} file. BertPretrain needs the masked-LM head (fill-mask); a classifier's head is
-    new. ValueError for a config or weights this model cannot take; OSError for a file that cannot be read."""
+    layout) -> our `kind` (Bert, BertPretrain, BertClassifier with num_labels and pooling, or BertBiEncoder) holding
+    its weights, and the parts the checkpoint lacks (see state_from_hf). Only `safetensors` is needed, not
+    transformers: the weights are a plain {name: tensor} file. BertPretrain needs the masked-LM head (fill-mask); a
+    classifier's head is new. ValueError for a config or weights this model cannot take; OSError for a file that
+    cannot be read."""
     import json
     from pathlib import Path
 
@@ -525,7 +568,8 @@ def from_pretrained(folder, kind=Bert, *, num_labels: int = 2, pooling: str = "c
     if kind is BertPretrain:
         model = BertPretrain(cfg)
     else:
-        model = BertClassifier(cfg, num_labels, pooling) if kind is BertClassifier else Bert(cfg)
+        model = (BertClassifier(cfg, num_labels, pooling) if kind is BertClassifier
+                 else BertBiEncoder(cfg) if kind is BertBiEncoder else Bert(cfg))
         encoder = {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
         state = encoder if kind is Bert else {**model.state_dict(), **{f"bert.{k}": v for k, v in encoder.items()}}
     model.load_state_dict(state)

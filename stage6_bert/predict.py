@@ -4,7 +4,8 @@
     echo "what a waste of a great cast" | python stage6_bert/predict.py --checkpoint runs/stage6_bert/glue_sst2/best.pt
 
     load_pretrained(checkpoint)        a "masked_lm" checkpoint (pretrain.py) -> weights, config, tokenizer
-    load_finetuned(checkpoint, device)  a "classifier" checkpoint (finetune.py) -> BertClassifier, tokenizer
+    load_finetuned(checkpoint, device)  a "classifier" checkpoint (finetune.py) -> BertClassifier (or BertBiEncoder),
+                                        tokenizer
     predict_rows(model, encoded, device) every row of a GLUE split -> class ids (or scores, for STS-B)
     load_predictor(checkpoint)          texts -> class probabilities (N, num_labels): what the demo and the capstone use
 
@@ -24,7 +25,7 @@ import torch
 
 from scripts.common import UserError, get_device, load_checkpoint, run_cli
 from stage6_bert.glue import Encoded, Split, encode, get_task, make_batch
-from stage6_bert.model import BertClassifier, BertConfig
+from stage6_bert.model import BertBiEncoder, BertClassifier, BertConfig
 from stage6_bert.tokenizer import WordPieceTokenizer
 
 STAGE = "stage6_bert"
@@ -56,18 +57,27 @@ def load_pretrained(checkpoint: str | Path) -> tuple[dict, BertConfig, WordPiece
     return ckpt["model"], cfg, load_tokenizer_beside(checkpoint, ckpt, cfg), ckpt
 
 
-def load_finetuned(checkpoint: str | Path, device) -> tuple[BertClassifier, WordPieceTokenizer, dict]:
+def load_finetuned(checkpoint: str | Path, device) -> tuple[BertClassifier | BertBiEncoder, WordPieceTokenizer, dict]:
     """A fine-tuning checkpoint (finetune.py's best.pt or last.pt) -> (classifier in eval mode, tokenizer, dict).
-    STS-B's regressor is a "classifier" checkpoint too: a task head with one output."""
+    STS-B's regressor is a "classifier" checkpoint too: a task head with one output, or a bi-encoder
+    ("pair_encoding": "bi"), whose rows encode_for(ckpt) encodes each sentence alone."""
     ckpt = load_checkpoint(checkpoint, stage=STAGE, kind="classifier")
     get_task(ckpt.get("task"))
     cfg = read_config(checkpoint, ckpt)
     try:
-        model = BertClassifier(cfg, ckpt["num_labels"], pooling=ckpt.get("pooling", "cls"))  # older: [CLS]
+        if ckpt.get("pair_encoding") == "bi":
+            model = BertBiEncoder(cfg)
+        else:
+            model = BertClassifier(cfg, ckpt["num_labels"], pooling=ckpt.get("pooling", "cls"))  # older: [CLS]
         model.load_state_dict(ckpt["model"])
     except (TypeError, KeyError, RuntimeError, ValueError) as e:
         raise UserError(f"{checkpoint}: weights do not fit the model config ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), load_tokenizer_beside(checkpoint, ckpt, cfg), ckpt
+
+
+def separately(ckpt: dict) -> bool:
+    """Whether the checkpoint's model reads each sentence of a pair alone (a bi-encoder): encode(..., separately)."""
+    return ckpt.get("pair_encoding") == "bi"
 
 
 @torch.no_grad()
@@ -77,7 +87,8 @@ def predict_rows(model: BertClassifier, enc: Encoded, device, batch_size: int = 
     was_training = model.training
     model.eval()
     out = [None] * len(enc)
-    order = sorted(range(len(enc)), key=lambda i: len(enc.ids[i]))  # similar lengths together: less padding
+    lengths = enc.lengths()
+    order = sorted(range(len(enc)), key=lambda i: lengths[i])  # similar lengths together: less padding
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         ids, segments, mask, _ = make_batch(enc, idx, device)

@@ -31,6 +31,9 @@ REFERENCE_RUNS = {
     # ... fine-tuned on each task; RTE, MRPC and CoLA, whose dev sets are small, are reported as the mean of three seeds
     "glue_sst2_minilm": ["stage6_bert/finetune.py", "--task", "sst2", *MINILM, "--epochs", "2"],
     "glue_stsb_minilm": ["stage6_bert/finetune.py", "--task", "stsb", *MINILM, "--epochs", "5"],
+    # STS-B again as a bi-encoder (each sentence alone, cosine of the mean-pooled vectors): Sentence-BERT's recipe
+    "glue_stsb_minilm_bi": ["stage6_bert/finetune.py", "--task", "stsb", "--pretrained", "all-MiniLM-L6-v2",
+                            "--pair-encoding", "bi", "--lr", "2e-5", "--batch-size", "16", "--epochs", "4"],
     "glue_wnli_minilm": ["stage6_bert/finetune.py", "--task", "wnli", *MINILM, "--epochs", "5"],
     "glue_mrpc_minilm": ["stage6_bert/finetune.py", "--task", "mrpc", *MINILM, "--epochs", "5"],
     "glue_mrpc_minilm_seed2": ["stage6_bert/finetune.py", "--task", "mrpc", *MINILM, "--epochs", "5", "--seed", "2"],

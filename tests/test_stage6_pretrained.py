@@ -20,8 +20,8 @@ import torch
 from conftest import assert_one_line_error, cli, real_data_root
 from scripts.common import UserError, load_checkpoint, portable
 from stage6_bert import data, evaluate, fill_mask, finetune, pretrained, similarity
-from stage6_bert.glue import compute_metrics, load_split
-from stage6_bert.model import Bert, BertPretrain, config_from_hf, from_pretrained
+from stage6_bert.glue import Split, compute_metrics, encode, load_split, make_batch
+from stage6_bert.model import Bert, BertBiEncoder, BertPretrain, config_from_hf, from_pretrained
 from stage6_bert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 from test_stage6_finetune import TASKS, SIZES, tiny_rows, write_tiny_glue
 
@@ -293,6 +293,63 @@ def test_finetune_flags_and_run_names():
     assert finetune.parse_args(["--task", "rte"]).out_dir == "runs/stage6_bert/glue_rte"   # the course's runs: as before
     with pytest.raises(SystemExit):
         finetune.parse_args(["--task", "rte", "--pretrained", "x", "--checkpoint", "y.pt"])
+    bi = finetune.parse_args(["--task", "stsb", "--pretrained", "all-MiniLM-L6-v2", "--pair-encoding", "bi"])
+    assert bi.out_dir == "runs/stage6_bert/glue_stsb_minilm_bi" and bi.pooling == "mean"
+    assert finetune.parse_args(["--task", "stsb"]).pooling == "cls"   # the cross-encoder's default, as before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "mrpc", "--pair-encoding", "bi"], "mrpc is not a similarity score"),
+    (["--task", "stsb", "--pair-encoding", "bi", "--pooling", "cls"], "--pooling cls does not apply")])
+def test_bi_encoder_flags_that_do_not_fit_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        finetune.parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and message in err[-1]
+
+
+def test_bi_encoder_scores_each_sentence_alone_with_the_same_weights(tiny_folder):
+    """A pair batch of the bi-encoder (sentence a of every pair, then every sentence b) gives what similarity.py
+    computes one sentence at a time: 5 x the cosine of the two mean-pooled vectors, whatever the padding; its loss is
+    the squared error of the cosine against gold / 5. No parameter beyond the encoder's."""
+    bi, _ = from_pretrained(tiny_folder, BertBiEncoder)
+    enc_model, tok = from_pretrained(tiny_folder)[0].eval(), pretrained.load_tokenizer(tiny_folder)
+    bi.eval()
+    a = ["a great film .", "the plot was dull and far too long .", "loved it ."]
+    b = ["a wonderful movie .", "dull .", "i hated every minute of it , truly ."]
+    gold = torch.tensor([4.5, 1.0, 0.2])
+    enc = encode(tok, Split(a, b, gold.tolist(), ["0", "1", "2"]), 64, separately=True)
+    assert enc.ids == [tok.encode_single(t, 64)[0] for t in a] and enc.ids_b == [tok.encode_single(t, 64)[0] for t in b]
+    ids, segments, mask, labels = make_batch(enc, [0, 1, 2], "cpu")
+    assert ids.shape[0] == 6 and not segments.any()                      # 2B rows, single sentences
+    with torch.no_grad():
+        scores, loss = bi(ids, token_type_ids=segments, attention_mask=mask, labels=labels)
+    cosines = torch.tensor(similarity.cosine_pairs(enc_model, tok, a, b, 64, torch.device("cpu")))
+    assert scores.shape == (3, 1) and torch.allclose(scores.squeeze(-1), 5 * cosines, atol=1e-5)
+    assert torch.allclose(loss, ((cosines - gold / 5) ** 2).mean(), atol=1e-6)
+    assert sum(p.numel() for p in bi.parameters()) == sum(p.numel() for p in enc_model.parameters())
+    with pytest.raises(ValueError, match="even number of rows"):
+        bi(ids[:5], attention_mask=mask[:5])
+
+
+def test_finetune_a_bi_encoder_resume_and_evaluate(tiny_folder, tmp_path, capsys):
+    """--pair-encoding bi end to end on tiny STS-B: the run folder and result say it, --resume continues it, and
+    evaluate.py reads the checkpoint as a bi-encoder and scores dev as finetune.py did."""
+    glue_dir = write_tiny_glue(tmp_path / "data", ["stsb"])
+    out = tmp_path / "bi"
+    base = ["--task", "stsb", "--pretrained", str(tiny_folder), "--pair-encoding", "bi", "--data-dir", str(glue_dir),
+            "--out-dir", str(out), "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--device", "cpu",
+            "--no-tensorboard"]
+    finetune.main(base + ["--max-steps", "3"])
+    finetune.main(["--task", "stsb", "--out-dir", str(out), "--data-dir", str(glue_dir), "--device", "cpu",
+                   "--resume"])
+    r = json.loads((out / "result.json").read_text())
+    assert r["resumed_with"] and r["epochs_run"] == 2 and r["hparams"]["pair_encoding"] == "bi"
+    assert r["hparams"]["pooling"] == "mean" and set(r["metrics"]) == {"pearson", "spearman"}
+    best = load_checkpoint(out / "best.pt")
+    assert best["pair_encoding"] == "bi" and not any(k.startswith("head.") for k in best["model"])
+    evaluate.main(["--checkpoint", str(out / "best.pt"), "--data-dir", str(glue_dir), "--device", "cpu", "--json"])
+    assert json.loads(capsys.readouterr().out)["metrics"] == r["metrics"]
 
 
 def test_finetune_evaluate_and_predict_with_a_hugging_face_folder(tiny_folder, tmp_path, capsys):
@@ -461,6 +518,21 @@ def test_zero_shot_similarity_on_real_stsb(minilm):
     stsb = load_split("stsb", root, "dev").head(300)
     cosines = similarity.cosine_pairs(model, tok, stsb.a, stsb.b, 128, torch.device("cpu"))
     assert compute_metrics("stsb", cosines, stsb.labels)["pearson"] > 0.85
+
+
+@pytest.mark.real_data(MINILM, "glue")
+def test_the_bi_encoder_starts_from_the_zero_shot_scores(minilm, real_data_dir):
+    """all-MiniLM-L6-v2 as a bi-encoder, before any training, scores 100 real STS-B dev pairs exactly as the zero-shot
+    command does (x 5): fine-tuning it starts from the figure it must beat."""
+    model, tok, root = minilm
+    bi = pretrained.load_pretrained_bert("all-MiniLM-L6-v2", root, BertBiEncoder)[0].eval()
+    stsb = load_split("stsb", root, "dev").head(100)
+    enc = encode(tok, stsb, 128, separately=True)
+    ids, _, mask, _ = make_batch(enc, list(range(100)), "cpu")
+    with torch.no_grad():
+        scores = bi(ids, attention_mask=mask)[0].squeeze(-1)
+    cosines = torch.tensor(similarity.cosine_pairs(model, tok, stsb.a, stsb.b, 128, torch.device("cpu")))
+    assert (scores - 5 * cosines).abs().max() < 1e-4
 
 
 @pytest.mark.slow
