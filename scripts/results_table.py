@@ -38,14 +38,17 @@ GLUE_TASKS = [("sst2", "SST-2", ("accuracy",)), ("cola", "CoLA", ("matthews_corr
               ("mrpc", "MRPC", ("f1", "accuracy")), ("rte", "RTE", ("accuracy",)),
               ("stsb", "STS-B", ("pearson", "spearman")), ("wnli", "WNLI", ("accuracy",))]
 GLUE_ZERO_SHOT = "stsb_zero_shot_minilm.json"   # stage6_bert/similarity.py: STS-B with no training at all
+GLUE_BI_ENCODER = "glue_stsb_minilm_bi.json"    # finetune.py --pair-encoding bi: the same cosine, fine-tuned
 GLUE_WORDS = {   # the table's words in each README language; the figures and links are the same
     "en": {"header": "| task | metric | constant predictor | the course's BERT, pre-trained here | "
                      "all-MiniLM-L6-v2, real pre-trained weights |",
            "not_run": "not run yet", "mean": "mean of {n}", "undefined": "undefined (a constant has no correlation)", "then": "; ",
-           "zero_shot": "STS-B zero-shot (no fine-tuning: cosine of mean-pooled vectors)", "none": "—"},
+           "zero_shot": "STS-B zero-shot (no fine-tuning: cosine of mean-pooled vectors)",
+           "bi_encoder": "STS-B as a bi-encoder (that cosine, fine-tuned)", "none": "—"},
     "zh-CN": {"header": "| 任务 | 指标 | 常数预测器 | 本课程的 BERT（在这里预训练） | all-MiniLM-L6-v2（真实的预训练权重） |",
               "not_run": "尚未运行", "mean": "{n} 次的平均", "undefined": "无定义（常数没有相关性）", "then": "；",
-              "zero_shot": "STS-B 零样本（不微调：平均池化向量的余弦）", "none": "—"},
+              "zero_shot": "STS-B 零样本（不微调：平均池化向量的余弦）",
+              "bi_encoder": "STS-B 双编码器（微调同一个余弦）", "none": "—"},
 }
 
 # The roadmap's "technology evolution" view: one task at a time, the architectures the course builds for it, each
@@ -138,7 +141,8 @@ def glue_cell(files: list[tuple[str, dict]], task: str | None, metrics: tuple[st
 
 def glue_table(root: Path = REPO_ROOT, language: str = "en") -> str:
     """Stage 6's GLUE table (see GLUE_TASKS) in `language`, with links relative to the stage folder. Any file not
-    published yet shows "not run yet", never a number; the row of STS-B zero-shot has no constant or course column."""
+    published yet shows "not run yet", never a number; the rows of STS-B zero-shot and bi-encoder have no constant or
+    course column."""
     words = GLUE_WORDS[language]
     results = root / GLUE_DIR / "results"
 
@@ -156,6 +160,8 @@ def glue_table(root: Path = REPO_ROOT, language: str = "en") -> str:
         lines.append(f"| {name} | {' / '.join(metrics)} | " + " | ".join(cells) + " |")
     zero_shot = glue_cell(read(GLUE_ZERO_SHOT), None, ("pearson", "spearman"), words)
     lines.append(f"| {words['zero_shot']} | pearson / spearman | {words['none']} | {words['none']} | {zero_shot} |")
+    bi_encoder = glue_cell(read(GLUE_BI_ENCODER), None, ("pearson", "spearman"), words)
+    lines.append(f"| {words['bi_encoder']} | pearson / spearman | {words['none']} | {words['none']} | {bi_encoder} |")
     return "\n".join(lines)
 
 
