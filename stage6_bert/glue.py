@@ -332,15 +332,14 @@ class Encoded:
 def encode(tok, split: Split, max_len: int, separately: bool = False) -> Encoded:
     """Tokenise every row, cut to max_len tokens (a pair loses tokens from its longer text first). separately=True
     encodes each sentence of a pair alone, each cut to max_len, for a bi-encoder (model.BertBiEncoder)."""
-    if split.b is None:
+    ids_b = None
+    if split.b is None or separately:
         pairs = [tok.encode_single(a, max_len) for a in split.a]
-    elif separately:
-        ids_b = [tok.encode_single(b, max_len)[0] for b in split.b]
-        pairs = [tok.encode_single(a, max_len) for a in split.a]
-        return Encoded([p[0] for p in pairs], [p[1] for p in pairs], split.labels, tok.pad_id, ids_b)
+        if split.b is not None:
+            ids_b = [tok.encode_single(b, max_len)[0] for b in split.b]
     else:
         pairs = [tok.encode_pair(a, b, max_len) for a, b in zip(split.a, split.b)]
-    return Encoded([p[0] for p in pairs], [p[1] for p in pairs], split.labels, tok.pad_id)
+    return Encoded([p[0] for p in pairs], [p[1] for p in pairs], split.labels, tok.pad_id, ids_b)
 
 
 def make_batch(enc: Encoded, idx: list[int], device):

@@ -275,6 +275,13 @@ class BertPretrain(nn.Module):
         return PretrainOutput(mlm_logits, nsp_logits, sum(losses) if losses else None, mlm_loss, nsp_loss)
 
 
+def mean_pool(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """hidden (N, T, C), keep (N, T) with 1 at the real tokens -> (N, C): the mean over each row's real tokens, the
+    pads left out. BertClassifier's pooling="mean", BertBiEncoder and similarity.py all pool this way."""
+    keep = keep.unsqueeze(-1).to(hidden.dtype)                                  # (N, T, 1)
+    return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)                     # (N, C)
+
+
 class BertClassifier(nn.Module):
     """The encoder with a fine-tuning head: dropout + Linear on a sentence vector -> (B, num_labels).
     num_labels=1 is regression (e.g. STS-B similarity; mean squared error), more is classification (cross-entropy).
@@ -312,9 +319,8 @@ class BertClassifier(nn.Module):
         or None."""
         hidden, pooled = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
         if self.pooling == "mean":
-            keep = (input_ids != self.cfg.pad_id) if attention_mask is None else attention_mask.bool()
-            keep = keep.unsqueeze(-1).to(hidden.dtype)                       # (B, T, 1)
-            pooled = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)       # (B, C)
+            keep = (input_ids != self.cfg.pad_id) if attention_mask is None else attention_mask
+            pooled = mean_pool(hidden, keep)                                 # (B, C)
         logits = self.head(self.dropout(pooled))                             # (B, num_labels)
         loss = None
         if labels is not None:
@@ -351,10 +357,8 @@ class BertBiEncoder(nn.Module):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(N, T) -> (N, C) unit vectors: the last layer's mean over the real tokens, L2-normalised."""
         hidden, _ = self.bert(input_ids, attention_mask=attention_mask)     # (N, T, C)
-        keep = (input_ids != self.cfg.pad_id) if attention_mask is None else attention_mask.bool()
-        keep = keep.unsqueeze(-1).to(hidden.dtype)                           # (N, T, 1)
-        mean = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)             # (N, C)
-        return F.normalize(mean.float(), dim=-1)
+        keep = (input_ids != self.cfg.pad_id) if attention_mask is None else attention_mask
+        return F.normalize(mean_pool(hidden, keep).float(), dim=-1)
 
     def forward(self, input_ids: torch.Tensor, *, token_type_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):

@@ -60,12 +60,12 @@ def load_pretrained(checkpoint: str | Path) -> tuple[dict, BertConfig, WordPiece
 def load_finetuned(checkpoint: str | Path, device) -> tuple[BertClassifier | BertBiEncoder, WordPieceTokenizer, dict]:
     """A fine-tuning checkpoint (finetune.py's best.pt or last.pt) -> (classifier in eval mode, tokenizer, dict).
     STS-B's regressor is a "classifier" checkpoint too: a task head with one output, or a bi-encoder
-    ("pair_encoding": "bi"), whose rows encode_for(ckpt) encodes each sentence alone."""
+    ("pair_encoding": "bi"), whose pairs are encoded a sentence at a time (`separately`)."""
     ckpt = load_checkpoint(checkpoint, stage=STAGE, kind="classifier")
     get_task(ckpt.get("task"))
     cfg = read_config(checkpoint, ckpt)
     try:
-        if ckpt.get("pair_encoding") == "bi":
+        if separately(ckpt):
             model = BertBiEncoder(cfg)
         else:
             model = BertClassifier(cfg, ckpt["num_labels"], pooling=ckpt.get("pooling", "cls"))  # older: [CLS]

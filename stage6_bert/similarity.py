@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from scripts.common import (UserError, command_line, get_device, positive_int, reference_run_name, resolve_data_dir,
                             resolved_config, run_cli, write_result)
 from stage6_bert.glue import QUICK_ROWS, Split, compute_metrics, encode, load_split, make_batch
-from stage6_bert.model import Bert
+from stage6_bert.model import Bert, mean_pool
 from stage6_bert.pretrained import load_pretrained_bert, short_name
 from stage6_bert.reference_runs import REFERENCE_RUNS
 
@@ -55,8 +55,7 @@ def embed(model: Bert, tok, texts: list[str], max_len: int, device, batch_size: 
         idx = order[start:start + batch_size]
         ids, segments, mask, _ = make_batch(enc, idx, device)
         hidden, _ = model(ids, token_type_ids=segments, attention_mask=mask)     # (B, T, C)
-        keep = mask.unsqueeze(-1).to(hidden.dtype)                               # (B, T, 1): 1 at the real tokens
-        mean = (hidden * keep).sum(1) / keep.sum(1)                              # (B, C)
+        mean = mean_pool(hidden, mask)                                           # (B, C): pads left out
         out[idx] = F.normalize(mean.float(), dim=-1).cpu()                       # unit length: dot = cosine
     return out
 
