@@ -3,9 +3,10 @@
     WikiText-2 train + IMDb unlabelled reviews (or the --corpus files)
       -> documents (a Wikipedia article, a review, a block of lines) -> sentences          (documents.py)
       -> ids of every sentence, written once to <out-dir>/corpus_<fingerprint>.npz and read back by later runs
-      -> examples, one of two kinds:
+      -> examples, of two kinds, or a mix of both (--pair-share):
            packed (default, RoBERTa)   [CLS] 126 tokens of running text [SEP]               segment ids 0 ... 0
            pairs  (--nsp, BERT)        [CLS] A [SEP] B [SEP], B the next segment or not     segment ids 0 ... 0 1 ... 1
+           pairs  (--sop, ALBERT)      [CLS] A [SEP] B [SEP], A and B in their order or swapped
       -> a batch padded with [PAD] -> mask_tokens: 15% of the real tokens become targets
 
 The special ids ([CLS], [SEP], [PAD], [MASK], [UNK]) are the tokenizer's (`tok.cls_id`, ...): 0-4 in a vocabulary
@@ -25,6 +26,13 @@ Why packing without NSP. RoBERTa (section 4.2) found that dropping next-sentence
 the downstream results, and that inputs filled with contiguous text (FULL-SENTENCES: across document borders, with a
 separator between documents) do as well as or better than pairs of segments, with more real tokens per example and no
 padding. Both recipes are here: `PackedWindows` (the default) and `SentencePairs` (--nsp).
+
+Why sentence order, and why a mix. Four of GLUE's six tasks are sentence pairs; packed text never shows the model a
+second segment (segment id 1), and MLM alone never trains the [CLS] state or the pooler. NSP does, but ALBERT (Lan et
+al. 2020, section 4.6) found it too easy: a random B usually comes from another topic, so NSP is solved by topic alone.
+Sentence-order prediction (SOP) takes both segments from the same place and asks whether they are in their order or
+swapped: only coherence tells them apart. `MixedExamples` draws a pair with probability --pair-share and a packed
+window otherwise, so that most of the compute still goes to full windows of running text.
 """
 from __future__ import annotations
 
@@ -44,6 +52,8 @@ from stage6_bert.documents import (IMDB_UNSUP, UNKNOWN_WORD, WIKITEXT, load_docu
 from stage6_bert.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
 IS_NEXT, NOT_NEXT = 0, 1  # NSP labels, in BERT's (and the model's) order
+IN_ORDER, SWAPPED = 0, 1  # SOP labels (ALBERT): the same two-way head, "the pair as the text has it" first
+NO_LABEL = -100           # a packed window in a mixed batch: no sentence-task label, ignored by the loss
 COURSE_LAYOUT = WordPieceTokenizer(SPECIAL_TOKENS)  # no words: only the special ids of a vocabulary trained here (0-4)
 
 
@@ -194,16 +204,25 @@ class PackedWindows:
 
 
 class SentencePairs:
-    """With NSP (BERT): each document is cut into segments of whole sentences, of at most (max_len - 3) // 2 tokens
-    (a longer sentence is cut into pieces) so that any two segments fit in one input, and of at most half the
-    document so that a short document of two sentences still gives a pair. Example i is [CLS] A [SEP] B [SEP]: A is
-    the i-th segment that has a successor in its document, and B is that successor (label 0, IsNext) or, half of the
-    time, a segment of another document (label 1, NotNext). The coin and the random segment are drawn from `generator`
-    each time the example is used, so, like the masks, the pairs change from epoch to epoch. tok: whose [CLS], [SEP]."""
+    """Sentence pairs, for NSP (BERT) or SOP (ALBERT): each document is cut into segments of whole sentences, of at
+    most (max_len - 3) // 2 tokens (a longer sentence is cut into pieces) so that any two segments fit in one input,
+    and of at most half the document so that a short document of two sentences still gives a pair. Example i is
+    [CLS] A [SEP] B [SEP], built from the i-th segment that has a successor in its document, X, and that successor, Y:
+    - objective "nsp": A = X and B = Y (label 0, IsNext) or, half of the time, a segment of another document (label
+      1, NotNext);
+    - objective "sop": A = X and B = Y (label 0, in order) or, half of the time, A = Y and B = X (label 1, swapped).
+    The coin and the random segment are drawn from `generator` each time the example is used, so, like the masks, the
+    pairs change from epoch to epoch. tok: whose [CLS], [SEP]."""
 
-    def __init__(self, corpus: Corpus, docs: list[int], max_len: int, tok: WordPieceTokenizer = COURSE_LAYOUT):
+    OBJECTIVES = ("nsp", "sop")
+
+    def __init__(self, corpus: Corpus, docs: list[int], max_len: int, tok: WordPieceTokenizer = COURSE_LAYOUT,
+                 objective: str = "nsp"):
         if max_len < 5:
             raise ValueError(f"max_len {max_len} leaves no room for [CLS] A [SEP] B [SEP]")
+        if objective not in self.OBJECTIVES:
+            raise ValueError(f"objective {objective!r}: expected one of {self.OBJECTIVES}")
+        self.objective = objective
         self.cls_id, self.sep_id = tok.cls_id, tok.sep_id
         half = (max_len - 3) // 2
         segments = []   # (start, end, n): corpus.ids[start:end] is a segment of document docs[n]
@@ -230,7 +249,8 @@ class SentencePairs:
         n_docs = len(np.unique(self.owner))
         if len(self.heads) == 0 or n_docs < 2:
             raise UserError(f"too little text for next-sentence pairs: {n_docs} document(s) with text, "
-                            f"{len(self.heads)} segment(s) followed by another; use longer documents or drop --nsp")
+                            f"{len(self.heads)} segment(s) followed by another; use longer documents or drop "
+                            f"--{objective}")
 
     def __len__(self) -> int:
         return len(self.heads)
@@ -239,10 +259,13 @@ class SentencePairs:
         return self.corpus.ids[self.starts[k]:self.ends[k]].astype(np.int64)
 
     def example(self, i: int, generator: torch.Generator):
-        """-> (ids, segment ids, NSP label): [CLS] A [SEP] B [SEP] and 0 for "[CLS] A [SEP]", 1 for "B [SEP]"."""
+        """-> (ids, segment ids, label): [CLS] A [SEP] B [SEP] and 0 for "[CLS] A [SEP]", 1 for "B [SEP]"; the label
+        is NSP's (IS_NEXT, NOT_NEXT) or SOP's (IN_ORDER, SWAPPED)."""
         a = int(self.heads[i])
         if torch.rand(1, generator=generator).item() < 0.5:
-            b, label = a + 1, IS_NEXT
+            b, label = a + 1, IS_NEXT                       # = IN_ORDER: the two segments as the text has them
+        elif self.objective == "sop":
+            a, b, label = a + 1, a, SWAPPED                 # the same two segments, the second one first
         else:  # any segment outside A's document: draw among the others, then step over the document's own
             lo, hi = int(self.first[self.owner[a]]), int(self.first[self.owner[a] + 1])
             r = int(torch.randint(len(self.starts) - (hi - lo), (1,), generator=generator).item())
@@ -253,11 +276,36 @@ class SentencePairs:
         return ids, segments, label
 
 
+class MixedExamples:
+    """Packed text with sentence pairs mixed in: example i is, with probability pair_share (drawn from `generator`
+    each time it is used), a random sentence pair, and otherwise packed window i. An epoch is one pass over the
+    packed windows' positions, so the compute goes mostly to full windows of running text while the pairs train the
+    second segment, the [CLS] state and the pooler. A packed window's label is NO_LABEL."""
+
+    def __init__(self, packed: PackedWindows, pairs: SentencePairs, pair_share: float):
+        if not 0 < pair_share < 1:
+            raise ValueError(f"pair_share {pair_share}: a mix needs 0 < pair_share < 1")
+        self.packed, self.pairs, self.pair_share = packed, pairs, pair_share
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def example(self, i: int, generator: torch.Generator):
+        """-> (ids, segment ids, label): a pair and its label, or window i and NO_LABEL."""
+        if torch.rand(1, generator=generator).item() < self.pair_share:
+            j = int(torch.randint(len(self.pairs), (1,), generator=generator).item())
+            return self.pairs.example(j, generator)
+        ids, segments, _ = self.packed.example(i, generator)
+        return ids, segments, NO_LABEL
+
+
 # ----------------------------------------------------------------------------- batches and masking
 
 def collate(examples: list[tuple], tok: WordPieceTokenizer = COURSE_LAYOUT) -> dict[str, torch.Tensor]:
     """Examples -> one batch, right-padded with tok's [PAD] to the longest: input_ids, token_type_ids and
-    attention_mask (1 at real tokens, 0 at pads), each (B, T), and nsp_labels (B,) when the examples have them."""
+    attention_mask (1 at real tokens, 0 at pads), each (B, T), and nsp_labels (B,) when the examples have them: the
+    sentence task's labels (NSP or SOP; the model's two-way head is called nsp either way), NO_LABEL for a packed
+    window of a mixed batch."""
     B, T = len(examples), max(len(ids) for ids, _, _ in examples)
     input_ids = torch.full((B, T), tok.pad_id, dtype=torch.long)
     token_type_ids = torch.zeros((B, T), dtype=torch.long)
@@ -267,8 +315,8 @@ def collate(examples: list[tuple], tok: WordPieceTokenizer = COURSE_LAYOUT) -> d
         token_type_ids[row, :len(ids)] = torch.from_numpy(segments)
         attention_mask[row, :len(ids)] = 1
     batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
-    if examples[0][2] is not None:
-        batch["nsp_labels"] = torch.tensor([label for _, _, label in examples])
+    if any(label is not None for _, _, label in examples):
+        batch["nsp_labels"] = torch.tensor([NO_LABEL if label is None else label for _, _, label in examples])
     return batch
 
 

@@ -1,7 +1,8 @@
-"""Pre-train the BERT of Stage 6: masked language modelling, and optionally next-sentence prediction.
+"""Pre-train the BERT of Stage 6: masked language modelling, and optionally a sentence-pair task (NSP or SOP).
 
     python stage6_bert/pretrain.py                         # WikiText-2 train + 50,000 IMDb reviews, packed, MLM only
     python stage6_bert/pretrain.py --nsp                   # BERT's original recipe: sentence pairs, MLM + NSP
+    python stage6_bert/pretrain.py --sop --pair-share 0.5  # half packed text, half pairs: MLM + sentence order
     python stage6_bert/pretrain.py --time-budget 60        # train for 60 minutes of wall-clock time
     python stage6_bert/pretrain.py --corpus notes.txt      # any text files instead (blank lines between documents)
     python stage6_bert/pretrain.py --quick                 # a smoke run on small slices
@@ -9,21 +10,23 @@
     torchrun --standalone --nproc_per_node=2 stage6_bert/pretrain.py   # distributed data parallel (gloo on CPU)
 
 An epoch is one pass over the training examples in a new shuffled order; each time an example is drawn it is masked
-afresh (and, with --nsp, paired afresh). A step takes --batch-size examples, split into --accum-steps micro-batches and
-over the processes of a torchrun launch. Its loss is the mean over all of the step's masked tokens, whichever
-micro-batch and process they sit in, so accumulation and DDP give exactly the gradient of one big batch. The learning
-rate warms up linearly over --warmup-steps, then decays linearly to 0 at the end of the run (BERT's schedule): the end
-of its steps, or of its minutes with --time-budget, whichever comes first. Every --eval-interval steps the held-out
-documents are scored (MLM loss and accuracy at the masked tokens; NSP accuracy) with the same masks each time, and a
-few fill-in-the-blank sentences show what the model guesses; best.pt is the lowest validation MLM loss.
+afresh (and, with --nsp or --sop, paired afresh). A step takes --batch-size examples, split into --accum-steps
+micro-batches and over the processes of a torchrun launch. Its loss is the mean over all of the step's masked tokens
+(plus, with a pair task, the mean over the step's pairs), whichever micro-batch and process they sit in, so
+accumulation and DDP give exactly the gradient of one big batch. The learning rate warms up linearly over
+--warmup-steps, then decays linearly to 0 at the end of the run (BERT's schedule): the end of its steps, or of its
+minutes with --time-budget, whichever comes first. Every --eval-interval steps the held-out documents are scored (MLM
+loss and accuracy at the masked tokens; NSP or SOP accuracy over the pairs) with the same masks each time, and a few
+fill-in-the-blank sentences show what the model guesses; best.pt is the lowest validation MLM loss.
 
 The checkpoints (what finetune.py reads): <out-dir>/last.pt and best.pt hold {"stage": "stage6_bert", "kind":
 "masked_lm", "config": BertConfig.to_dict(), "model": BertPretrain's state dict, "tokenizer": "tokenizer.json" (the
 file beside the checkpoint), "args": the flags, "state": step, history, ...}; last.pt also holds the optimizer and the
 random-number states that --resume needs. The default --out-dir is runs/stage6_bert/pretrain (pretrain_nsp with
---nsp); the result file <out-dir>/result.json and its plot go there too. The reference runs behind the published
-figures are declared in reference_runs.py; `python scripts/publish.py <out-dir>/result.json` publishes one. Loss,
-learning rate, gradient norm and tokens/s go to TensorBoard (`tensorboard --logdir runs`), and every validation to
+--nsp, pretrain_sop with --sop, then _mix<percent> with --pair-share below 1); the result file <out-dir>/result.json
+and its plot go there too. The reference runs behind the published figures are declared in reference_runs.py;
+`python scripts/publish.py <out-dir>/result.json` publishes one. Loss, learning rate, gradient norm and tokens/s go to
+TensorBoard (`tensorboard --logdir runs`), and every validation to
 <out-dir>/metrics.jsonl.
 """
 from __future__ import annotations
@@ -49,8 +52,8 @@ from scripts.common import (UserError, add_common_args, autocast_for, catch_stop
                             positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
                             resolved_config, restore_training, rng_state, run_cli, RunTracker, save_checkpoint,
                             set_seed, setup_distributed, write_result)
-from stage6_bert.data import (PackedWindows, SentencePairs, collate, fixed_batches, mask_batch, prepare,
-                              split_documents)
+from stage6_bert.data import (NO_LABEL, MixedExamples, PackedWindows, SentencePairs, collate, fixed_batches,
+                              mask_batch, prepare, split_documents)
 from stage6_bert.model import BertConfig, BertPretrain, configure_optimizer
 from stage6_bert.reference_runs import REFERENCE_RUNS
 
@@ -103,8 +106,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout", type=probability, default=0.1,
                    help="on the embeddings, the residual branches and the attention weights")
     p.add_argument("--mask-prob", type=probability, default=0.15, help="share of the tokens that become MLM targets")
-    p.add_argument("--nsp", action="store_true",
-                   help="BERT's sentence pairs and next-sentence prediction (default: RoBERTa's packed text, MLM only)")
+    pair_task = p.add_mutually_exclusive_group()
+    pair_task.add_argument("--nsp", action="store_true",
+                           help="BERT's sentence pairs and next-sentence prediction (default: RoBERTa's packed text, "
+                                "MLM only)")
+    pair_task.add_argument("--sop", action="store_true",
+                           help="ALBERT's sentence-order prediction on the same pairs: in their order or swapped")
+    p.add_argument("--pair-share", type=probability, default=None, metavar="P",
+                   help="with --nsp or --sop: the share of examples that are pairs, the rest packed text "
+                        "(default: 1, pairs only)")
     p.add_argument("--warmup-steps", type=non_negative_int, default=200)
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay on the weight matrices")
     p.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
@@ -126,13 +136,32 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--mask-prob must be > 0: with nothing masked there is nothing to learn")
     if args.max_len < 8:
         p.error(f"--max-len {args.max_len} is too short; use at least 8")
+    if args.pair_share is not None and not (args.nsp or args.sop):
+        p.error("--pair-share needs a sentence-pair task: add --nsp or --sop")
+    if args.pair_share == 0:
+        p.error("--pair-share 0 leaves no pairs: drop --nsp / --sop for packed text only")
     args.out_dir = args.out_dir.format(name=run_name(args))
     return args
 
 
+def sentence_task(args) -> str | None:
+    """"nsp", "sop", or None (MLM only). Read with getattr: the flags of a checkpoint written before --sop existed
+    lack it."""
+    return "nsp" if getattr(args, "nsp", False) else "sop" if getattr(args, "sop", False) else None
+
+
+def pair_share(args) -> float:
+    """The share of examples that are sentence pairs: 0 for MLM only, --pair-share (default 1) with a pair task."""
+    if sentence_task(args) is None:
+        return 0.0
+    share = getattr(args, "pair_share", None)
+    return 1.0 if share is None else share
+
+
 def run_name(args) -> str:
-    """pretrain, or pretrain_nsp: the two recipes never overwrite each other's runs and results."""
-    return "pretrain_nsp" if args.nsp else "pretrain"
+    """pretrain, pretrain_nsp, pretrain_sop, and _mix<percent> for a mix: recipes never overwrite each other's runs."""
+    task, share = sentence_task(args), pair_share(args)
+    return "pretrain" + (f"_{task}" if task else "") + (f"_mix{100 * share:g}" if 0 < share < 1 else "")
 
 
 def lr_at(step: int, elapsed: float, args, total_steps: int) -> float:
@@ -147,9 +176,11 @@ def lr_at(step: int, elapsed: float, args, total_steps: int) -> float:
 
 @torch.no_grad()
 def evaluate(model, dataset, args, tok, device) -> dict[str, float]:
-    """MLM loss and accuracy over the masked tokens of the whole validation set (and NSP loss and accuracy). The masks
-    and pairs are the same at every call (fixed_batches), so scores from different steps compare."""
+    """MLM loss and accuracy over the masked tokens of the whole validation set (and the sentence task's loss and
+    accuracy over its pairs: nsp_loss, nsp_acc or sop_loss, sop_acc). The masks and pairs are the same at every call
+    (fixed_batches), so scores from different steps compare."""
     model.eval()
+    task = sentence_task(args)
     mlm_sum, mlm_right, n_masked, nsp_sum, nsp_right, n_pairs = 0.0, 0, 0, 0.0, 0, 0
     for batch in fixed_batches(dataset, args.batch_size, len(tok), args.mask_prob, args.seed, tok):
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -160,13 +191,15 @@ def evaluate(model, dataset, args, tok, device) -> dict[str, float]:
         mlm_right += (out.mlm_logits.argmax(-1) == targets).sum().item()
         n_masked += len(targets)
         if "nsp_labels" in batch:
-            nsp_sum += F.cross_entropy(out.nsp_logits.float(), batch["nsp_labels"], reduction="sum").item()
-            nsp_right += (out.nsp_logits.argmax(-1) == batch["nsp_labels"]).sum().item()
-            n_pairs += len(batch["nsp_labels"])
+            labels = batch["nsp_labels"]                                      # (B,): NO_LABEL at packed windows
+            paired = labels != NO_LABEL
+            nsp_sum += F.cross_entropy(out.nsp_logits.float(), labels, ignore_index=NO_LABEL, reduction="sum").item()
+            nsp_right += (out.nsp_logits.argmax(-1)[paired] == labels[paired]).sum().item()
+            n_pairs += int(paired.sum())
     model.train()
     metrics = {"mlm_loss": mlm_sum / max(n_masked, 1), "mlm_acc": mlm_right / max(n_masked, 1)}
-    if n_pairs:
-        metrics["nsp_loss"], metrics["nsp_acc"] = nsp_sum / n_pairs, nsp_right / n_pairs
+    if task and n_pairs:
+        metrics[f"{task}_loss"], metrics[f"{task}_acc"] = nsp_sum / n_pairs, nsp_right / n_pairs
     return metrics
 
 
@@ -195,7 +228,8 @@ def fill_in(model, tok, texts: list[str], device, k: int = 5) -> list[str]:
 
 
 def resume_checkpoint(args) -> dict:
-    """<out-dir>/last.pt for --resume: a pre-training checkpoint of the same recipe (MLM only, or with NSP)."""
+    """<out-dir>/last.pt for --resume: a pre-training checkpoint of the same recipe (MLM only, with NSP or SOP, the
+    same share of pairs)."""
     path = Path(args.out_dir) / "last.pt"
     ckpt = load_checkpoint(path, stage=STAGE, kind="masked_lm")
     saved = run_name(argparse.Namespace(**ckpt["args"]))
@@ -223,11 +257,18 @@ def prepare_data(args, data_dir: Path, rank: int, world: int, ckpt: dict | None,
 
 
 def make_examples(args, corpus, tok) -> tuple:
-    """(training examples, validation examples): packed windows, or sentence pairs with --nsp, framed by tok's
-    [CLS] and [SEP]."""
+    """(training examples, validation examples): packed windows, sentence pairs with --nsp or --sop, or a mix of both
+    with --pair-share below 1, framed by tok's [CLS] and [SEP]."""
     train_docs, val_docs = split_documents(len(corpus))
-    kind = SentencePairs if args.nsp else PackedWindows
-    train_set, val_set = kind(corpus, train_docs, args.max_len, tok), kind(corpus, val_docs, args.max_len, tok)
+    task, share = sentence_task(args), pair_share(args)
+
+    def examples(docs: list[int]):
+        if task is None:
+            return PackedWindows(corpus, docs, args.max_len, tok)
+        pairs = SentencePairs(corpus, docs, args.max_len, tok, objective=task)
+        return pairs if share >= 1 else MixedExamples(PackedWindows(corpus, docs, args.max_len, tok), pairs, share)
+
+    train_set, val_set = examples(train_docs), examples(val_docs)
     if len(train_set) < args.batch_size:
         raise UserError(f"only {len(train_set)} training examples, fewer than --batch-size {args.batch_size}; "
                         f"lower it or give more text")
@@ -239,16 +280,19 @@ def build_model(args, tok, device) -> tuple[BertPretrain, BertConfig]:
                         n_head=args.heads, intermediate=args.intermediate, dropout=args.dropout,
                         attn_dropout=args.dropout, norm=args.norm, pos_init=args.pos_init, pad_id=tok.pad_id)
     model = BertPretrain(config).to(device)
-    if not args.nsp:  # nothing trains the pooler and the NSP head without NSP (and DDP wants a gradient for every
-        for module in (model.bert.pooler, model.nsp):  # trainable parameter): they keep their init; fine-tuning
-            module.requires_grad_(False)               # trains the pooler, as for RoBERTa
+    if sentence_task(args) is None:  # nothing trains the pooler and the pair head without NSP or SOP (and DDP wants
+        for module in (model.bert.pooler, model.nsp):  # a gradient for every trainable parameter): they keep their
+            module.requires_grad_(False)               # init; fine-tuning trains the pooler, as for RoBERTa
     return model, config
 
 
 def plan(args, n_train: int, n_val: int, steps_per_epoch: int, total_steps: int, world: int) -> str:
     """The run in one line of the log: its examples and its steps."""
+    task, share = sentence_task(args), pair_share(args)
+    kind = "packed text, MLM only" if task is None else f"sentence pairs, MLM + {task.upper()}" if share >= 1 else \
+        f"packed text with {100 * share:g} % sentence pairs, MLM + {task.upper()}"
     return (f"{n_train:,} training and {n_val:,} validation examples "
-            f"({'sentence pairs, MLM + NSP' if args.nsp else 'packed text, MLM only'}); {steps_per_epoch} steps per "
+            f"({kind}); {steps_per_epoch} steps per "
             f"epoch of {args.batch_size}{f' over {world} processes' if world > 1 else ''}, {total_steps} in all"
             + (f", or {args.time_budget} minutes" if args.time_budget else ""))
 
@@ -289,9 +333,9 @@ def epoch_order(n: int, seed: int) -> torch.Tensor:
 
 
 def draw_step(train_set, step: int, args, steps_per_epoch: int, tok, batch_gen, rank: int,
-              world: int) -> tuple[list[dict], int, int]:
-    """This process's micro-batches for one step, and the numbers of masked tokens and of real (not [PAD]) tokens
-    in the whole step, all processes together.
+              world: int) -> tuple[list[dict], int, int, int]:
+    """This process's micro-batches for one step, and the numbers of masked tokens, of real (not [PAD]) tokens and
+    of sentence pairs in the whole step, all processes together.
 
     Every process draws, pads and masks the whole step (the same generator, the same stream), then keeps its own
     rows of each micro-batch: two processes see exactly the examples and masks that one process would."""
@@ -304,7 +348,9 @@ def draw_step(train_set, step: int, args, steps_per_epoch: int, tok, batch_gen, 
         batches.append(mask_batch(collate(examples, tok), len(tok), batch_gen, args.mask_prob, tok))   # (micro, T)
     n_masked = sum(int((b["mlm_labels"] != -100).sum()) for b in batches)
     n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    return [{name: t[rank * per:(rank + 1) * per] for name, t in b.items()} for b in batches], n_masked, n_tokens
+    n_pairs = sum(int((b["nsp_labels"] != NO_LABEL).sum()) for b in batches if "nsp_labels" in b)
+    return ([{name: t[rank * per:(rank + 1) * per] for name, t in b.items()} for b in batches], n_masked, n_tokens,
+            n_pairs)
 
 
 def record_validation(state: dict, val: dict, examples: list[str], args, eval_interval: int, log,
@@ -312,14 +358,15 @@ def record_validation(state: dict, val: dict, examples: list[str], args, eval_in
     """Add a validation to the history, the log, TensorBoard and metrics.jsonl; True when it is the best so far (then
     best.pt is saved)."""
     h, step = state["history"], state["step"]
-    tracker.evaluation(step, "val", state["train_seconds"], **val)  # mlm_loss, mlm_acc (and nsp_loss, nsp_acc)
+    tracker.evaluation(step, "val", state["train_seconds"], **val)  # mlm_loss, mlm_acc (and nsp_/sop_ loss, acc)
     h["val_mlm_loss"].append([step, round(val["mlm_loss"], 5)])
     h["val_mlm_acc"].append([step, round(val["mlm_acc"], 5)])
-    if args.nsp:
-        h["val_nsp_acc"].append([step, round(val["nsp_acc"], 5)])
+    task = sentence_task(args)
+    if task:
+        h.setdefault(f"val_{task}_acc", []).append([step, round(val[f"{task}_acc"], 5)])
     recent = [v for _, v in h["train_loss"][-eval_interval:]]
     log.info(f"step {step}: train loss {sum(recent) / len(recent):.4f} | val MLM loss {val['mlm_loss']:.4f} "
-             f"acc {val['mlm_acc']:.3f}" + (f" | val NSP acc {val['nsp_acc']:.3f}" if args.nsp else "")
+             f"acc {val['mlm_acc']:.3f}" + (f" | val {task.upper()} acc {val[f'{task}_acc']:.3f}" if task else "")
              + f" | {state['tokens'] / max(state['train_seconds'], 1e-9):,.0f} tokens/s | "
                f"{state['train_seconds']:.0f}s\n    " + "\n    ".join(examples))
     if val["mlm_loss"] >= state["best_val_loss"]:
@@ -377,8 +424,8 @@ def main(argv=None) -> None:
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(state["step"], time.time() - t_loop, args, total_steps)
             optimizer.zero_grad(set_to_none=True)
-            batches, n_masked, n_tokens = draw_step(train_set, state["step"], args, steps_per_epoch, tok, batch_gen,
-                                                    rank, world)
+            batches, n_masked, n_tokens, n_pairs = draw_step(train_set, state["step"], args, steps_per_epoch, tok,
+                                                             batch_gen, rank, world)
             step_loss = torch.zeros((), device=device)
             for j, b in enumerate(batches):
                 b = {name: t.to(device) for name, t in b.items()}
@@ -390,9 +437,9 @@ def main(argv=None) -> None:
                 # sums over this process's rows / counts of the whole step; x world because DDP averages the
                 # processes' gradients: together, the mean over every masked token (and every pair) of the step
                 loss = F.cross_entropy(out.mlm_logits.float(), targets, reduction="sum") * world / max(n_masked, 1)
-                if args.nsp:
-                    loss = loss + F.cross_entropy(out.nsp_logits.float(), b["nsp_labels"],
-                                                  reduction="sum") * world / args.batch_size
+                if "nsp_labels" in b:  # NSP or SOP: the mean over the step's pairs (packed windows carry NO_LABEL)
+                    loss = loss + F.cross_entropy(out.nsp_logits.float(), b["nsp_labels"], ignore_index=NO_LABEL,
+                                                  reduction="sum") * world / max(n_pairs, 1)
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.detach()
             if scaler:
@@ -467,8 +514,10 @@ def final_report(args, model, tok, train_set, val_set, state: dict, summary: dic
     val = evaluate(model, val_set, args, tok, device)
     metrics = {"val_mlm_loss": round(val["mlm_loss"], 4), "val_mlm_ppl": round(math.exp(val["mlm_loss"]), 2),
                "val_mlm_acc": round(val["mlm_acc"], 4)}
-    if args.nsp:
-        metrics["val_nsp_loss"], metrics["val_nsp_acc"] = round(val["nsp_loss"], 4), round(val["nsp_acc"], 4)
+    task = sentence_task(args)
+    if task:
+        metrics[f"val_{task}_loss"] = round(val[f"{task}_loss"], 4)
+        metrics[f"val_{task}_acc"] = round(val[f"{task}_acc"], 4)
     examples = fill_in(model, tok, FILL_IN, device)
     tokens_per_second = round(state["tokens"] / max(state["train_seconds"], 1e-9))
     log.info("best checkpoint (step %d): %s | %s tokens/s\n    %s", state["best_step"],
@@ -489,8 +538,8 @@ def final_report(args, model, tok, train_set, val_set, state: dict, summary: dic
     panels = {"loss (nats/token)": {"train (per step)": tuple(zip(*h["train_loss"])),
                                     "val MLM": tuple(zip(*h["val_mlm_loss"]))},
               "accuracy (val)": {"MLM, masked tokens": tuple(zip(*h["val_mlm_acc"]))}}
-    if args.nsp:
-        panels["accuracy (val)"]["NSP"] = tuple(zip(*h["val_nsp_acc"]))
+    if task:
+        panels["accuracy (val)"][task.upper()] = tuple(zip(*h[f"val_{task}_acc"]))
     plot_curves(result_path.with_suffix(".png"), panels, title=f"BERT pre-training ({run_name(args)}): "
                                                               f"val MLM loss {metrics['val_mlm_loss']}")
     log.info(f"wrote {result_path} and its plot" + (f" (reference run {run}: publish it with python "

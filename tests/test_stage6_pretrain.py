@@ -21,7 +21,7 @@ from conftest import (REPO_ROOT, TINY_WIKI, assert_one_line_error, cli, run_scri
 from scripts import common
 from scripts.common import UserError, load_checkpoint
 from stage6_bert import data, documents, pretrain
-from stage6_bert.data import Corpus, PackedWindows, SentencePairs, collate, mask_batch, mask_tokens
+from stage6_bert.data import Corpus, MixedExamples, PackedWindows, SentencePairs, collate, mask_batch, mask_tokens
 from stage6_bert.model import BertConfig, BertPretrain
 from stage6_bert.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, WordPieceTokenizer
 
@@ -160,6 +160,51 @@ def test_nsp_pairs():
     assert batch["nsp_labels"].shape == (4,) and batch["token_type_ids"].max() == 1
     short = Corpus.from_token_lists([[[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]])
     assert len(SentencePairs(short, [0, 1], 128)) == 2  # two short sentences still make a pair
+
+
+def test_sop_pairs_are_one_documents_neighbours_in_order_or_swapped():
+    """Sentence-order prediction: A and B are always two neighbouring segments of one document; label 0 keeps their
+    order, label 1 swaps them, each about half of the time."""
+    corpus = numbered_corpus()
+    docs = list(range(len(corpus)))
+    doc_of = {t: d for d in docs for t in corpus.ids[slice(*corpus.doc_range(d))].tolist()}
+    pairs = SentencePairs(corpus, docs, 24, objective="sop")
+    g = torch.Generator().manual_seed(0)
+    labels = []
+    for _ in range(20):
+        for i in range(len(pairs)):
+            ids, segments, label = pairs.example(i, g)
+            sep = int(np.flatnonzero(ids == SEP_ID)[0])
+            a, b = ids[1:sep], ids[sep + 1:-1]
+            assert doc_of[int(a[0])] == doc_of[int(b[0])] and segments.tolist() == [0] * (sep + 1) + [1] * (len(b) + 1)
+            if label == data.IN_ORDER:
+                assert b[0] == a[-1] + 1
+            else:
+                assert label == data.SWAPPED and a[0] == b[-1] + 1
+            labels.append(label)
+    assert np.mean(labels) == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError, match="objective 'mlm'"):
+        SentencePairs(corpus, docs, 24, objective="mlm")
+
+
+def test_a_mix_draws_pairs_at_the_share_asked_and_labels_the_windows_no_label():
+    corpus = numbered_corpus()
+    docs = list(range(len(corpus)))
+    packed = PackedWindows(corpus, docs, 16)
+    mixed = MixedExamples(packed, SentencePairs(corpus, docs, 16, objective="sop"), 0.3)
+    assert len(mixed) == len(packed)
+    g = torch.Generator().manual_seed(0)
+    drawn = [mixed.example(i % len(mixed), g) for i in range(2000)]
+    paired = [label != data.NO_LABEL for _, _, label in drawn]
+    assert np.mean(paired) == pytest.approx(0.3, abs=0.03)
+    for i, (ids, segments, label) in enumerate(drawn[:200]):
+        if label == data.NO_LABEL:   # not a pair: packed window i, all of it segment 0
+            assert np.array_equal(ids, packed.example(i % len(mixed))[0]) and not segments.any()
+    batch = collate(drawn[:16])
+    assert batch["nsp_labels"].tolist() == [label for _, _, label in drawn[:16]]
+    for share in (0.0, 1.0):
+        with pytest.raises(ValueError, match="0 < pair_share < 1"):
+            MixedExamples(packed, SentencePairs(corpus, docs, 16), share)
 
 
 def test_packing_without_nsp():
@@ -303,7 +348,20 @@ def test_nsp_run_reports_nsp_accuracy(corpus_file, tmp_path):
     assert len(history(out)["val_nsp_acc"]) == len(history(out)["val_mlm_loss"]) > 0
 
 
-@pytest.mark.parametrize("nsp", [[], ["--nsp"]], ids=["packed", "nsp"])
+def test_a_mixed_sop_run_reports_sop_accuracy_and_names_its_folder(corpus_file, tmp_path):
+    out = tmp_path / "run"
+    pretrain.main(pretrain_args(corpus_file, out, "--sop", "--pair-share", "0.5", "--epochs", "2"))
+    r = json.loads((out / "result.json").read_text())
+    assert {"val_mlm_loss", "val_sop_loss", "val_sop_acc"} <= set(r["metrics"]) and "val_nsp_acc" not in r["metrics"]
+    assert len(history(out)["val_sop_acc"]) == len(history(out)["val_mlm_loss"]) > 0
+    assert "packed text with 50 % sentence pairs, MLM + SOP" in (out / "train.log").read_text()
+    names = {tuple(flags): pretrain.run_name(pretrain.parse_args(flags)) for flags in
+             [[], ["--nsp"], ["--sop"], ["--sop", "--pair-share", "0.5"], ["--nsp", "--pair-share", "0.25"]]}
+    assert list(names.values()) == ["pretrain", "pretrain_nsp", "pretrain_sop", "pretrain_sop_mix50",
+                                    "pretrain_nsp_mix25"]
+
+
+@pytest.mark.parametrize("nsp", [[], ["--nsp"], ["--sop", "--pair-share", "0.5"]], ids=["packed", "nsp", "sop-mix"])
 def test_resume_is_exact(corpus_file, tmp_path, nsp):
     a, b = tmp_path / "a", tmp_path / "b"
     args = ["--dropout", "0.1", "--accum-steps", "2", "--eval-interval", "4", *nsp]
@@ -370,7 +428,10 @@ def test_bad_input_gives_one_line(corpus_file, tmp_path, capsys):
                            (["--batch-size", "6", "--accum-steps", "4"], r"multiple of --accum-steps"),
                            (["--batch-size", "512"], r"fewer than --batch-size 512"),
                            (["--resume"], r"checkpoint not found"),
-                           (["--tokenizer", str(tmp_path / "none.json")], r"tokenizer file not found")]:
+                           (["--tokenizer", str(tmp_path / "none.json")], r"tokenizer file not found"),
+                           (["--pair-share", "0.5"], r"--pair-share needs a sentence-pair task"),
+                           (["--sop", "--pair-share", "0"], r"--pair-share 0 leaves no pairs"),
+                           (["--nsp", "--sop"], r"argument --sop: not allowed with argument --nsp")]:
         code, err = cli(pretrain.main, pretrain_args(corpus_file, tmp_path / "r", *extra), capsys)
         assert_one_line_error(code, err, pattern)
     code, err = cli(pretrain.main, pretrain_args(tmp_path / "missing.txt", tmp_path / "r2"), capsys)
