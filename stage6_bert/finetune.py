@@ -170,6 +170,14 @@ def resume_checkpoint(args) -> dict:
     return ckpt
 
 
+def target_standardisation(labels: list[float]) -> tuple[float, float]:
+    """(mean, standard deviation) of a regression task's training targets: the regression head learns (y - mean) /
+    std (BertClassifier's label_shift and label_scale), so it starts at the mean score. A constant target: std 1."""
+    mean = sum(labels) / len(labels)
+    std = math.sqrt(sum((y - mean) ** 2 for y in labels) / len(labels))
+    return mean, std if std > 0 else 1.0
+
+
 def new_model(args, task, cfg) -> BertClassifier | BertBiEncoder:
     """A random-init model of the kind --pair-encoding asks for."""
     if args.pair_encoding == "bi":
@@ -248,6 +256,7 @@ def save_run(path: Path, model, args, task, state: dict, source: dict | None, op
     ("pair_encoding")."""
     obj = {"stage": STAGE, "kind": "classifier", "task": args.task, "config": model.cfg.to_dict(),
            "num_labels": task.num_labels, "pooling": args.pooling, "pair_encoding": args.pair_encoding,
+           "label_shift": getattr(model, "label_shift", 0.0), "label_scale": getattr(model, "label_scale", 1.0),
            "model": model.state_dict(),
            "tokenizer": "tokenizer.json", "args": vars(args), "state": state, "rng": rng_state(), "pretrained": source}
     if optimizer is not None:
@@ -289,6 +298,10 @@ def main(argv=None) -> None:
     if max_len < (3 if len(task.text) == 2 else 2):
         raise UserError(f"--max-len {args.max_len} leaves no room for the text after [CLS] and [SEP]")
     data, test_index = prepare_data(args, task, tok, max_len, data_dir, log)
+    if isinstance(model, BertClassifier) and task.num_labels == 1:   # STS-B's regressor: standardised targets
+        model.label_shift, model.label_scale = target_standardisation(data["train"].labels)
+        log.info(f"regression targets standardised: mean {model.label_shift:.3f}, std {model.label_scale:.3f} "
+                 f"(the head starts at the mean score)")
     steps_per_epoch = math.ceil(len(data["train"]) / args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     warmup = round(args.warmup_ratio * total_steps)

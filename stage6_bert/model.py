@@ -289,17 +289,28 @@ class BertClassifier(nn.Module):
     pooling="cls" is BERT's: the pooler's tanh(W h_[CLS]). It assumes pre-training taught [CLS] to sum up the input,
     which only next-sentence prediction does: under MLM alone no loss ever reads the last layer's [CLS] state.
     pooling="mean" averages the last layer over the real tokens instead, states that MLM did train (the pooler is
-    then unused)."""
+    then unused).
+
+    A regression head (num_labels=1) learns standardised targets: the Linear predicts (y - label_shift) / label_scale
+    and the model outputs its prediction times label_scale plus label_shift, in the labels' own units. finetune.py sets
+    them to the mean and standard deviation of the training targets (STS-B: about 2.7 and 1.5 on a 0-5 scale), so the
+    head starts at the mean score, its bias at 0. Without it, the head starts near 0, and AdamW moves a bias by about
+    the learning rate per step: thousands of steps go into learning the offset before the ranking is learned at all.
+    They are plain numbers, recorded in the checkpoint beside num_labels, not weights."""
 
     POOLINGS = ("cls", "mean")
 
-    def __init__(self, cfg: BertConfig, num_labels: int, pooling: str = "cls"):
+    def __init__(self, cfg: BertConfig, num_labels: int, pooling: str = "cls", label_shift: float = 0.0,
+                 label_scale: float = 1.0):
         super().__init__()
         if num_labels < 1:
             raise ValueError(f"num_labels must be 1 (regression) or the number of classes, got {num_labels}")
         if pooling not in self.POOLINGS:
             raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
+        if not label_scale > 0:
+            raise ValueError(f"label_scale must be > 0, got {label_scale}")
         self.cfg, self.num_labels, self.pooling = cfg, num_labels, pooling
+        self.label_shift, self.label_scale = float(label_shift), float(label_scale)   # regression only
         self.bert = Bert(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden, num_labels)
@@ -323,11 +334,12 @@ class BertClassifier(nn.Module):
             pooled = mean_pool(hidden, keep)                                 # (B, C)
         logits = self.head(self.dropout(pooled))                             # (B, num_labels)
         loss = None
+        if self.num_labels == 1:   # regression: the head predicts standard units, the model answers in the labels'
+            if labels is not None:
+                loss = F.mse_loss(logits.squeeze(-1), (labels.float() - self.label_shift) / self.label_scale)
+            return logits * self.label_scale + self.label_shift, loss       # (B, 1)
         if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1), labels.float())
-            else:
-                loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels)
         return logits, loss
 
 

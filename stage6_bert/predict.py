@@ -68,7 +68,9 @@ def load_finetuned(checkpoint: str | Path, device) -> tuple[BertClassifier | Ber
         if separately(ckpt):
             model = BertBiEncoder(cfg)
         else:
-            model = BertClassifier(cfg, ckpt["num_labels"], pooling=ckpt.get("pooling", "cls"))  # older: [CLS]
+            model = BertClassifier(cfg, ckpt["num_labels"], pooling=ckpt.get("pooling", "cls"),   # older: [CLS]
+                                   label_shift=ckpt.get("label_shift", 0.0),             # older: raw targets
+                                   label_scale=ckpt.get("label_scale", 1.0))
         model.load_state_dict(ckpt["model"])
     except (TypeError, KeyError, RuntimeError, ValueError) as e:
         raise UserError(f"{checkpoint}: weights do not fit the model config ({str(e).splitlines()[0]})") from None

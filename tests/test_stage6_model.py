@@ -213,6 +213,23 @@ def test_classifier_regression_and_classification_losses():
         BertClassifier(cfg(), num_labels=0)
 
 
+def test_a_regressor_learns_standardised_targets_and_answers_in_label_units():
+    """label_shift and label_scale: the head's raw output z is read as (y - shift) / scale. The model returns
+    z * scale + shift, and the loss is the squared error in standard units, (z - (y - shift) / scale)^2."""
+    ids, segments, mask = batch()
+    plain = perturb(BertClassifier(cfg(), num_labels=1))
+    scaled = BertClassifier(cfg(), num_labels=1, label_shift=2.7, label_scale=1.5)
+    scaled.load_state_dict(plain.state_dict())   # the same weights: z is the same
+    scores = torch.tensor([0.5, 3.0, 4.5])
+    z, _ = plain(ids, token_type_ids=segments, attention_mask=mask)
+    out, loss = scaled(ids, token_type_ids=segments, attention_mask=mask, labels=scores)
+    assert torch.allclose(out, z * 1.5 + 2.7, atol=1e-6)
+    assert torch.allclose(loss, F.mse_loss(z[:, 0], (scores - 2.7) / 1.5), atol=1e-6)
+    assert set(scaled.state_dict()) == set(plain.state_dict())   # plain numbers, not weights
+    with pytest.raises(ValueError, match="label_scale"):
+        BertClassifier(cfg(), num_labels=1, label_scale=0)
+
+
 def test_mean_pooling_averages_the_real_tokens_only():
     ids, segments, mask = batch()
     classifier = perturb(BertClassifier(cfg(), num_labels=2, pooling="mean"))
