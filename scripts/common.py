@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scripts.declarations import (all_reference_runs, all_reference_sweeps, reference_command,  # noqa: F401
+                                  stage_declarations)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -463,27 +466,6 @@ def reference_run_name(runs: dict[str, list[str]], script: str, parse_args, args
         if argv[0] == script and resolved_config(parse_args(list(argv[1:])), ignore) == mine:
             return name
     return None
-
-
-def reference_command(argv: list[str]) -> str:
-    """A declared run as the command to paste from the repo root: ["stage1_mlp/train.py", "--x", "1"] ->
-    "python stage1_mlp/train.py --x 1"."""
-    return shlex.join(["python", *argv])
-
-
-def all_reference_runs(root: Path = REPO_ROOT) -> dict[str, list[str]]:
-    """Every stage's declared runs, by the file each publishes: {"stage1_mlp/results/sst2.json": [script, *flags]}.
-    Read from each root/stage*/reference_runs.py (a plain module that imports nothing)."""
-    import importlib.util
-
-    runs = {}
-    for path in sorted(root.glob("stage*/reference_runs.py")):
-        spec = importlib.util.spec_from_file_location(f"_reference_runs_{path.parent.name}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        for name, argv in module.REFERENCE_RUNS.items():
-            runs[f"{path.parent.name}/results/{name}.json"] = list(argv)
-    return runs
 
 
 def parse_declared(argv: list[str]) -> argparse.Namespace:

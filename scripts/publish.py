@@ -12,7 +12,9 @@ root. This script refuses anything else: a --quick or --max-steps run, an experi
 that records an absolute path of this machine.
 
 The capstone's comparison (scripts/compare_classifiers.py, runs/compare_sst2/compare_sst2.json) is published the same
-way, into results/.
+way, into results/. So is a declared hyperparameter search (REFERENCE_SWEEPS in a stage's reference_runs.py):
+
+    python scripts/publish.py runs/sweeps/tiny_shakespeare_tpe/sweep.json   # -> stage5_gpt/results/sweeps/...
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/publish.py`: put the repo root on the path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from scripts.common import REPO_ROOT, UserError, all_reference_runs, reference_command, run_cli
+from scripts.common import REPO_ROOT, UserError, all_reference_runs, all_reference_sweeps, reference_command, run_cli
 
 CAPSTONE = "results/compare_sst2.json"
 
@@ -46,9 +48,18 @@ def absolute_paths(obj, where: str = "") -> list[str]:
 
 
 def destination(result: dict, root: Path = REPO_ROOT) -> str:
-    """Where `result` is published, relative to the repo root, after checking that it is a declared reference run."""
+    """Where `result` is published, relative to the repo root, after checking that it is a declared reference run
+    (or a declared search's sweep.json)."""
     if str(result.get("command", "")).startswith("python scripts/compare_classifiers.py"):
         return CAPSTONE
+    if result.get("written_by") == "python scripts/sweep.py":
+        if result.get("search", {}).get("quick"):
+            raise UserError("this is a --quick sweep: its trials ran on small slices and are never published")
+        for key, argv in all_reference_sweeps(root).items():
+            if result.get("command") == reference_command(argv):
+                return key
+        raise UserError(f"this sweep is not declared in any stage's reference_runs.py (REFERENCE_SWEEPS): "
+                        f"{result.get('command')!r}")
     name, stage = result.get("run"), result.get("stage")
     if result.get("quick"):
         raise UserError("this is a --quick run: its figures come from small slices and are never published")
@@ -83,6 +94,11 @@ def publish(src: Path, root: Path = REPO_ROOT) -> list[Path]:
     written = [target]
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, target)
+    if result.get("written_by") == "python scripts/sweep.py":  # its plots, as sweep.json lists them
+        for plot in result.get("plots", {}).values():
+            written.append(target.parent / plot)
+            shutil.copyfile(src.parent / plot, written[-1])
+        return written
     for plot in sorted(src.parent.glob(f"{src.stem}*.png")):
         suffix = plot.stem[len(src.stem):]
         if suffix and not suffix.startswith("_"):

@@ -670,8 +670,21 @@ def plot_slice(path: Path, p: Param, rows: list[dict], sw: Sweep) -> None:
     fig.savefig(path, dpi=110)
 
 
-def report(study, sw: Sweep, search: dict, wall: float) -> dict:
-    """Print the table, the best command and the budget; write sweep.json and the plots. -> what sweep.json holds."""
+def trial_commits(rows: list[dict]) -> list[str]:
+    """The git commits the trials' runs recorded in their result files (one, when the sweep ran on one version of the
+    code): what the sweep measured, whatever version of sweep.py wrote the summary."""
+    commits = set()
+    for r in rows:
+        path = REPO_ROOT / r["out_dir"] / "result.json" if r["out_dir"] else None
+        if path and path.is_file():
+            with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+                commits.add(json.loads(path.read_text(encoding="utf-8")).get("git_commit"))
+    return sorted(c for c in commits if c)
+
+
+def report(study, sw: Sweep, search: dict, wall: float, command: str = "") -> dict:
+    """Print the table, the best command and the budget; write sweep.json and the plots. -> what sweep.json holds.
+    `command` is the sweep's own command line, recorded so that anyone can run the same search again."""
     rows = trial_rows(study)
     objective = f"{sw.split}.{sw.metric}"
     print()
@@ -686,6 +699,9 @@ def report(study, sw: Sweep, search: dict, wall: float) -> dict:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     trial_seconds = round(sum(r["seconds"] or 0 for r in rows), 1)
+    starts = [t.datetime_start for t in study.trials if t.datetime_start]
+    ends = [t.datetime_complete for t in study.trials if t.datetime_complete]
+    study_wall = round((max(ends) - min(starts)).total_seconds(), 1) if starts and ends else None
     plots = {"history": "history.png"}
     plot_history(sw.folder / "history.png", rows, sw)
     importance, note = param_importance(study, sw)
@@ -695,10 +711,12 @@ def report(study, sw: Sweep, search: dict, wall: float) -> dict:
     for p in sw.space.values():
         plots[f"slice_{p.name}"] = f"slice_{p.name}.png"
         plot_slice(sw.folder / f"slice_{p.name}.png", p, rows, sw)
-    summary = {"written_by": "python scripts/sweep.py", "study": shown(sw.folder / "study.db"),
-               "study_name": study.study_name, "search": search,
+    summary = {"written_by": "python scripts/sweep.py", "command": portable(command), "git_commit": trial_commits(rows),
+               "date": max(ends).astimezone().isoformat(timespec="seconds") if ends else None,
+               "study": shown(sw.folder / "study.db"), "study_name": study.study_name, "search": search,
                "reported_split": study.user_attrs.get("reported_split"), "best": best,
-               "budget": {"trials": counts, "trial_seconds": trial_seconds, "this_run_seconds": round(wall, 1)},
+               "budget": {"trials": counts, "trial_seconds": trial_seconds, "this_run_seconds": round(wall, 1),
+                          "first_trial_start_to_last_end_seconds": study_wall},
                "importance": importance, "importance_note": note, "plots": plots, "trials": rows}
     write_json(sw.folder / "sweep.json", summary)
     print(f"\ntrials: {', '.join(f'{n} {s}' for s, n in counts.items())}; {trial_seconds / 60:.1f} min in trials "
@@ -796,7 +814,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv=None) -> None:
-    args, fixed = parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, fixed = parse_args(argv)
+    command = shlex.join(["python", "scripts/sweep.py", *argv])
     script = resolve_script(args.script)
     name = args.name or f"{Path(script).parent.name}_{Path(script).stem}"
     folder = Path(args.out_dir).expanduser().resolve() if args.out_dir else REPO_ROOT / "runs" / "sweeps" / name
@@ -847,13 +867,13 @@ def main(argv=None) -> None:
             if not any(map(is_counted, study.trials)):  # a wrong objective: let the corrected command start afresh
                 optuna.delete_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}")
                 raise UserError(f"{e} (the study, which had no finished trial, was removed)") from None
-            report(study, sw, search, time.monotonic() - t0)
+            report(study, sw, search, time.monotonic() - t0, command)
             raise
         except KeyboardInterrupt:
-            report(study, sw, search, time.monotonic() - t0)
+            report(study, sw, search, time.monotonic() - t0, command)
             print("\ninterrupted: run the same command again to continue the sweep", file=sys.stderr)
             raise
-        report(study, sw, search, time.monotonic() - t0)
+        report(study, sw, search, time.monotonic() - t0, command)
 
 
 def hold_lock(folder: Path):

@@ -13,10 +13,39 @@ REFERENCE_RUNS = {
     "wikitext2": ["stage5_gpt/train.py", "--dataset", "wikitext2", "--vocab-size", "8000", "--n-embd", "192",
                   "--batch-size", "8", "--block-size", "256", "--pos", "rope", "--norm", "rmsnorm", "--mlp", "swiglu",
                   "--no-bias", "--epochs", "10", "--time-budget", "30", "--cpu-bf16"],
+    # the TPE sweep's winner (REFERENCE_SWEEPS below), trained at the full 15 minutes next to the run above; its own
+    # --out-dir, since the default folder names only the data set and the architecture
+    "tiny_shakespeare_tuned": ["stage5_gpt/train.py", "--lr", "1.24e-3", "--weight-decay", "0.2", "--beta2", "0.95",
+                               "--warmup-steps", "200", "--pos", "rope", "--norm", "rmsnorm", "--mlp", "swiglu",
+                               "--no-bias", "--epochs", "9", "--time-budget", "15",
+                               "--out-dir", "runs/stage5_gpt/tiny_shakespeare_tuned"],
     "sst2_finetune": ["stage5_gpt/finetune.py"],
     "sst2_scratch": ["stage5_gpt/finetune.py", "--from-scratch"],
     "tokenizer_wikitext2": ["stage5_gpt/tokenizer.py", "--dataset", "wikitext2", "--compare-hf"],
     "benchmark": ["stage5_gpt/benchmark.py"],
+}
+
+# The hyperparameter searches behind Stage 5's settings, declared the same way: a search's name -> its command (after
+# `python`). `python scripts/publish.py runs/sweeps/<name>/sweep.json` copies its summary and plots into
+# stage5_gpt/results/sweeps/<name>/. This one re-tunes the "tiny_shakespeare" run with TPE on 5-minute proxy runs,
+# selecting on the last 5 % of the training text (--select-frac), never on val, which the README reports.
+REFERENCE_SWEEPS = {
+    "tiny_shakespeare_tpe": ["scripts/sweep.py", "stage5_gpt/train.py", "--name", "tiny_shakespeare_tpe",
+                             "--objective", "select.loss", "--sampler", "tpe", "--trials", "20", "--pruner", "median",
+                             "--pruner-startup-trials", "5", "--pruner-warmup-steps", "200", "--seed", "0",
+                             "--timeout", "600", "--param", "lr=loguniform:5e-4:8e-3",
+                             "--param", "dropout=choice:0,0.1,0.2", "--param", "weight_decay=choice:0,0.05,0.1,0.2",
+                             "--param", "beta2=choice:0.95,0.99,0.999", "--param", "warmup_steps=choice:0,50,200",
+                             "--", "--pos", "rope", "--norm", "rmsnorm", "--mlp", "swiglu", "--no-bias",
+                             "--epochs", "9", "--time-budget", "5", "--select-frac", "0.05", "--eval-interval", "100"],
+}
+
+# How a search is checked: its winner and the settings it set out to beat, trained again at the full budget and
+# scored on the reported split; the README's sweep section shows each group's mean over its seeds (runs above).
+SWEEP_CHECKS = {
+    "tiny_shakespeare_tpe": {"hand-tuned (lr 2e-3, weight decay 0.1, β₂ 0.99, 50 warmup steps)": ["tiny_shakespeare"],
+                             "sweep winner (lr 1.24e-3, weight decay 0.2, β₂ 0.95, 200 warmup steps)":
+                                 ["tiny_shakespeare_tuned"]},
 }
 
 # The pre-trained GPT that finetune.py (its default --checkpoint), the demo and the capstone read: the best.pt the

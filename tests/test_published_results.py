@@ -6,6 +6,8 @@
 - The declared command, parsed by its own script, resolves to the configuration the file recorded ("hparams"): a
   command that was rewritten when the runs were declared provably describes the run that made the figure.
 - scripts/publish.py takes only reference runs, and copies a result file with its plots.
+- The declared hyperparameter searches (REFERENCE_SWEEPS) are published as stage*/results/sweeps/<name>/sweep.json with
+  their plots, record their declared command, and selected on a split that no result file reports.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.common import (REPO_ROOT, STAGES, UserError, all_reference_runs, reference_command, resolved_config,
-                            write_result)
+from scripts.common import (REPO_ROOT, STAGES, UserError, all_reference_runs, all_reference_sweeps, reference_command,
+                            resolved_config, write_result)
 from scripts.publish import absolute_paths, publish
 
 PUBLISHED = sorted(p.relative_to(REPO_ROOT).as_posix()
@@ -162,3 +164,73 @@ def test_the_capstone_records_the_declared_runs():
         assert row["command"] == reference_command(DECLARED[model.run])
         if model.pretrained_run:
             assert row["pretraining"]["reference_command"] == reference_command(DECLARED[model.pretrained_run])
+
+
+# ----------------------------------------------------------------------------- declared hyperparameter searches
+
+SWEEPS = all_reference_sweeps()
+PUBLISHED_SWEEPS = sorted(p.relative_to(REPO_ROOT).as_posix()
+                          for p in REPO_ROOT.glob("stage*/results/sweeps/*/sweep.json"))
+
+
+def test_published_sweeps_and_declared_sweeps_are_the_same_set():
+    assert set(PUBLISHED_SWEEPS) == set(SWEEPS)
+
+
+@pytest.mark.parametrize("key", sorted(SWEEPS))
+def test_a_published_sweep_is_its_declared_search_and_never_selected_on_a_reported_split(key):
+    """The summary records the declared command; its objective is on a split no result file reports (select, carved
+    from train), never the split its trials report; every finished trial counts toward --trials; the best trial is the
+    best complete one; its plots are beside it."""
+    sweep = load(key)
+    assert sweep["command"] == reference_command(SWEEPS[key])
+    assert absolute_paths(sweep) == []
+    split = sweep["search"]["objective"].split(".")[0]
+    assert split not in ("test", "dev", "val", sweep["reported_split"]) and sweep["reported_split"]
+    argv = SWEEPS[key]
+    wanted = int(argv[argv.index("--trials") + 1])
+    counts = sweep["budget"]["trials"]
+    assert counts.get("complete", 0) + counts.get("pruned", 0) >= wanted
+    complete = [t for t in sweep["trials"] if t["state"] == "complete"]
+    pick = min if sweep["search"]["direction"] == "minimize" else max
+    assert sweep["best"]["objective"] == pick(t["objective"] for t in complete)
+    assert sweep["best"]["command"].startswith(f"python {sweep['search']['script']} ")
+    for plot in sweep["plots"].values():
+        assert (REPO_ROOT / key).with_name(plot).is_file(), plot
+
+
+def test_the_stage5_sweep_kept_to_its_budget_and_pruned():
+    """Tiny Shakespeare's TPE search: at least 20 finished trials of 5-minute proxy runs in at most 150 minutes, and
+    the median pruner stopped at least one of them early."""
+    sweep = load("stage5_gpt/results/sweeps/tiny_shakespeare_tpe/sweep.json")
+    assert sweep["budget"]["trial_seconds"] <= 150 * 60
+    assert sweep["budget"]["trials"].get("pruned", 0) >= 1
+    fixed = sweep["search"]["fixed"]
+    assert fixed[fixed.index("--time-budget") + 1] == "5"
+
+
+def a_sweep(tmp_path: Path, command: str, quick: bool = False) -> Path:
+    """A sweep.json as scripts/sweep.py writes it, with the plots it lists beside it."""
+    out = tmp_path / "runs" / "sweeps" / "s"
+    out.mkdir(parents=True)
+    (out / "history.png").write_bytes(b"h")
+    (out / "slice_lr.png").write_bytes(b"s")
+    summary = {"written_by": "python scripts/sweep.py", "command": command, "search": {"quick": quick},
+               "plots": {"history": "history.png", "slice_lr": "slice_lr.png"}}
+    (out / "sweep.json").write_text(json.dumps(summary))
+    return out / "sweep.json"
+
+
+def test_publish_copies_a_declared_sweep_and_its_plots(tmp_path):
+    root = tmp_path / "repo"
+    (root / "stage5_gpt").mkdir(parents=True)
+    (root / "stage5_gpt" / "reference_runs.py").write_text(
+        'REFERENCE_RUNS = {}\nREFERENCE_SWEEPS = {"s": ["scripts/sweep.py", "stage5_gpt/train.py", "--trials", "3"]}\n')
+    written = publish(a_sweep(tmp_path, "python scripts/sweep.py stage5_gpt/train.py --trials 3"), root)
+    assert [p.relative_to(root).as_posix() for p in written] == \
+        ["stage5_gpt/results/sweeps/s/sweep.json", "stage5_gpt/results/sweeps/s/history.png",
+         "stage5_gpt/results/sweeps/s/slice_lr.png"]
+    with pytest.raises(UserError, match="not declared"):
+        publish(a_sweep(tmp_path / "b", "python scripts/sweep.py stage5_gpt/train.py --trials 4"), root)
+    with pytest.raises(UserError, match="--quick sweep"):
+        publish(a_sweep(tmp_path / "c", "python scripts/sweep.py stage5_gpt/train.py --trials 3", quick=True), root)

@@ -123,7 +123,8 @@ def glue_file(metrics: dict, **fields) -> str:
 
 
 def glue_repo(root: Path) -> dict[str, Path]:
-    """Stage 6 with the baselines of two tasks, the course's MRPC and CoLA, real weights on MRPC with three seeds,
+    """Stage 6 with the baselines of two tasks, the course's MRPC and CoLA, MRPC from random weights with two seeds,
+    real weights on MRPC with three seeds,
     no real weights on CoLA yet, and its two READMEs with the glue markers (and none of the results table)."""
     results = root / "stage6_bert" / "results"
     results.mkdir(parents=True)
@@ -134,6 +135,8 @@ def glue_repo(root: Path) -> dict[str, Path]:
     (results / "glue_cola.json").write_text(glue_file({"matthews_corr": 0.0, "accuracy": 0.6913}))
     for name, f1, accuracy in [("", 0.90, 0.85), ("_seed2", 0.88, 0.83), ("_seed3", 0.89, 0.81)]:
         (results / f"glue_mrpc_minilm{name}.json").write_text(glue_file({"f1": f1, "accuracy": accuracy}))
+    for name, f1, accuracy in [("", 0.71, 0.61), ("_seed2", 0.69, 0.59)]:   # from random weights, two seeds
+        (results / f"glue_mrpc_scratch{name}.json").write_text(glue_file({"f1": f1, "accuracy": accuracy}))
     readme = f"# Stage 6\n\nGLUE:\n\n{results_table.GLUE_START}\n{results_table.GLUE_END}\n\nAfter.\n"
     paths = {"en": root / "stage6_bert" / "README.md", "zh": root / "stage6_bert" / "README.zh-CN.md"}
     for path in paths.values():
@@ -153,17 +156,22 @@ def test_the_glue_table_shows_each_model_per_task_and_never_a_number_not_run(tmp
     en, zh = (paths[k].read_text(encoding="utf-8") for k in ("en", "zh"))
     assert row(en, "MRPC") == [
         "MRPC", "f1 / accuracy", "[0.8122](results/glue_baselines.json) / 0.6838",
+        "0.7000 / 0.6000 (mean of 2: [0.7100](results/glue_mrpc_scratch.json), "
+        "[0.6900](results/glue_mrpc_scratch_seed2.json))",
         "[0.8122](results/glue_mrpc.json) / 0.6838",
         "0.8900 / 0.8300 (mean of 3: [0.9000](results/glue_mrpc_minilm.json), "
-        "[0.8800](results/glue_mrpc_minilm_seed2.json), [0.8900](results/glue_mrpc_minilm_seed3.json))"]
-    assert row(en, "CoLA")[2:] == ["[0.0000](results/glue_baselines.json) / 0.6913",
-                                   "[0.0000](results/glue_cola.json) / 0.6913", "not run yet"]
-    assert row(en, "SST-2")[2:] == ["not run yet"] * 3   # no entry in the baselines file, no result file
+        "[0.8800](results/glue_mrpc_minilm_seed2.json), [0.8900](results/glue_mrpc_minilm_seed3.json))",
+        "0.811 / 0.711", "0.811 / 0.718"]   # the labelled references: BERT-Tiny and BERT-Mini on GLUE test
+    assert row(en, "CoLA")[2:6] == ["[0.0000](results/glue_baselines.json) / 0.6913", "not run yet",
+                                    "[0.0000](results/glue_cola.json) / 0.6913", "not run yet"]
+    assert row(en, "SST-2")[2:6] == ["not run yet"] * 4   # no entry in the baselines file, no result file
+    assert row(en, "WNLI")[6:] == ["—", "—"]               # no published reference
     assert row(en, "STS-B")[2] == ("undefined (a constant has no correlation); mse "
                                    "[2.3636](results/glue_baselines.json)")
-    assert row(en, "STS-B zero-shot (no fine-tuning: cosine of mean-pooled vectors)")[4] == "not run yet"
+    assert row(en, "STS-B zero-shot (no fine-tuning: cosine of mean-pooled vectors)")[2:] == \
+        ["—", "—", "—", "not run yet", "—", "—"]
     assert results_table.GLUE_WORDS["en"]["header"] in en and results_table.GLUE_WORDS["zh-CN"]["header"] in zh
-    assert row(zh, "MRPC")[4].startswith("0.8900 / 0.8300 (3 次的平均: ") and row(zh, "CoLA")[4] == "尚未运行"
+    assert row(zh, "MRPC")[5].startswith("0.8900 / 0.8300 (3 次的平均: ") and row(zh, "CoLA")[5] == "尚未运行"
     assert en.startswith("# Stage 6\n\nGLUE:\n\n") and en.endswith(f"{results_table.GLUE_END}\n\nAfter.\n")
     assert results_table.main(["--check"], root=tmp_path) == 0
     capsys.readouterr()
@@ -173,7 +181,7 @@ def test_the_glue_table_shows_each_model_per_task_and_never_a_number_not_run(tmp
     assert results_table.main(["--check"], root=tmp_path) == 1
     assert "stage6_bert/README.md, stage6_bert/README.zh-CN.md" in capsys.readouterr().err
     results_table.main(["--write"], root=tmp_path)
-    assert row(paths["en"].read_text(encoding="utf-8"), "CoLA")[4] == \
+    assert row(paths["en"].read_text(encoding="utf-8"), "CoLA")[5] == \
         "[0.4500](results/glue_cola_minilm.json) / 0.8000"
 
 
@@ -189,6 +197,50 @@ def test_the_stage6_readmes_hold_the_glue_table():
         assert results_table.GLUE_START in (REPO_ROOT / "stage6_bert" / name).read_text(encoding="utf-8"), name
     assert set(results_table.glue_readmes()) == {REPO_ROOT / "stage6_bert" / "README.md",
                                                  REPO_ROOT / "stage6_bert" / "README.zh-CN.md"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A stage's declared hyperparameter searches and the check each ends with
+
+def test_the_sweep_table_summarises_each_declared_search_and_its_check(tmp_path, capsys):
+    stage = tmp_path / "stage5_gpt"
+    (stage / "results" / "sweeps" / "s").mkdir(parents=True)
+    (stage / "reference_runs.py").write_text(
+        'REFERENCE_RUNS = {}\nREFERENCE_SWEEPS = {"s": ["scripts/sweep.py", "x"], "later": ["scripts/sweep.py", "y"]}\n'
+        'SWEEP_CHECKS = {"s": {"hand-tuned": ["ref", "ref_seed2"], "sweep winner": ["win", "win_seed2"]}}\n')
+    sweep = {"budget": {"trials": {"complete": 12, "pruned": 8}, "trial_seconds": 4500.0},
+             "search": {"objective": "select.loss", "direction": "minimize"},
+             "best": {"objective": 1.41234, "number": 7, "params": {"lr": 0.0031234, "dropout": 0, "warmup_steps": 50}}}
+    (stage / "results" / "sweeps" / "s" / "sweep.json").write_text(json.dumps(sweep))
+    for run, loss in [("ref", 1.52), ("ref_seed2", 1.50), ("win", 1.49)]:
+        (stage / "results" / f"{run}.json").write_text(json.dumps({
+            "stage": "stage5_gpt", "headline_metric": "val_loss", "metrics": {"val_loss": loss}, "train_seconds": 900,
+            "params": 1, "device": "cpu", "threads": 2, "dataset": "tiny_shakespeare", "split": "val",
+            "command": "python stage5_gpt/train.py"}))
+    readme = f"# Stage 5\n\n{results_table.SWEEP_START}\n{results_table.SWEEP_END}\n"
+    for name in ("README.md", "README.zh-CN.md"):
+        (stage / name).write_text(readme, encoding="utf-8")
+    (tmp_path / "README.md").write_text(f"{START}\n{END}\n", encoding="utf-8")
+    assert results_table.main(["--write"], root=tmp_path) == 0
+    en = (stage / "README.md").read_text(encoding="utf-8")
+    assert row(en, "[s](results/sweeps/s/sweep.json)") == [
+        "[s](results/sweeps/s/sweep.json)", "20: 12 complete, 8 pruned", "75.0 min", "select.loss (minimize)",
+        "1.4123 (trial 7)", "`--lr 0.00312` `--dropout 0` `--warmup-steps 50`"]
+    assert row(en, "later")[1] == "not run yet"
+    assert row(en, "hand-tuned") == ["hand-tuned", "**1.5100** (mean of 2)",
+                                     "[1.5200](results/ref.json), [1.5000](results/ref_seed2.json)"]
+    assert row(en, "sweep winner") == ["sweep winner", "**1.4900** (mean of 1)",
+                                       "[1.4900](results/win.json); not run yet: win_seed2"]
+    zh = (stage / "README.zh-CN.md").read_text(encoding="utf-8")
+    assert row(zh, "later")[1] == "尚未运行" and "2 次的平均" in zh
+    assert results_table.main(["--check"], root=tmp_path) == 0
+    capsys.readouterr()
+
+
+def test_the_stage5_readmes_hold_the_sweep_table():
+    assert set(results_table.sweep_readmes()) == {REPO_ROOT / "stage5_gpt" / "README.md",
+                                                  REPO_ROOT / "stage5_gpt" / "README.zh-CN.md"}
+    assert set(results_table.SWEEP_WORDS["en"]) == set(results_table.SWEEP_WORDS["zh-CN"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -142,6 +142,12 @@ def test_sweep_completes_reports_and_refuses_another_search(real_data_dir, tmp_p
     best = summary["best"]
     objectives = [t["objective"] for t in summary["trials"]]
     assert best["objective"] == min(objectives)
+    # the sweep's own command, to run the same search again, and the code version its trials ran
+    assert shlex.split(summary["command"])[:3] == ["python", "scripts/sweep.py", SCRIPT]
+    assert "--trials 3" in summary["command"] and summary["date"]
+    commit = json.loads((out / f"trial_{best['number']}" / "result.json").read_text())["git_commit"]
+    assert summary["git_commit"] == [commit]
+    assert summary["budget"]["first_trial_start_to_last_end_seconds"] >= summary["budget"]["trial_seconds"] - 1
     # the best value is the best select evaluation of that trial's run
     lines = [json.loads(x) for x in (out / f"trial_{best['number']}" / "metrics.jsonl").read_text().splitlines()]
     assert best["objective"] == pytest.approx(min(x["loss"] for x in lines if x["split"] == "select"))
