@@ -4,7 +4,9 @@ Each entry is a result file's name -> the command (after `python`, from the repo
 `stage5_gpt/results/<name>.json`, with its plot `<name>.png` beside it. A run writes into its --out-dir under runs/
 (benchmark.py and tokenizer.py: a JSON file under runs/stage5_gpt/); `python scripts/publish.py <out-dir>/result.json`
 copies a reference run's result into stage5_gpt/results/. The README tables, the demo and scripts/reproduce.py read
-this dict.
+this dict. A declared command names no machine's paths; it names its --out-dir (runs/stage5_gpt/<name>) only where
+two runs would otherwise share train.py's default folder, which names the data set and the architecture alone: the
+second seeds and the sweep's winner.
 """
 
 REFERENCE_RUNS = {
