@@ -52,7 +52,8 @@ REFERENCE_SWEEPS = {
 # How a search is checked: its winner and the settings it set out to beat, trained again at the full budget and
 # scored on the reported split; the README's sweep section shows each group's mean over its seeds (runs above).
 SWEEP_CHECKS = {
-    "tiny_shakespeare_tpe": {"hand-tuned (lr 2e-3, weight decay 0.1, β₂ 0.99, 50 warmup steps)": ["tiny_shakespeare", "tiny_shakespeare_seed2"],
+    "tiny_shakespeare_tpe": {"hand-tuned (lr 2e-3, weight decay 0.1, β₂ 0.99, 50 warmup steps)":
+                                 ["tiny_shakespeare", "tiny_shakespeare_seed2"],
                              "sweep winner (lr 1.24e-3, weight decay 0.2, β₂ 0.95, 200 warmup steps)":
                                  ["tiny_shakespeare_tuned", "tiny_shakespeare_tuned_seed2"]},
 }

@@ -234,3 +234,16 @@ def test_publish_copies_a_declared_sweep_and_its_plots(tmp_path):
         publish(a_sweep(tmp_path / "b", "python scripts/sweep.py stage5_gpt/train.py --trials 4"), root)
     with pytest.raises(UserError, match="--quick sweep"):
         publish(a_sweep(tmp_path / "c", "python scripts/sweep.py stage5_gpt/train.py --trials 3", quick=True), root)
+
+
+def test_every_sweep_check_compares_declared_runs_of_a_declared_search():
+    """SWEEP_CHECKS names a declared search and, per group, declared runs of its stage, with at least two groups (the
+    settings the search set out to beat, and its winner) of as many seeds each."""
+    from scripts.declarations import stage_declarations
+
+    for stage, checks in stage_declarations("SWEEP_CHECKS").items():
+        for search, groups in checks.items():
+            assert f"{stage}/results/sweeps/{search}/sweep.json" in SWEEPS, search
+            assert len(groups) >= 2 and len({len(runs) for runs in groups.values()}) == 1, search
+            for runs in groups.values():
+                assert all(f"{stage}/results/{run}.json" in DECLARED for run in runs), runs
