@@ -675,14 +675,13 @@ def trial_commits(rows: list[dict]) -> list[str]:
     code): what the sweep measured, whatever version of sweep.py wrote the summary."""
     commits = set()
     for r in rows:
-        path = REPO_ROOT / r["out_dir"] / "result.json" if r["out_dir"] else None
-        if path and path.is_file():
-            with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
-                commits.add(json.loads(path.read_text(encoding="utf-8")).get("git_commit"))
+        path = REPO_ROOT / (r["out_dir"] or "-") / "result.json"   # a queued trial has no folder yet
+        with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+            commits.add(json.loads(path.read_text(encoding="utf-8")).get("git_commit"))
     return sorted(c for c in commits if c)
 
 
-def report(study, sw: Sweep, search: dict, wall: float, command: str = "") -> dict:
+def report(study, sw: Sweep, search: dict, wall: float, command: str) -> dict:
     """Print the table, the best command and the budget; write sweep.json and the plots. -> what sweep.json holds.
     `command` is the sweep's own command line, recorded so that anyone can run the same search again."""
     rows = trial_rows(study)
