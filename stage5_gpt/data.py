@@ -23,6 +23,7 @@ import torch
 
 from scripts.common import UserError, atomic_write, atomic_write_text
 from stage5_gpt.corpus import DATASETS, dataset_info, load_text  # noqa: F401  (DATASETS: re-exported for callers)
+from stage5_gpt.chat_template import SPECIAL_TOKENS
 from stage5_gpt.tokenizer import EOT, BPETokenizer, read_json
 
 def count_words(text: str) -> int:
@@ -112,8 +113,9 @@ def prepare(name: str, data_dir: str | Path, out_dir: str | Path, vocab_size: in
     elif info["tokenizer"] == "char":  # nanoGPT's character set: the whole file's (65 characters), not train's only
         tok = CharTokenizer.train("".join(texts.values()))
     else:
+        specials = SPECIAL_TOKENS if info.get("chat") else (EOT,)  # a corpus for chat models: the template's too
         log(f"training a byte-level BPE tokenizer ({vocab_size:,} tokens) on {name} train ...")
-        tok = BPETokenizer.train(texts["train"], vocab_size)
+        tok = BPETokenizer.train(texts["train"], vocab_size, specials)
     tok.save(out_dir / "tokenizer.json")
     if len(tok) > 2 ** 16:
         raise UserError(f"vocabulary of {len(tok):,} does not fit the uint16 token files (at most 65,536)")
@@ -121,7 +123,7 @@ def prepare(name: str, data_dir: str | Path, out_dir: str | Path, vocab_size: in
             "tokenizer": "char" if isinstance(tok, CharTokenizer) else "bpe",
             "fingerprint": tokenizer_fingerprint(out_dir / "tokenizer.json"), "tokens": {}, "chars": {}, "words": {}}
     for split, text in texts.items():
-        ids = np.array(encode_split(tok, text), dtype=np.uint16)
+        ids = np.array(encode_split(tok, text, documents=info.get("documents", False)), dtype=np.uint16)
         atomic_write(out_dir / f"{split}.bin", lambda f, ids=ids: f.write(ids.tobytes()))
         meta["tokens"][split], meta["chars"][split], meta["words"][split] = len(ids), len(text), count_words(text)
         log(f"{name} {split}: {len(text):,} characters -> {len(ids):,} tokens "
@@ -130,10 +132,11 @@ def prepare(name: str, data_dir: str | Path, out_dir: str | Path, vocab_size: in
     return meta
 
 
-def encode_split(tok, text: str) -> list[int]:
-    """A whole split as ids, led by <|endoftext|> when the tokenizer has it (so its first real token is predicted)."""
+def encode_split(tok, text: str, documents: bool = False) -> list[int]:
+    """A whole split as ids, led by <|endoftext|> when the tokenizer has it (so its first real token is predicted).
+    A corpus of documents (course_mix) separates them with <|endoftext|> (corpus.DOC_SEP), which becomes its id."""
     bos = [tok.token_to_id(EOT)] if isinstance(tok, BPETokenizer) else []
-    return bos + tok.encode(text)
+    return bos + (tok.encode(text, allowed_special=EOT) if documents else tok.encode(text))
 
 
 def load_split(out_dir: str | Path, split: str) -> np.memmap:

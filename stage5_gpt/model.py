@@ -127,6 +127,12 @@ class KVCache:
         self.values[layer][:, :, self.pos:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the cached rows `rows` (B',) in that order, repeats allowed: beam search copies a prompt's cache to
+        every beam, then makes each kept beam carry on from its parent's keys and values."""
+        self.keys = [None if k is None else k.index_select(0, rows) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, rows) for v in self.values]
+
 
 def causal_mask(T: int, S: int, device=None) -> torch.Tensor:
     """(T, S) True where query i may look at key j. The T queries are the last T of the S positions (S > T when

@@ -61,3 +61,9 @@ SWEEP_CHECKS = {
 # The pre-trained GPT that finetune.py (its default --checkpoint), the demo and the capstone read: the best.pt the
 # "wikitext2" run writes (train.py's --out-dir default is runs/stage5_gpt/<data set>_<non-default variants>).
 GPT_CHECKPOINT = "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt"
+
+# The GPT that sft.py instructs (its default --checkpoint): a model pre-trained on the course_mix corpus, whose
+# tokenizer has the chat template's tokens (train.py --dataset course_mix writes runs/stage5_gpt/course_mix_<variants>).
+BASE_CHECKPOINT = "runs/stage5_gpt/course_mix_rope_rmsnorm_swiglu/best.pt"
+# The instructed GPT: where sft.py writes by default; evaluate_chat.py, chat.py and the demo's chat tab read it.
+SFT_CHECKPOINT = "runs/stage5_gpt/sft/best.pt"
