@@ -335,7 +335,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
 # What a checkpoint holds, the same words in every stage: its "kind". A script that reads a checkpoint names the kind
 # it needs, and a wrong one is a one-line error instead of a confusing shape mismatch.
-KINDS = ("classifier", "language_model", "translator", "masked_lm")
+KINDS = ("classifier", "language_model", "translator", "masked_lm", "lora_adapter")
 # the spellings checkpoints used before KINDS: still read
 _OLD_KINDS = {"sst2_classifier": "classifier", "finetune": "classifier", "pretrain": "masked_lm"}
 

@@ -61,6 +61,7 @@ PACKAGES = {
     "optuna": ("optuna", "the hyperparameter search, scripts/sweep.py", False),
     "scipy": ("scipy", "the metric tests only (reference Pearson and Spearman)", False),
     "scikit-learn": ("sklearn", "the metric tests only (reference Matthews correlation and F1)", False),
+    "peft": ("peft", "the LoRA test only (Stage 5's LoRA against Hugging Face's)", False),
 }
 INSTALLED_WITH = {"nbformat": "jupyter", "nbclient": "jupyter", "ipykernel": "jupyter"}  # what to pip install
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -186,7 +187,8 @@ DATASETS = [
     # (name, folder, files, who reads it, where a missing copy comes from)
     ("IMDb", "imdb", ["train.csv.gz", "test.csv.gz"], "stage1_mlp (its default)",
      "Hugging Face stanfordnlp/imdb"),
-    ("IMDb unlabelled", "imdb", ["unsup.csv.gz"], "stage6_bert pretrain.py", "Hugging Face stanfordnlp/imdb"),
+    ("IMDb unlabelled", "imdb", ["unsup.csv.gz"], "stage6_bert pretrain.py, stage5_gpt --dataset course_mix",
+     "Hugging Face stanfordnlp/imdb"),
     ("SST-2 (GLUE)", "glue/sst2", GLUE_FILES,
      "stage1_mlp --dataset sst2, stage5_gpt finetune.py, stage6_bert finetune.py --task sst2",
      "Hugging Face nyu-mll/glue (sst2)"),
@@ -195,12 +197,14 @@ DATASETS = [
     ("Tiny Shakespeare", "tiny_shakespeare", ["input.txt.gz"], "stage2_rnn_lstm and stage5_gpt (their default)",
      "karpathy/char-rnn on GitHub"),
     ("WikiText-2", "wikitext-2", ["wiki.train.tokens.gz", "wiki.valid.tokens.gz", "wiki.test.tokens.gz"],
-     "stage2_rnn_lstm and stage5_gpt --dataset wikitext2, stage6_bert pretrain.py",
+     "stage2_rnn_lstm and stage5_gpt --dataset wikitext2 (and course_mix), stage6_bert pretrain.py",
      "Hugging Face Salesforce/wikitext (wikitext-2-v1)"),
-    ("Multi30k", "multi30k", MULTI30K_FILES, "stage3_attention_seq2seq and stage4_transformer (their default)",
-     "github.com/multi30k/dataset"),
+    ("Multi30k", "multi30k", MULTI30K_FILES, "stage3_attention_seq2seq and stage4_transformer (their default), "
+     "stage5_gpt --dataset course_mix and sft.py", "github.com/multi30k/dataset"),
     ("Tatoeba eng-fra", "tatoeba_eng_fra", ["fra.txt.gz"], "stage3_attention_seq2seq --dataset tatoeba",
      "d2l.ai (fra-eng.zip)"),
+    ("Instructions", "instructions", ["instruction-data.json"], "stage5_gpt sft.py (the general instructions)",
+     "rasbt/LLMs-from-scratch on GitHub"),
 ] + [(f"GLUE {name}", f"glue/{task}", GLUE_FILES, f"stage6_bert finetune.py --task {task}",
       f"Hugging Face nyu-mll/glue ({task})")
      for task, name in [("cola", "CoLA"), ("mrpc", "MRPC"), ("rte", "RTE"), ("stsb", "STS-B"), ("wnli", "WNLI")]]
@@ -234,11 +238,11 @@ def check_data(data_dir: Path) -> list[tuple[str, str]]:
             path = data_dir / folder / file
             if not path.is_file():
                 missing.append(file)
-            elif not looks_like_gzip(path):
+            elif not (looks_like_gzip(path) if file.endswith(".gz") else path.stat().st_size > 0):
                 broken.append(file)
         if broken:
-            lines.append(("warn", f"{name}: {', '.join(broken)} in {data_dir / folder} is empty or not gzip (a broken "
-                                  f"download?); delete it and it is downloaded again from {source} on first use; "
+            lines.append(("warn", f"{name}: {', '.join(broken)} in {data_dir / folder} is empty or not in its format "
+                                  f"(a broken download?); delete it and it is downloaded again from {source} on first use; "
                                   f"used by {used_by}"))
         elif not missing:
             lines.append(("ok", f"{name} ({folder}/{files[0] if len(files) == 1 else f', {len(files)} files'}), "

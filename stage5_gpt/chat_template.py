@@ -41,7 +41,8 @@ def check_template(tok, where: str = "this tokenizer") -> None:
     missing = [t for t in SPECIAL_TOKENS if t not in specials]
     if missing:
         raise UserError(f"{where} has no chat template tokens ({', '.join(missing)} missing): start from a GPT "
-                        f"pre-trained on the course_mix corpus (train.py --dataset course_mix), whose tokenizer has them")
+                        f"pre-trained on the course_mix corpus (train.py --dataset course_mix), whose tokenizer has "
+                        f"them")
 
 
 def encode_plain(tok, text: str) -> list[int]:

@@ -124,7 +124,8 @@ def build_model(args, out_dir: Path, device) -> tuple[GPT, object, dict]:
     is copied beside this run's checkpoints. -> (model, tokenizer, the pre-trained checkpoint)."""
     if not Path(args.checkpoint).is_file():
         run = "course_mix" if "course_mix" in REFERENCE_RUNS else None
-        how = f"`{reference_command(REFERENCE_RUNS[run])}`" if run else "`python stage5_gpt/train.py --dataset course_mix`"
+        how = (f"`{reference_command(REFERENCE_RUNS[run])}`" if run
+               else "`python stage5_gpt/train.py --dataset course_mix`")
         raise UserError(f"checkpoint not found: {args.checkpoint}; a GPT pre-trained on course_mix is needed: {how} "
                         f"(or pass --checkpoint)")
     body, tok, pre = load_chat_model(args.checkpoint, "cpu")

@@ -132,8 +132,11 @@ def test_data_table_matches_the_loaders():
     from stage6_bert.glue import SPLITS as GLUE_SPLITS
     from stage6_bert.glue import TASKS
 
+    from stage5_gpt.instructions import INSTRUCTIONS_FILE
+
     read = {f"{info['folder']}/{file}" for table in (STAGE1, STAGE2, STAGE5) for info in table.values()
-            for file in info["files"].values()}
+            if not info.get("documents") for file in info["files"].values()}   # course_mix reads the others
+    read.add(INSTRUCTIONS_FILE)
     read |= {f"{SST2['folder']}/{file}" for file in SST2["files"].values()}
     read |= {f"multi30k/{name}.{lang}.gz" for name in MULTI30K_SPLITS.values() for lang in STAGE3["multi30k"]["langs"]}
     read |= {f"multi30k/{name}.{lang}.gz" for name in SPLITS.values() for lang in LANGS}
