@@ -241,7 +241,8 @@ def check_data(data_dir: Path) -> list[tuple[str, str]]:
             elif not (looks_like_gzip(path) if file.endswith(".gz") else path.stat().st_size > 0):
                 broken.append(file)
         if broken:
-            lines.append(("warn", f"{name}: {', '.join(broken)} in {data_dir / folder} is empty or not in its format "
+            fmt = "gzip" if broken[0].endswith(".gz") else "in its format"
+            lines.append(("warn", f"{name}: {', '.join(broken)} in {data_dir / folder} is empty or not {fmt} "
                                   f"(a broken download?); delete it and it is downloaded again from {source} on first use; "
                                   f"used by {used_by}"))
         elif not missing:
