@@ -38,7 +38,7 @@ from stage5_gpt.instructions import SENTIMENT, TASKS, TRANSLATIONS, load_example
 from stage5_gpt.model import GPT, KVCache
 from stage5_gpt.reference_runs import BASE_CHECKPOINT, SFT_CHECKPOINT
 
-MAX_NEW = {"en_fr": 80, "de_en": 80, "sst2": 8, "general": 128}   # new tokens an answer may take, per task
+MAX_NEW = {"en_fr": 80, "de_en": 80, "en_de": 80, "sst2": 8, "general": 128}   # new tokens an answer may take, per task
 SAMPLES = 3                                                           # answers per task kept in the result
 
 

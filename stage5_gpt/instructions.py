@@ -14,8 +14,10 @@ specialist models of earlier stages:
 | de_en | Multi30k | train | val | test2016, lowercased sacreBLEU |
 | sst2 | SST-2 | train, less the held-out sentences and their phrases | 500 whole train sentences | dev (872), accuracy |
 | general | instruction-data.json | first 85 % (935) | last 5 % (55) | the 10 % between (110) |
+| en_de | Multi30k | train | val | test2016, sacreBLEU |
 
-English -> German is left out on purpose: a later lesson (LoRA) adapts the instructed model to a task it never saw.
+English -> German (en_de) is left out of the default mixture on purpose: the LoRA lesson adapts the instructed model to
+a task it never saw (`sft.py --mix en_de=1 --lora-rank 8`).
 `general` is a small set of everyday instructions (spelling, grammar, conversions, short facts) from the book
 "Build a Large Language Model (From Scratch)", split as the book splits it; it teaches the model to follow an
 instruction worded freely, not only the three fixed prompts.
@@ -34,10 +36,10 @@ from scripts.common import UserError
 from stage5_gpt.corpus import fetch_files, load_multi30k
 from stage5_gpt.data import load_sst2, sentence_split
 
-TASKS = ("en_fr", "de_en", "sst2", "general")
+TASKS = ("en_fr", "de_en", "sst2", "general", "en_de")
 SPLITS = ("train", "val", "test")
 LANGUAGES = {"en": "English", "fr": "French", "de": "German"}
-TRANSLATIONS = {"en_fr": ("en", "fr"), "de_en": ("de", "en")}
+TRANSLATIONS = {"en_fr": ("en", "fr"), "de_en": ("de", "en"), "en_de": ("en", "de")}
 MULTI30K_SPLIT = {"train": "train", "val": "val", "test": "test2016"}
 SENTIMENT = ("negative", "positive")   # SST-2 label -> the answer the model writes
 SST2_VAL_SENTENCES = 500               # whole training sentences held out, as finetune.py does

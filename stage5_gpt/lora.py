@@ -133,6 +133,22 @@ def unmerge(model: nn.Module) -> None:
         layer.unmerge()
 
 
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of the plain model the adapters amount to (each base weight + its update, under the base layer's
+    own name), without touching `model`: what a checkpoint that any GPT loader reads holds."""
+    layers = lora_layers(model)
+    out = {}
+    for key, t in model.state_dict().items():
+        if ".lora_" in key:
+            continue
+        name = key.replace(".base.", ".")
+        owner = key.rsplit(".base.", 1)[0] if ".base." in key else None
+        if owner in layers and key.endswith(".base.weight") and not layers[owner].merged:
+            t = t + layers[owner].delta_weight().detach().to(t.dtype)
+        out[name] = t
+    return out
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "frozen": sum(p.numel() for p in model.parameters()) - trainable}

@@ -51,6 +51,8 @@ from stage5_gpt.chat_template import END
 from stage5_gpt.data import length_batches
 from stage5_gpt.evaluate_chat import answer_loss, encode_example, load_chat_model, pad_batch, score
 from stage5_gpt.instructions import TASKS, load_examples, mixture, parse_mix
+from stage5_gpt.lora import (LoRAConfig, add_lora, count_parameters, lora_layers, merged_state_dict,
+                             save_adapter)
 from stage5_gpt.model import GPT, GPTConfig
 from stage5_gpt.reference_runs import BASE_CHECKPOINT, REFERENCE_RUNS
 
@@ -81,6 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-examples", type=positive_int, default=200,
                    help="validation examples per task (the first ones of its val split)")
     p.add_argument("--beam-size", type=positive_int, default=5, help="the final translations: beam search too")
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="train LoRA adapters of this rank instead of every weight (lora.py); 0: full fine-tuning")
+    p.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA's update is scaled by alpha / rank")
+    p.add_argument("--lora-dropout", type=probability, default=0.0, help="dropout on the adapters' input")
+    p.add_argument("--lora-targets", nargs="+", default=["c_attn", "c_proj", "c_fc"],
+                   help="the linear layers that get adapters, by the end of their names")
     p.add_argument("--cpu-bf16", action="store_true", help="train with bf16 autocast on a CPU that has bf16 "
                                                            "instructions (evaluation stays float32)")
     p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
@@ -135,6 +143,8 @@ def build_model(args, out_dir: Path, device) -> tuple[GPT, object, dict]:
         shutil.copyfile(tok_src, tok_dst)
     model = GPT(GPTConfig(**{**pre["config"], "dropout": args.dropout}))
     model.load_state_dict(body.state_dict())
+    if args.lora_rank:  # freeze every weight, train thin adapters beside the chosen layers
+        add_lora(model, LoRAConfig(args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets)))
     return model.to(device), tok, pre
 
 
@@ -167,19 +177,62 @@ def validate(model: GPT, val: dict, pad_id: int, device) -> dict:
 
 
 def save_run(path: Path, optimizer=None, *, args, model: GPT, state: dict, pre: dict) -> None:
-    """best.pt holds the weights (a GPT checkpoint generate.py can read), last.pt also the optimizer (--resume)."""
+    """best.pt holds the weights of a plain GPT (with LoRA: the adapters merged in, and adapter.pt beside it, the
+    adapters alone), which generate.py, evaluate_chat.py and chat.py read; last.pt holds the model as it trains (its
+    adapters apart) and the optimizer, what --resume needs."""
+    adapted = bool(lora_layers(model))
+    weights = model.state_dict() if optimizer is not None or not adapted else merged_state_dict(model)
     obj = {"stage": STAGE, "kind": "language_model", "task": "sft", "dataset": pre.get("dataset"),
-           "config": model.cfg.to_dict(), "args": vars(args), "model": model.state_dict(), "state": state,
+           "config": model.cfg.to_dict(), "args": vars(args), "model": weights, "state": state,
            "rng": rng_state(), "data": pre["data"], "base": portable(str(args.checkpoint))}
     if optimizer is not None:
         obj["optimizer"] = optimizer.state_dict()
     save_checkpoint(obj, path)
+    if adapted and optimizer is None:
+        save_adapter(model, path.with_name("adapter.pt"), base_name=portable(str(args.checkpoint)))
 
 
-def final_report(args, out_dir: Path, model: GPT, tok, data: dict, pre: dict, state: dict, device, t_start: float,
-                 log) -> None:
-    """best.pt answers every task's test questions; the result file, with the base model's figures beside."""
-    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind="language_model")["model"])
+def training_footprint(model: GPT, optimizer, device) -> dict:
+    """What training holds in memory beyond the model: gradients and AdamW's two moments, for the trained parameters
+    only; and the peak memory measured while training (peak_memory)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+    return {**count_parameters(model), "gradient_bytes": sum(p.numel() * p.element_size() for p in trained),
+            "optimizer_state_bytes": sum(t.numel() * t.element_size() for t in state),
+            "peak_memory_bytes": peak_memory(device)}
+
+
+def reset_peak_memory(device) -> None:
+    """Start measuring the peak memory of training. CUDA: the allocator's counter. A Linux CPU: the process's
+    resident-set high-water mark (VmHWM), which writing 5 to /proc/self/clear_refs resets to what is in use now."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory(device) -> int | None:
+    """Bytes at the peak since reset_peak_memory (CPU: the whole process, model, data and activations), or None
+    where the system does not say."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def final_report(args, out_dir: Path, tok, data: dict, pre: dict, state: dict, footprint: dict, device,
+                 t_start: float, log) -> None:
+    """best.pt answers every task's test questions; the result file, with the base model's figures beside, and what
+    the training cost: time per step, trained parameters, optimizer state, peak memory, the files' sizes."""
+    best = load_checkpoint(out_dir / "best.pt", stage=STAGE, kind="language_model")
+    model = GPT(GPTConfig(**best["config"])).to(device)   # a plain GPT: with LoRA, the adapters are merged in
+    model.load_state_dict(best["model"])
     model.eval()
     base = load_chat_model(args.checkpoint, device)[0]
     metrics, samples = score(model, tok, data["test"], args.beam_size, base, log=log.info)
@@ -197,6 +250,9 @@ def final_report(args, out_dir: Path, model: GPT, tok, data: dict, pre: dict, st
                         "best_val": state["best_val"], "examples_seen": state["examples"],
                         "sizes": {split: {t: len(v) for t, v in data[split].items()} for split in data},
                         "mix": args.mix, "samples": samples, "config": model.cfg.to_dict(),
+                        "seconds_per_step": round(state["train_seconds"] / max(state["step"], 1), 4),
+                        "footprint": footprint | {f"{f}_bytes": (out_dir / f"{f}.pt").stat().st_size
+                                                  for f in ("best", "adapter") if (out_dir / f"{f}.pt").is_file()},
                         "hparams": resolved_config(args) | {"checkpoint": portable(str(args.checkpoint))}})
     h = state["history"]
     plot_curves(result_path.with_suffix(".png"), {
@@ -225,8 +281,9 @@ def main(argv=None) -> None:
     total_steps = args.epochs * steps_per_round
     optimizer = model.configure_optimizer(args.weight_decay, args.lr, (0.9, 0.95), device.type)
     autocast, _ = autocast_for(device, False, args.cpu_bf16)
-    log.info(f"base {args.checkpoint} ({pre.get('dataset')}, step {pre['state']['step']}) | {model.num_params():,} "
-             f"parameters | a round: {round_size:,} examples ("
+    n = count_parameters(model)
+    log.info(f"base {args.checkpoint} ({pre.get('dataset')}, step {pre['state']['step']}) | {n['trainable']:,} of "
+             f"{n['trainable'] + n['frozen']:,} parameters trained | a round: {round_size:,} examples ("
              + ", ".join(f"{t} {w:g} x {len(data['train'].get(t, [])):,}" for t, w in args.mix.items() if w > 0)
              + f"), {steps_per_round} steps | {total_steps} steps in all"
              + (f", or {args.time_budget} minutes" if args.time_budget else ""))
@@ -244,6 +301,7 @@ def main(argv=None) -> None:
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
     stop, restore_signals = catch_stop_signals()
+    reset_peak_memory(device)
     t_loop = time.time() - state["train_seconds"]  # training time excludes validation
     bar = tqdm(total=total_steps, initial=state["step"], desc="sft", disable=None)
     try:
@@ -311,7 +369,8 @@ def main(argv=None) -> None:
         if stop["by"] != "max_steps":
             sys.exit(130)
         return
-    final_report(args, out_dir, model, tok, data, pre, state, device, t_start, log)
+    footprint = training_footprint(model, optimizer, device)
+    final_report(args, out_dir, tok, data, pre, state, footprint, device, t_start, log)
 
 
 if __name__ == "__main__":

@@ -310,3 +310,35 @@ def test_the_real_mixture_has_the_documented_sizes_and_keeps_english_to_german_o
     assert sizes["test"] == {"en_fr": 1000, "de_en": 1000, "sst2": 872, "general": 110}
     train = instructions.load_examples(real_data_dir, "train", ["en_fr", "de_en"])
     assert not any("into German" in ex["prompt"] for items in train.values() for ex in items)
+
+
+def test_sft_with_lora_trains_adapters_only_and_writes_a_plain_gpt_and_a_small_adapter(mix_dir, base, tmp_path):
+    out = tmp_path / "lora"
+    sft.main(sft_args(mix_dir, base, out, "--epochs", "2", "--mix", "en_de=1", "--lora-rank", "4"))
+    r = json.loads((out / "result.json").read_text())
+    f = r["footprint"]
+    assert 0 < f["trainable"] < f["frozen"] / 5 and f["adapter_bytes"] < f["best_bytes"] / 3
+    assert f["optimizer_state_bytes"] == 2 * f["gradient_bytes"]     # AdamW: two moments per trained number
+    assert "en_de_bleu_greedy" in r["metrics"] and "en_fr_bleu_greedy" in r["metrics"]   # new task and old ones
+    model, tok, _ = evaluate_chat.load_chat_model(out / "best.pt", "cpu")             # a plain GPT: adapters merged
+    from stage5_gpt import lora
+    base_model = evaluate_chat.load_chat_model(base, "cpu")[0]
+    lora.load_adapter(base_model, out / "adapter.pt")                                   # the base + the adapter alone
+    x = torch.randint(0, 400, (2, 12))
+    assert torch.allclose(base_model(x)[0], model(x)[0], atol=1e-4)
+
+
+def test_sft_with_lora_resumes_exactly(mix_dir, base, tmp_path):
+    lora_args = ("--epochs", "3", "--mix", "en_de=1", "--lora-rank", "2")
+    sft.main(sft_args(mix_dir, base, tmp_path / "a", *lora_args, "--max-steps", "8"))
+    sft.main(sft_args(mix_dir, base, tmp_path / "b", *lora_args, "--max-steps", "4"))
+    sft.main(sft_args(mix_dir, base, tmp_path / "b", *lora_args, "--max-steps", "8", "--resume"))
+    a, b = (load_checkpoint(tmp_path / x / "last.pt") for x in "ab")
+    assert a["state"]["history"]["train_loss"] == b["state"]["history"]["train_loss"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert any(".lora_A" in k for k in a["model"])
+
+
+def test_sft_lora_bad_rank_is_one_line(mix_dir, base, tmp_path, capsys):
+    code, err = cli(sft.main, sft_args(mix_dir, base, tmp_path / "x", "--lora-rank", "999"), capsys)
+    assert_one_line_error(code, err, "rank 999")
