@@ -364,7 +364,14 @@ def sample_next(logits: torch.Tensor, idx: torch.Tensor, temperature: float = 1.
         logits = logits.scatter(1, idx, torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty))
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    return torch.multinomial(next_token_probs(logits, temperature, top_k, top_p), 1, generator=generator).squeeze(1)
+
+
+def next_token_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                     top_p: float | None = None) -> torch.Tensor:
+    """logits (B, V) -> the distribution sample_next draws from (B, V), for temperature > 0: the logits divided by
+    the temperature, then only the top_k most likely tokens and the smallest set reaching top_p kept."""
+    logits = logits.float() / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]            # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -373,7 +380,7 @@ def sample_next(logits: torch.Tensor, idx: torch.Tensor, temperature: float = 1.
         probs = sorted_logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs >= top_p  # the more likely tokens before this one already reach top_p
         logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+    return logits.softmax(dim=-1)
 
 
 # GPT-2's own code (TensorFlow, then Hugging Face's Conv1D) stores these matrices as (in, out); nn.Linear as (out, in).
