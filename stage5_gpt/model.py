@@ -152,8 +152,9 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope=None, cache: KVCache | None = None):
-        """x (B, T, C); rope: (cos, sin) of these T positions or None -> (B, T, C)."""
+    def forward(self, x, rope=None, cache: KVCache | None = None, mask: torch.Tensor | None = None):
+        """x (B, T, C); rope: (cos, sin) of these T positions or None; mask: None (causal), or (B, 1, T, S), True
+        where a query may look at a key (batched generation: padding and other rows' lengths) -> (B, T, C)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)                                                  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # 3 x (B, H, T, D)
@@ -162,14 +163,17 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)                          # 2 x (B, H, S, D), S = earlier + T
         S = k.shape[2]
+        allowed = causal_mask(T, S, x.device) if mask is None else mask[..., :S]
         if self.manual:
             att = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)      # (B, H, T, S): every query . every key
-            att = att.masked_fill(~causal_mask(T, S, x.device), float("-inf"))  # no looking ahead
+            att = att.masked_fill(~allowed, float("-inf"))                 # no looking ahead (nor at padding)
             att = self.attn_dropout(att.softmax(dim=-1))                   # each row sums to 1 over the keys
             y = att @ v                                                    # (B, H, T, D): weighted mean of values
+        elif mask is not None:  # batched generation: the caller's mask says what each row may see
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         else:  # the same in one fused kernel; is_causal assumes S == T, a cached step with T > 1 needs the mask
-            mask = None if S == T or T == 1 else causal_mask(T, S, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=S == T,
+            causal = None if S == T or T == 1 else allowed
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, is_causal=S == T,
                                                dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)               # (B, T, H, D) -> (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
@@ -210,8 +214,8 @@ class Block(nn.Module):
         self.ln_1, self.attn = make_norm(cfg), CausalSelfAttention(cfg, layer)
         self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
 
-    def forward(self, x, rope=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rope, cache)
+    def forward(self, x, rope=None, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -245,24 +249,30 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) -> the final hidden states (B, T, C), after the last norm: what the output layer reads, and what
         a classification head reads when fine-tuning (the last real token's state has seen the whole text; with
         right padding the pads come after it and, attention being causal, change nothing there).
-        With a cache, idx holds only the new tokens: their positions start where the cache stops."""
+        With a cache, idx holds only the new tokens: their positions start where the cache stops.
+        Batched generation (batching.py) gives each row its own positions (B, T) and a mask (B, 1, T, S): rows that
+        are left-padded, or at different lengths, each see only their own tokens, at their own positions."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"{start + T} positions do not fit in block_size {self.cfg.block_size}: crop the input "
-                             f"to its last {self.cfg.block_size} tokens")
+        if positions is None:
+            if start + T > self.cfg.block_size:
+                raise ValueError(f"{start + T} positions do not fit in block_size {self.cfg.block_size}: crop the "
+                                 f"input to its last {self.cfg.block_size} tokens")
+            positions = torch.arange(start, start + T, device=idx.device)             # (T,), the same for every row
         x, rope = self.wte(idx), None                                              # (B, T, C)
         if self.cfg.pos == "learned":
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))   # (T, C) broadcast over the batch
+            x = x + self.wpe(positions)                                            # (T, C) or (B, T, C)
         else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # 2 x (T, D)
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]          # (T, D), or (B, T, D) per row
+            rope = (cos, sin) if positions.dim() == 1 else (cos[:, None], sin[:, None])   # (B, 1, T, D): per head
         x = self.drop(x)
         for block in self.h:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, mask)
         if cache is not None:
             cache.pos += T
         return self.ln_f(x)
