@@ -453,6 +453,218 @@ def attention_masks(path: Path) -> Path:
     return save(fig, path)
 
 
+# ----------------------------------------------------------------------------- Stage 5: answering, adapting, faster
+
+IGNORED = "#eeeeee"   # a token whose target is -100: context, not learned
+
+
+def _token_width(text: str, fontsize: float) -> float:
+    """A box wide enough for `text` at `fontsize` (inches; about 0.6 em per character, plus a margin)."""
+    return 0.18 + 0.6 * fontsize / 72 * len(text)
+
+
+def _token(ax, x: float, y: float, w: float, text: str, kind: str, h: float = 0.42, fontsize: float = 9) -> Box:
+    """One token box: kind "learn" (the loss is taken on it), "ignore" (greyed: target -100), "input" (a token the
+    model reads) or "pad" (padding)."""
+    if kind == "pad":
+        b = box(ax, x, y, w, h, "", "white", dashed=True, edge=MUTED)
+        ax.add_patch(Rectangle((x - w / 2, y - h / 2), w, h, facecolor="none", edgecolor="#cccccc", hatch="///",
+                               linewidth=0, zorder=1.2))
+        ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, color=MUTED, style="italic", zorder=3)
+        return b
+    plain = kind != "ignore"
+    b = box(ax, x, y, w, h, "", {"learn": OUT, "input": DATA}.get(kind, IGNORED), edge=INK if plain else "#aaaaaa")
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, color=INK if plain else "#888888", zorder=3,
+            weight="bold" if text.startswith("<|") else "normal")
+    return b
+
+
+def _bracket(ax, x0: float, x1: float, y: float, text: str, color: str, fontsize: float = 9) -> None:
+    """A bracket under boxes, from x0 to x1 at height y, with `text` centred below it."""
+    line(ax, [(x0, y + 0.1), (x0, y), (x1, y), (x1, y + 0.1)], color=color, lw=1.3)
+    note(ax, (x0 + x1) / 2, y - 0.2, text, ha="center", color=color, fontsize=fontsize)
+
+
+def chat_template(path: Path) -> Path:
+    """Stage 5's `render`: a conversation as one row of tokens, the ones SFT learns highlighted; below, one row of a
+    right-padded batch (`pad_batch`) as inputs x and targets y, with -100 wherever nothing is learned."""
+    W = 12.8
+    fig, ax = canvas(W, 6.6)
+    title(ax, W / 2, 6.3, "Stage 5: the chat template (render), and what supervised fine-tuning learns")
+    gap, fs = 0.06, 9
+    # one conversation, rendered: ids and the learn mask
+    tokens = [("<|endoftext|>", "ignore"), ("<|user|>", "ignore"), ("Translate", "ignore"), ("…", "ignore"),
+              ("French:", "ignore"), ("A", "ignore"), ("dog", "ignore"), ("runs.", "ignore"), ("<|end|>", "ignore"),
+              ("<|assistant|>", "ignore"), ("Un", "learn"), ("chien", "learn"), ("court.", "learn"),
+              ("<|end|>", "learn")]
+    widths = [_token_width(t, fs) for t, _ in tokens]
+    x, y1 = (W - sum(widths) - gap * (len(tokens) - 1)) / 2, 5.2
+    note(ax, x, y1 + 0.55, 'render(tok, [{"role": "user", "content": "Translate ... A dog runs."},  '
+         '{"role": "assistant", "content": "Un chien court."}])  ->  ids, learn', fontsize=8.5, color=INK,
+         family="monospace")
+    boxes = []
+    for (text, kind), w in zip(tokens, widths):
+        boxes.append(_token(ax, x + w / 2, y1, w, text, kind, fontsize=fs))
+        note(ax, x + w / 2, y1 - 0.37, "True" if kind == "learn" else "False", ha="center", fontsize=7.5,
+             color=ACCENT if kind == "learn" else "#999999")
+        x += w + gap
+    note(ax, boxes[0].left[0] - 0.08, y1 - 0.37, "learn", ha="right", fontsize=7.5)
+    _bracket(ax, boxes[0].left[0], boxes[9].right[0], y1 - 0.6,
+             "the prompt: context, target -100 (not learned)", MUTED)
+    _bracket(ax, boxes[10].left[0], boxes[13].right[0], y1 - 0.6, "the reply and its <|end|>: learned", ACCENT)
+    note(ax, W / 2, y1 - 1.25, "<|user|>, <|assistant|> and <|end|> have ids of their own; only render places them "
+         "(a user who types \"<|end|>\" gets plain characters)", ha="center", fontsize=8.5)
+
+    # one example of a batch, right-padded: inputs x and targets y (shifted by one, as in pre-training)
+    ids = ["<|endoftext|>", "<|user|>", "Is", "…", "negative?", "A", "gem.", "<|end|>", "<|assistant|>", "positive",
+           "<|end|>"]
+    learn = [False] * 9 + [True, True]
+    n_pad = 3
+    xs = ids[:-1] + ["pad"] * n_pad                                                       # x = ids[:-1], padded
+    ys = [t if keep else "-100" for t, keep in zip(ids[1:], learn[1:])] + ["-100"] * n_pad  # y = ids[1:] or -100
+    widths = [max(_token_width(a, fs), _token_width(b, fs)) for a, b in zip(xs, ys)]
+    left = (W - sum(widths) - gap * (len(xs) - 1)) / 2 + 0.4
+    yx, yy = 2.75, 1.95
+    title(ax, W / 2, 3.45, "one row of a batch (pad_batch): the targets are the next tokens, -100 off the answer "
+          "and on the padding", fontsize=10.5)
+    note(ax, left - 0.12, yx, "x (inputs)", ha="right", fontsize=9, color=INK)
+    note(ax, left - 0.12, yy, "y (targets)", ha="right", fontsize=9, color=INK)
+    x = left
+    for i, (a, b, w) in enumerate(zip(xs, ys, widths)):
+        padding = i >= len(ids) - 1
+        _token(ax, x + w / 2, yx, w, a, "pad" if padding else "input", fontsize=fs)
+        _token(ax, x + w / 2, yy, w, b, "pad" if padding else "ignore" if b == "-100" else "learn", fontsize=fs)
+        arrow(ax, (x + w / 2, yx - 0.21), (x + w / 2, yy + 0.21), color="#bbbbbb", lw=0.9)
+        x += w + gap
+    right = x - gap
+    _bracket(ax, right - sum(widths[-n_pad:]) - gap * (n_pad - 1), right, yy - 0.36, "padding: target -100", MUTED)
+    note(ax, W / 2, 0.62, "Each position predicts the next token: the loss teaches \"positive\" after <|assistant|>, "
+         "then <|end|>; every -100 is skipped by F.cross_entropy.\nThe padding follows the last real token and "
+         "attention is causal, so no real token reads it: no mask is needed. Batches hold examples\nof similar "
+         "length (length_batches), so there is little padding. The pad id is <|end|>'s; any id would do.",
+         ha="center", fontsize=8.5, color=INK)
+    return save(fig, path)
+
+
+def lora(path: Path) -> Path:
+    """Stage 5's `LoRALinear`: the frozen W beside the trained low-rank path A then B, scaled by alpha / r."""
+    fig, ax = canvas(10.4, 5.6)
+    title(ax, 5.2, 5.3, "Stage 5: LoRA, a frozen layer plus a trained low-rank update (LoRALinear)")
+    cy_top, cy_low = 3.75, 1.75
+    xin = box(ax, 0.75, (cy_top + cy_low) / 2, 0.9, 0.5, r"$x$", STATE, fontsize=12)
+    note(ax, 0.75, (cy_top + cy_low) / 2 - 0.45, r"$d_{in}$", ha="center", fontsize=9)
+    split = 1.5
+    line(ax, [xin.right, (split, xin.y)])
+    # the base path: W, frozen
+    w_box = box(ax, 4.6, cy_top, 2.2, 1.3, "W\n" + r"$d_{out} \times d_{in}$", DROP, fontsize=12, edge=MUTED)
+    ax.add_patch(Rectangle((w_box.x - w_box.w / 2, w_box.y - w_box.h / 2), w_box.w, w_box.h, facecolor="none",
+                           edgecolor="#cfcfcf", hatch="\\\\", linewidth=0, zorder=2.05))
+    line(ax, [(split, xin.y), (split, cy_top)])
+    arrow(ax, (split, cy_top), w_box.left)
+    note(ax, w_box.x, cy_top + 0.9, "frozen: the pre-trained weight (self.base, requires_grad False)",
+         ha="center", fontsize=9, color=MUTED)
+    # the adapter path: A then B, trained
+    a_box = box(ax, 3.0, cy_low, 0.55, 1.3, "A", LINEAR, fontsize=12, weight="bold", edge=ACCENT)
+    mid = box(ax, 4.05, cy_low, 0.5, 0.38, r"$r$", STATE, fontsize=10)
+    b_box = box(ax, 5.1, cy_low, 0.55, 1.3, "B", LINEAR, fontsize=12, weight="bold", edge=ACCENT)
+    for b in (a_box, b_box):  # a thick edge in the accent colour: these learn
+        ax.add_patch(FancyBboxPatch((b.x - b.w / 2, b.y - b.h / 2), b.w, b.h, boxstyle="round,pad=0,rounding_size=0.08",
+                                    facecolor="none", edgecolor=ACCENT, linewidth=2.0, zorder=2.1))
+    line(ax, [(split, xin.y), (split, cy_low)])
+    arrow(ax, (split, cy_low), a_box.left)
+    arrow(ax, a_box.right, mid.left)
+    arrow(ax, mid.right, b_box.left)
+    note(ax, a_box.x, cy_low - 0.9, "A: " + r"$r \times d_{in}$" + "\nrandom at the start", ha="center", fontsize=9,
+         color=INK, va="top")
+    note(ax, b_box.x, cy_low - 0.9, "B: " + r"$d_{out} \times r$" + "\n= 0 at the start", ha="center", fontsize=9,
+         color=INK, va="top")
+    note(ax, mid.x, cy_low + 0.45, r"$Ax$", ha="center", fontsize=9)
+    note(ax, (a_box.x + b_box.x) / 2, cy_low + 1.0, "trained: lora_A, lora_B", ha="center", fontsize=9,
+         color=ACCENT)
+    op(ax, 6.55, cy_low, r"$\times$", r=0.22)
+    note(ax, 6.55, cy_low - 0.45, r"$\alpha / r$", ha="center", fontsize=10, color=INK)
+    arrow(ax, b_box.right, (6.55 - 0.22, cy_low))
+    # the sum
+    sx = 7.7
+    plus = op(ax, sx, (cy_top + cy_low) / 2, "+", r=0.22, fontsize=14)
+    line(ax, [w_box.right, (sx, cy_top)])
+    arrow(ax, (sx, cy_top), (sx, plus.center[1] + 0.22))
+    note(ax, sx + 0.12, cy_top - 0.35, r"$Wx$", fontsize=10, color=INK)
+    line(ax, [(6.55 + 0.22, cy_low), (sx, cy_low)])
+    arrow(ax, (sx, cy_low), (sx, plus.center[1] - 0.22))
+    note(ax, sx + 0.12, cy_low + 0.35, r"$\frac{\alpha}{r} BAx$", fontsize=10, color=INK)
+    yout = box(ax, 9.3, plus.center[1], 0.9, 0.5, r"$y$", STATE, fontsize=12)
+    arrow(ax, (sx + 0.22, plus.center[1]), yout.left)
+    note(ax, 9.3, plus.center[1] - 0.45, r"$d_{out}$", ha="center", fontsize=9)
+    note(ax, 7.3, 4.7, "a 256 x 256 layer with r = 8:\nW: 65,536 weights, frozen\nA and B: 2 x 8 x 256 = 4,096, "
+         "trained", fontsize=9, color=INK, va="center")
+    note(ax, 5.2, 0.22, r"$y = Wx + \frac{\alpha}{r} B A x$.   B = 0 at the start, so the adapted model starts as "
+         r"the base model.   merge: $W \leftarrow W + \frac{\alpha}{r} BA$", ha="center", fontsize=10, color=INK)
+    return save(fig, path)
+
+
+def speculative(path: Path) -> Path:
+    """Stage 5's `speculative_generate`, one round with k = 4: the draft proposes one token at a time, the target
+    checks all of them in one pass, two are accepted, the third is replaced, the fourth discarded."""
+    fig, ax = canvas(11.6, 7.0)
+    title(ax, 5.8, 6.7, "Stage 5: speculative decoding, one round with k = 4 (speculative_generate)")
+    x0, dx, w, h = 3.0, 1.45, 1.0, 0.46
+    cols = [x0 + dx * i for i in range(6)]          # the last accepted token, 4 proposals, the free 5th
+    words = ["cat", "sat", "on", "a", "mat"]
+    # 1. the draft proposes, one pass per token
+    yd = 5.5
+    note(ax, 0.25, yd + 0.05, "1. the draft\n(small, cheap)\nproposes k = 4,\none pass each", fontsize=9, color=INK,
+         va="center")
+    prev = box(ax, cols[0], yd, w, h, words[0], DATA, fontsize=10)
+    note(ax, cols[0], yd + 0.42, "last accepted", ha="center", fontsize=8)
+    draft_boxes = [prev]
+    for i in range(1, 5):
+        b = box(ax, cols[i], yd, w, h, words[i], EMB, fontsize=10)
+        arrow(ax, prev.right, b.left)
+        note(ax, cols[i], yd + 0.42, rf"$d_{i} \sim p_{i}$", ha="center", fontsize=9, color=INK)
+        draft_boxes.append(b)
+        prev = b
+    # 2. the target reads the last token and the 4 proposals in one pass
+    yt = 3.95
+    note(ax, 0.25, yt, "2. the target\n(large) reads\n5 tokens in\none pass", fontsize=9, color=INK, va="center")
+    tgt = box(ax, (cols[0] + cols[4]) / 2, yt, cols[4] - cols[0] + w + 0.2, 0.62,
+              "target model: one forward pass, 5 new positions in its KV cache", ATTN, fontsize=10)
+    for b in draft_boxes:
+        arrow(ax, b.bottom, (b.x, tgt.top[1]), color=MUTED, lw=1.0)
+    # its distributions: the one after token j checks proposal j + 1
+    yq = 3.05
+    for i in range(5):
+        q = box(ax, cols[i], yq, 0.62, 0.36, rf"$q_{i + 1}$", STATE, fontsize=10)
+        line(ax, [(cols[i], tgt.bottom[1]), q.top], color=MUTED, lw=1.0)
+        arrow(ax, q.right, (cols[i + 1] - 0.32, yq - 0.55), color=MUTED, lw=1.0)
+    note(ax, cols[5] + 0.05, yq + 0.05, r"$q_j$ judges $d_j$", fontsize=8.5)
+    # 3. the verdicts, from the left
+    yv = 2.1
+    note(ax, 0.25, yv - 0.25, "3. accept from\nthe left:\nkeep " + r"$d_j$" + " with\nprobability\n"
+         r"$\min(1, q_j(d_j) / p_j(d_j))$", fontsize=9, color=INK, va="center")
+    verdicts = [("sat", ACT, "accepted ✓", INK), ("on", ACT, "accepted ✓", INK), ("a", OUT, "rejected ✗", ACCENT),
+                ("mat", "white", "discarded: it\nfollows a rejection", MUTED)]
+    for i, (word, color, label, ink) in enumerate(verdicts, start=1):
+        b = box(ax, cols[i], yv, w, h, word, color, fontsize=10, edge=INK if word != "mat" else "#bbbbbb")
+        note(ax, cols[i], yv - 0.3, label, ha="center", fontsize=9, color=ink, va="top")
+        if word == "mat":  # struck through
+            ax.plot([b.x - 0.3, b.x + 0.3], [yv, yv], color=MUTED, linewidth=1.2, zorder=3.5)
+    fix = box(ax, cols[3], yv - 1.05, w, h, "the", OUT, fontsize=10, weight="bold", edge=ACCENT)
+    arrow(ax, (cols[3], yv - 0.58), fix.top, color=ACCENT)
+    note(ax, cols[3] + 0.6, yv - 1.05, "the target's correction,\ndrawn from " + r"$\max(0, q_3 - p_3)$" +
+         ", normalised", fontsize=8.5, color=ACCENT)
+    free = box(ax, cols[5], yv, w, h, "", "white", dashed=True, edge="#bbbbbb")
+    note(ax, free.x, yv, "(5th)", ha="center", fontsize=9, color=MUTED)
+    note(ax, free.x, yv - 0.3, "free if all 4 pass:\n" + r"drawn from $q_5$", ha="center", fontsize=8.5,
+         va="top")
+    # 4. the round's result, and the caches
+    note(ax, 0.25, 0.45, "4. keep the text,\nroll back the\ncaches", fontsize=9, color=INK, va="center")
+    note(ax, cols[0] - 0.55, 0.45, "The text grows by \"sat on the\": 3 tokens for one target pass. Both KV caches "
+         "roll back to it (KVCache.pos):\nwhat they hold for \"a\" and \"mat\" is overwritten next round. "
+         "Greedy decoding: accept while " + r"$d_j = \arg\max\, q_j$" + ".", fontsize=9, color=INK)
+    return save(fig, path)
+
+
 # ----------------------------------------------------------------------------- the command
 
 # file name -> the function that draws it; the docs embed each one (tests/test_figures.py checks both directions)
@@ -463,6 +675,9 @@ FIGURES = {
     "stage3_seq2seq_attention.png": seq2seq_attention,
     "stage4_pre_post_norm.png": transformer_block_norms,
     "attention_masks_gpt_bert.png": attention_masks,
+    "stage5_chat_template.png": chat_template,
+    "stage5_lora.png": lora,
+    "stage5_speculative.png": speculative,
 }
 
 
