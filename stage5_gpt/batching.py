@@ -183,6 +183,23 @@ class ContinuousBatcher:
         self.waiting.append(handle)
         return handle
 
+    def cancel(self, handle: Handle, reason: str = "cancelled") -> None:
+        """End a request early (its client went away, or a stop string was found): it leaves the queue, or frees
+        its row at once."""
+        if handle in self.waiting:
+            self.waiting.remove(handle)
+        for row, h in enumerate(self.slots):
+            if h is handle:
+                self.slots[row] = None
+                del self.state[row]
+        if not handle.done:
+            handle.done, handle.finish_reason = True, reason
+
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting or being decoded."""
+        return len(self.waiting) + sum(s is not None for s in self.slots)
+
     def admit(self, row: int, handle: Handle) -> None:
         """Read the prompt alone (one forward pass over it), copy its cache into the row, keep its next logits."""
         prompt = handle.request.prompt

@@ -28,6 +28,7 @@ from stage1_mlp import evaluate as evaluate1, predict as predict1, train as trai
 from stage2_rnn_lstm import benchmark as benchmark2, evaluate as evaluate2, generate as generate2, train as train2
 from stage3_attention_seq2seq import evaluate as evaluate3, train as train3, translate as translate3
 from stage4_transformer import benchmark as benchmark4, evaluate as evaluate4, train as train4, translate as translate4
+from stage5_gpt import chat as chat5, evaluate_chat as evaluate_chat5, quantize as quantize5, sft as sft5
 from stage5_gpt import (benchmark as benchmark5, evaluate as evaluate5, finetune as finetune5, generate as generate5,
                         train as train5)
 from stage6_bert import evaluate as evaluate6, fill_mask as fill_mask6, finetune as finetune6, pretrain as pretrain6
@@ -330,7 +331,9 @@ def test_an_out_dir_that_cannot_be_written(name, d, tmp_path, capsys):
 CHECKPOINT_SCRIPTS = [(evaluate1, []), (predict1, ["a fine film"]), (evaluate2, []), (generate2, []), (evaluate3, []),
                       (translate3, ["A dog."]), (evaluate4, []), (translate4, ["A dog."]), (evaluate5, []),
                       (generate5, []), (finetune5, ["--out-dir", "{tmp}/ft"]), (evaluate6, []),
-                      (fill_mask6, ["a [MASK] ."]), (finetune6, ["--task", "sst2", "--out-dir", "{tmp}/ft"])]
+                      (fill_mask6, ["a [MASK] ."]), (finetune6, ["--task", "sst2", "--out-dir", "{tmp}/ft"]),
+                      (sft5, ["--out-dir", "{tmp}/sft"]), (evaluate_chat5, []), (chat5, ["--message", "hi"]),
+                      (quantize5, [])]
 
 
 @pytest.mark.parametrize("module,needed", CHECKPOINT_SCRIPTS, ids=[_id(m) for m, _ in CHECKPOINT_SCRIPTS])

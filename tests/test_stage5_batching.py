@@ -65,3 +65,19 @@ def test_bad_requests_are_one_line(model):
             batching.generate_batch(model, [req])
         with pytest.raises(UserError, match=pattern):
             batching.ContinuousBatcher(model).submit(req)
+
+
+def test_a_cancelled_request_frees_its_row_for_the_next(model):
+    batcher = batching.ContinuousBatcher(model, max_batch=1)
+    first = batcher.submit(Request([1, 2], 30))
+    second = batcher.submit(Request([3, 4], 5))
+    batcher.step()
+    assert len(first.tokens) == 1 and not second.tokens and batcher.in_flight == 2
+    batcher.cancel(first)
+    assert first.done and first.finish_reason == "cancelled" and batcher.in_flight == 1
+    while batcher.busy:
+        batcher.step()
+    assert second.tokens == batching.generate_one(model, Request([3, 4], 5)).tokens
+    waiting = batcher.submit(Request([5], 5))
+    batcher.cancel(waiting)                                  # still in the queue: it just leaves it
+    assert not batcher.busy
