@@ -22,10 +22,10 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/chat.py`: put the rep
 
 import torch
 
-from scripts.common import UserError, get_device, positive_float, positive_int, run_cli
+from scripts.common import UserError, get_device, run_cli
 from stage5_gpt.chat_template import SPECIAL_TOKENS, prompt_ids
 from stage5_gpt.evaluate_chat import load_chat_model
-from stage5_gpt.generate import non_negative, probability_or_none
+from stage5_gpt.generate import add_sampling_args
 from stage5_gpt.reference_runs import SFT_CHECKPOINT
 
 
@@ -58,14 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=SFT_CHECKPOINT, help="an instructed GPT (sft.py's best.pt)")
     p.add_argument("--message", default=None, help="ask this one question, print the answer and exit")
-    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="the longest reply, in tokens")
-    p.add_argument("--temperature", type=non_negative, default=0.7, help="0 = greedy; below 1 sharper, above 1 flatter")
-    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens only")
-    p.add_argument("--top-p", type=probability_or_none, default=None,
-                   help="nucleus sampling: the smallest set of tokens whose probability reaches p")
-    p.add_argument("--repetition-penalty", type=positive_float, default=1.0,
-                   help="> 1 makes tokens already in the text less likely")
-    p.add_argument("--seed", type=int, default=1337)
+    add_sampling_args(p, max_new_tokens=128, temperature=0.7)
     p.add_argument("--no-stream", action="store_true", help="print each reply once it is complete")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     return p.parse_args(argv)

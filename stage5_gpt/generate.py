@@ -41,19 +41,25 @@ def non_negative(text: str) -> float:
     return value
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Generate text with a trained GPT (Stage 5).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/stage5_gpt/tiny_shakespeare/best.pt")
-    p.add_argument("--prompt", default="", help="text to continue (empty: start from scratch)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=300)
-    p.add_argument("--temperature", type=non_negative, default=0.8, help="0 = greedy; below 1 sharper, above 1 flatter")
+def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float) -> None:
+    """The sampling flags, the same in generate.py and chat.py."""
+    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+    p.add_argument("--temperature", type=non_negative, default=temperature,
+                   help="0 = greedy; below 1 sharper, above 1 flatter")
     p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens only")
     p.add_argument("--top-p", type=probability_or_none, default=None,
                    help="nucleus sampling: the smallest set of tokens whose probability reaches p")
     p.add_argument("--repetition-penalty", type=positive_float, default=1.0,
                    help="> 1 makes tokens already in the text less likely")
     p.add_argument("--seed", type=int, default=1337)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Generate text with a trained GPT (Stage 5).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default="runs/stage5_gpt/tiny_shakespeare/best.pt")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start from scratch)")
+    add_sampling_args(p, max_new_tokens=300, temperature=0.8)
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole prefix at every step")
     p.add_argument("--no-stream", action="store_true", help="print the text once it is complete")
     p.add_argument("--interactive", action="store_true", help="read prompts in a loop (an empty line or Ctrl-D ends)")

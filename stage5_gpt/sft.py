@@ -55,6 +55,7 @@ from stage5_gpt.lora import (LoRAConfig, add_lora, count_parameters, lora_layers
                              save_adapter)
 from stage5_gpt.model import GPT, GPTConfig
 from stage5_gpt.reference_runs import BASE_CHECKPOINT, REFERENCE_RUNS
+from stage5_gpt.train import lr_at  # warmup, then a cosine over the steps or the clock
 
 STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/sft.py"
 DEFAULT_MIX = "en_fr=1,de_en=1,sst2=0.1,general=5"
@@ -105,16 +106,6 @@ def mix_flag(text: str) -> dict[str, float]:
         return parse_mix(text)
     except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def lr_at(step: int, elapsed: float, args, total_steps: int) -> float:
-    """Linear warmup, then a cosine from --lr to --min-lr; progress is the larger of steps done and budget used."""
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
-    if args.time_budget:
-        progress = max(progress, elapsed / (60 * args.time_budget))
-    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def resume_from(args: argparse.Namespace) -> tuple[argparse.Namespace, dict | None]:

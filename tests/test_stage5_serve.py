@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from conftest import REPO_ROOT  # noqa: E402
 from scripts.common import save_checkpoint  # noqa: E402
 from stage5_gpt import batching, serve  # noqa: E402
-from stage5_gpt.chat_template import END, SPECIAL_TOKENS, prompt_ids  # noqa: E402
+from stage5_gpt.chat_template import SPECIAL_TOKENS, prompt_ids  # noqa: E402
 from stage5_gpt.data import tokenizer_fingerprint  # noqa: E402
 from stage5_gpt.model import GPT, GPTConfig  # noqa: E402
 from stage5_gpt.tokenizer import BPETokenizer  # noqa: E402
