@@ -4,6 +4,7 @@
     batcher = ContinuousBatcher(model, max_batch=8)
     handle = batcher.submit(Request(prompt=c, stop_ids=(end_id,)))       # any time, also while others are running
     while batcher.busy: batcher.step()                                   # handle.tokens grows; handle.done at the end
+    python stage5_gpt/batching.py --checkpoint runs/stage5_gpt/sft/best.pt --concurrency 1 4 16 64   # throughput
 
 At batch 1, decoding a token reads every weight of the model to do very little arithmetic; the same read can serve
 many requests, so B requests decoded together cost little more than one. Two things make rows of a batch differ:
@@ -20,12 +21,19 @@ many requests, so B requests decoded together cost little more than one. Two thi
 """
 from __future__ import annotations
 
+import argparse
+import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python stage5_gpt/batching.py`: put the repo root on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch
 
-from scripts.common import UserError
+from scripts.common import UserError, get_device, portable, positive_int, run_cli, write_json
 from stage5_gpt.model import GPT, KVCache, sample_next
 
 
@@ -243,3 +251,64 @@ class ContinuousBatcher:
         logits = self.model.lm_head(hidden[:, -1])                     # (R, V)
         for i, row in enumerate(busy):
             self.state[row]["logits"] = logits[i]
+
+
+# ----------------------------------------------------------------------------- throughput against concurrency
+
+@torch.no_grad()
+def throughput(model: GPT, prompts: list[list[int]], concurrency: int, max_batch: int, new_tokens: int) -> dict:
+    """`concurrency` requests in flight at all times (a new one submitted as soon as one ends) until every prompt is
+    answered -> generated tokens per second, and the mean time from submission to the last token."""
+    batcher = ContinuousBatcher(model, max_batch)
+    queue, live, done, latencies = deque(prompts), [], 0, []
+    t0 = time.perf_counter()
+    while queue or live:
+        while queue and len(live) < concurrency:
+            live.append((batcher.submit(Request(queue.popleft(), new_tokens)), time.perf_counter()))
+        batcher.step()
+        for handle, start in [x for x in live if x[0].done]:
+            latencies.append(time.perf_counter() - start)
+            done += len(handle.tokens)
+        live = [x for x in live if not x[0].done]
+    seconds = time.perf_counter() - t0
+    return {"concurrency": concurrency, "tokens_per_second": round(done / seconds, 1),
+            "mean_latency_s": round(sum(latencies) / len(latencies), 3), "requests": len(prompts)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Continuous batching: generation throughput against the number of "
+                                            "concurrent requests (Stage 5).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a GPT checkpoint (train.py's or sft.py's best.pt)")
+    p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--requests", type=positive_int, default=64, help="requests per measurement")
+    p.add_argument("--new-tokens", type=positive_int, default=32, help="tokens each request generates")
+    p.add_argument("--prompt-tokens", type=positive_int, default=16, help="tokens per prompt")
+    p.add_argument("--result", default=None, help="write the figures to this JSON")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    from stage5_gpt.evaluate import load_model
+    args = parse_args(argv)
+    device = get_device(args.device)
+    model, _, _ = load_model(args.checkpoint, device)
+    if args.prompt_tokens + args.new_tokens > model.cfg.block_size:
+        raise UserError(f"--prompt-tokens and --new-tokens add up to more than the context ({model.cfg.block_size})")
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, model.cfg.vocab_size, (args.prompt_tokens,), generator=g).tolist()
+               for _ in range(args.requests)]
+    rows = []
+    for c in args.concurrency:
+        rows.append(throughput(model, prompts, c, max_batch=c, new_tokens=args.new_tokens))
+        print(f"{c:3d} concurrent: {rows[-1]['tokens_per_second']:8.1f} tokens/s, mean latency "
+              f"{rows[-1]['mean_latency_s']:.2f} s")
+    if args.result:
+        write_json(args.result, {"checkpoint": portable(str(args.checkpoint)), "threads": torch.get_num_threads(),
+                                 "new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens, "rows": rows,
+                                 "command": "python stage5_gpt/batching.py " + " ".join(argv or sys.argv[1:])})
+
+
+if __name__ == "__main__":
+    run_cli(main)

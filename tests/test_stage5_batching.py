@@ -81,3 +81,10 @@ def test_a_cancelled_request_frees_its_row_for_the_next(model):
     waiting = batcher.submit(Request([5], 5))
     batcher.cancel(waiting)                                  # still in the queue: it just leaves it
     assert not batcher.busy
+
+
+def test_throughput_serves_every_request_at_each_concurrency(model):
+    prompts = [[1, 2, 3]] * 6
+    for c in (1, 3):
+        row = batching.throughput(model, prompts, c, max_batch=c, new_tokens=5)
+        assert row["requests"] == 6 and row["tokens_per_second"] > 0 and row["mean_latency_s"] > 0

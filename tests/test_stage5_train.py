@@ -249,7 +249,7 @@ def test_benchmark_runs_and_checks_the_cache(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["evaluate", "generate", "finetune", "benchmark", "tokenizer", "sft", "evaluate_chat",
-                                    "chat", "quantize", "speculative", "serve", "dpo", "grpo"])
+                                    "chat", "quantize", "speculative", "serve", "dpo", "grpo", "batching"])
 def test_every_script_has_help(script):
     proc = subprocess.run([sys.executable, f"{STAGE}/{script}.py", "--help"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60)
