@@ -97,3 +97,55 @@ class ShardedAdamW:
                         for g, ids in zip(groups, ([k for k, i in enumerate(self.local) if self.decay[i]],
                                                    [k for k, i in enumerate(self.local) if not self.decay[i]]))]
         self.inner.load_state_dict({"state": state, "param_groups": inner_groups})
+
+
+# ----------------------------------------------------------------------------- FSDP2: PyTorch's sharding of everything
+
+def shard_fsdp2(model: torch.nn.Module) -> torch.nn.Module:
+    """PyTorch's FSDP2 (`fully_shard`, ZeRO-3's idea): every Block's parameters, gradients and optimizer state split
+    over the ranks, gathered for the Block's forward and backward and freed after; then the rest of the model (the
+    tied embedding, the final norm). In place; the module keeps its class and its parameter names."""
+    from torch.distributed.fsdp import fully_shard
+    for block in model.h:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def adamw_names(model: torch.nn.Module) -> list[str]:
+    """The parameter names in the order of GPT.configure_optimizer's AdamW: the matrices, then the rest."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
+
+
+class FullState:
+    """The model's and the optimizer's state as one process holds them, read from and written into an FSDP2 model:
+    what train.py saves and resumes from, so that an FSDP2 checkpoint loads in one process and the reverse. Every rank
+    must call state_dict() and load_state_dict() (they communicate); the dicts are whole on every rank."""
+
+    def __init__(self, model: torch.nn.Module, optimizer=None):
+        from torch.distributed.checkpoint import state_dict as dcp
+        self.model, self.optimizer, self.dcp = model, optimizer, dcp
+        self.options = dcp.StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        self.names = adamw_names(model)
+
+    def state_dict(self) -> dict:
+        if self.optimizer is None:
+            return {k: v.cpu() for k, v in self.dcp.get_model_state_dict(self.model, options=self.options).items()}
+        full = self.dcp.get_optimizer_state_dict(self.model, self.optimizer, options=self.options)
+        index = {n: i for i, n in enumerate(self.names)}                      # names -> AdamW's indices
+        state = {index[n]: {k: v.cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+                 for n, s in full["state"].items()}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[n] for n in g["params"]]}
+                  for g in full["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if self.optimizer is None:
+            self.dcp.set_model_state_dict(self.model, sd, options=self.options)
+            return
+        state = {self.names[i]: s for i, s in sd["state"].items()}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [self.names[i] for i in g["params"]]}
+                  for g in sd["param_groups"]]
+        self.dcp.set_optimizer_state_dict(self.model, self.optimizer, {"state": state, "param_groups": groups},
+                                          options=self.options)

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/train.py`: put the re
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from tqdm import tqdm
 
 from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_logger, load_checkpoint,
@@ -44,7 +45,7 @@ from scripts.common import (UserError, add_common_args, autocast_for, catch_stop
 from stage5_gpt.corpus import DATASETS
 from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
-from stage5_gpt.parallel import ShardedAdamW
+from stage5_gpt.parallel import FullState, ShardedAdamW, shard_fsdp2
 from stage5_gpt.reference_runs import REFERENCE_RUNS
 
 STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/train.py"
@@ -89,9 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX): about 1.8x the "
                         "training tokens/s of fp32 measured on this course's CPU; an error on a CPU without it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
-    p.add_argument("--parallel", choices=["ddp", "zero1"], default="ddp",
-                   help="under torchrun: ddp (every process holds everything) or zero1 (parallel.py: the optimizer "
-                        "state sharded over the processes)")
+    p.add_argument("--parallel", choices=["ddp", "zero1", "fsdp2"], default="ddp",
+                   help="under torchrun: ddp (every process holds everything), zero1 (parallel.py: the optimizer "
+                        "state sharded over the processes) or fsdp2 (PyTorch's fully_shard: weights, gradients and "
+                        "optimizer state sharded)")
     p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
                                                   "`python scripts/publish.py <out-dir>/result.json`)")
     args = parse_with_quick_defaults(p, argv, QUICK)
@@ -184,31 +186,43 @@ def wrap_for_training(model: GPT, compile_it: bool, world: int, device: torch.de
     """The module the loop calls: the model itself, torch.compile'd (--compile), in DistributedDataParallel (torchrun).
     Both share `model`'s weights, which is what the checkpoints save."""
     train_model = torch.compile(model) if compile_it else model
-    if world > 1:
+    if world > 1 and not isinstance(model, FSDPModule):   # FSDP2 averages the gradients itself
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
     return train_model
 
 
 def make_optimizer(model: GPT, args, world: int, device: torch.device):
-    """AdamW with decay groups; under --parallel zero1 the same AdamW with its state split over the processes."""
+    """AdamW with decay groups; under --parallel zero1 the same AdamW with its state split over the processes; under
+    fsdp2 the model is sharded first (its parameters become shards), then AdamW updates the local shards."""
+    if args.parallel != "ddp" and world == 1:
+        raise UserError(f"--parallel {args.parallel} shards over processes: start it with torchrun "
+                        f"--nproc_per_node=2 (or more)")
     if args.parallel == "zero1":
-        if world == 1:
-            raise UserError("--parallel zero1 shards the optimizer over processes: start it with torchrun "
-                            "--nproc_per_node=2 (or more)")
         return ShardedAdamW(model, args.weight_decay, args.lr, (0.9, args.beta2))
+    if args.parallel == "fsdp2":
+        shard_fsdp2(model)
     return model.configure_optimizer(args.weight_decay, args.lr, (0.9, args.beta2), device.type)
+
+
+def whole(model: GPT, optimizer, args) -> tuple:
+    """What checkpoints read and write: the model and optimizer themselves, or, under FSDP2, FullState views that
+    gather the shards into one process's layout (and scatter it back on --resume)."""
+    if args.parallel == "fsdp2":
+        return FullState(model), FullState(model, optimizer)
+    return model, optimizer
 
 
 def save_run(path: Path, optimizer=None, scaler=None, *, master: bool, args, config: GPTConfig, model: GPT,
              state: dict, batch_gen: torch.Generator, meta: dict) -> None:
     """Write a checkpoint (rank 0 only): best.pt holds the weights, last.pt also the optimizer and the loss scaler,
     everything --resume needs to continue exactly."""
-    optimizer_state = optimizer.state_dict() if optimizer is not None else None   # sharded: every rank takes part
+    # sharded runs gather their state: every rank takes part, rank 0 writes
+    model_state, optimizer_state = model.state_dict(), optimizer.state_dict() if optimizer is not None else None
     if not master:
         return
     obj = {"stage": STAGE, "kind": "language_model", "dataset": args.dataset, "config": config.to_dict(),
-           "args": vars(args), "model": model.state_dict(), "state": state, "rng": rng_state(),
+           "args": vars(args), "model": model_state, "state": state, "rng": rng_state(),
            "batch_generator": batch_gen.get_state(),
            "data": {"tokenizer": "tokenizer.json", "fingerprint": meta["fingerprint"]}}
     if optimizer is not None:
@@ -220,7 +234,9 @@ def save_run(path: Path, optimizer=None, scaler=None, *, master: bool, args, con
 def final_report(args, out_dir: Path, data_dir: Path, model: GPT, splits: dict, meta: dict, state: dict,
                  device: torch.device, world: int, t_start: float, log) -> None:
     """The best checkpoint scored on every split, a sample of its text, the result file and its plot."""
-    model.load_state_dict(load_checkpoint(out_dir / "best.pt", stage=STAGE, kind="language_model")["model"])
+    best = load_checkpoint(out_dir / "best.pt", stage=STAGE, kind="language_model")
+    model = GPT(GPTConfig(**best["config"])).to(device)   # a plain model: a sharded one needs every process
+    model.load_state_dict(best["model"])
     metrics = {}
     for split, data in splits.items():
         loss, n = evaluate(model, data, args.block_size, device)
@@ -289,13 +305,14 @@ def main(argv=None) -> None:
              f"{f' over {world} processes' if world > 1 else ''}), {total_steps} in all"
              + (f", or {args.time_budget} minutes" if args.time_budget else ""))
     batch_gen = torch.Generator().manual_seed(args.seed)  # the windows: the same stream in every process
-    state = restore_training(ckpt, model, optimizer, scaler, batch_gen, log) if ckpt else new_state()
+    state = restore_training(ckpt, *whole(model, optimizer, args), scaler, batch_gen, log) if ckpt else new_state()
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
     if rank > 0 or not ckpt:  # dropout: a different stream in each process
         torch.manual_seed(args.seed + rank + state["step"])
     train_model = wrap_for_training(model, args.compile, world, device)
     tracker = RunTracker(out_dir, args.tensorboard, master, state["step"])
-    save = functools.partial(save_run, master=master, args=args, config=config, model=model, state=state,
+    model_io, optimizer_io = whole(model, optimizer, args)   # FSDP2: its shards gathered into whole tensors
+    save = functools.partial(save_run, master=master, args=args, config=config, model=model_io, state=state,
                              batch_gen=batch_gen, meta=meta)  # save(path) -> best.pt; save(path, optimizer, scaler)
 
     # ---- the training loop (Ctrl-C and SIGTERM raise a flag; the loop stops between steps and saves)
@@ -314,7 +331,8 @@ def main(argv=None) -> None:
             for k in range(args.accum_steps):
                 x, y = get_batch(splits["train"], micro, args.block_size, batch_gen, rank, world)  # (b, T) each
                 sync = k == args.accum_steps - 1 or world == 1  # DDP: average gradients on the last micro-step only
-                with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast:
+                skip_sync = not sync and hasattr(train_model, "no_sync")   # FSDP2: it syncs every micro-step
+                with (train_model.no_sync() if skip_sync else contextlib.nullcontext()), autocast:
                     _, loss = train_model(x.to(device), y.to(device))
                 loss = loss / args.accum_steps
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -356,7 +374,7 @@ def main(argv=None) -> None:
                 if val_loss < state["best_val_loss"]:
                     state["best_val_loss"], state["best_step"] = val_loss, state["step"]
                     save(out_dir / "best.pt")
-                save(out_dir / "last.pt", optimizer, scaler)
+                save(out_dir / "last.pt", optimizer_io, scaler)
             if flags[2] > 0:
                 log.info(f"time budget of {args.time_budget} minutes used up at step {state['step']}")
                 break
@@ -372,7 +390,7 @@ def main(argv=None) -> None:
         restore_signals()
     if stop["by"]:
         state["train_seconds"] = time.time() - t_loop
-        save(out_dir / "last.pt", optimizer, scaler)
+        save(out_dir / "last.pt", optimizer_io, scaler)
         log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
                  f"python {SCRIPT} --dataset {args.dataset} --out-dir {out_dir} --resume")
     if world > 1:

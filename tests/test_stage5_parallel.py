@@ -1,6 +1,6 @@
-"""Stage 5 ZeRO-1 from scratch (parallel.py): owners balanced by size, and under torchrun on 2 CPU processes the
-sharded optimizer gives the losses of one process, holds about half the optimizer state on each rank, and writes
-checkpoints that resume in one process exactly (and the reverse)."""
+"""Stage 5 sharded training (parallel.py): ZeRO-1's owners balanced by size; under torchrun on 2 CPU processes, ZeRO-1
+(from scratch) and FSDP2 (PyTorch's fully_shard) give the losses of one process, and write checkpoints that resume in
+one process exactly, and the reverse."""
 from __future__ import annotations
 
 import os
@@ -33,12 +33,13 @@ def torchrun(argv: list[str], data_dir) -> None:
 
 
 @pytest.mark.slow
-def test_two_sharded_processes_match_one_and_their_checkpoints_resume_in_one(tmp_path):
+@pytest.mark.parametrize("scheme", ["zero1", "fsdp2"])
+def test_two_sharded_processes_match_one_and_their_checkpoints_resume_in_one(scheme, tmp_path):
     data_dir = write_tiny_lm_data(tmp_path / "data")
     steps = ["--epochs", "1", "--eval-interval", "5"]
     one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
     train.main(train_args(data_dir, one, *steps, "--max-steps", "10"))
-    torchrun(train_args(data_dir, two, *steps, "--max-steps", "5", "--parallel", "zero1"), data_dir)
+    torchrun(train_args(data_dir, two, *steps, "--max-steps", "5", "--parallel", scheme), data_dir)
     losses = [v for _, v in history(two)["train_loss"]]
     assert losses == pytest.approx([v for _, v in history(one)["train_loss"]][:5], rel=1e-5)
     # the sharded run's checkpoint holds the whole optimizer: one process continues it exactly
@@ -56,14 +57,15 @@ def test_two_sharded_processes_match_one_and_their_checkpoints_resume_in_one(tmp
     # and the reverse: one process's checkpoint, continued by two sharded processes
     back = tmp_path / "back"
     train.main(train_args(data_dir, back, *steps, "--max-steps", "5"))
-    torchrun(train_args(data_dir, back, *steps, "--max-steps", "10", "--resume", "--parallel", "zero1"), data_dir)
+    torchrun(train_args(data_dir, back, *steps, "--max-steps", "10", "--resume", "--parallel", scheme), data_dir)
     assert [v for _, v in history(back)["train_loss"]] == pytest.approx(
         [v for _, v in history(one)["train_loss"]], rel=1e-5)
     assert torch.allclose(load_checkpoint(back / "last.pt")["model"]["wte.weight"],
                           load_checkpoint(one / "last.pt")["model"]["wte.weight"], atol=1e-5)
 
 
-def test_zero1_without_several_processes_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("scheme", ["zero1", "fsdp2"])
+def test_sharding_without_several_processes_is_one_line(scheme, tmp_path, capsys):
     data_dir = write_tiny_lm_data(tmp_path / "data")
-    code, err = cli(train.main, train_args(data_dir, tmp_path / "r", "--parallel", "zero1"), capsys)
+    code, err = cli(train.main, train_args(data_dir, tmp_path / "r", "--parallel", scheme), capsys)
     assert_one_line_error(code, err, "torchrun")
