@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 
 def owners(sizes: list[int], world: int) -> list[int]:
@@ -149,3 +150,145 @@ class FullState:
                   for g in sd["param_groups"]]
         self.dcp.set_optimizer_state_dict(self.model, self.optimizer, {"state": state, "param_groups": groups},
                                           options=self.options)
+
+
+# ----------------------------------------------------------------------------- tensor parallelism (Megatron-LM)
+#
+# Each rank holds a slice of every Block: a share of the attention heads (the rows of c_attn that make their q, k and
+# v, the columns of c_proj that read them) and a share of the MLP's hidden units (rows of c_fc, columns of c_proj).
+# The first matrix of each pair is split by its outputs ("column-parallel"): each rank computes its part from the whole
+# input, no communication. The second is split by its inputs ("row-parallel"): each rank's product is a partial sum of
+# the output, and one all-reduce adds them. So a Block communicates twice in the forward pass (after attention, after
+# the MLP) and twice in the backward pass (the gradients of the Block's two inputs, which every rank used whole): the
+# two autograd functions below are Megatron's f and g. Embeddings, norms and the second layers' biases are replicated.
+
+class _CopyToShards(torch.autograd.Function):
+    """f: the forward is the identity (every rank reads the whole input); the backward all-reduces the gradient (each
+    rank's shard contributed a part of it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class _SumShards(torch.autograd.Function):
+    """g: the forward all-reduces the partial outputs of a row-parallel layer; the backward is the identity."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+class TPAttention(torch.nn.Module):
+    """This rank's heads of a CausalSelfAttention: c_attn column-parallel (its heads' q, k, v), c_proj row-parallel.
+    For training: causal attention over the whole input, no KV cache."""
+
+    def __init__(self, attn, rank: int, world: int):
+        super().__init__()
+        C, H, D = attn.c_attn.in_features, attn.n_head, attn.head_dim
+        if H % world:
+            raise ValueError(f"{H} heads do not split evenly over {world} ranks")
+        self.n_head, self.head_dim, self.dropout = H // world, D, attn.dropout
+        part = slice(rank * self.n_head * D, (rank + 1) * self.n_head * D)           # this rank's heads' dimensions
+        rows = [torch.arange(C)[part] + k * C for k in range(3)]                     # in q, in k, in v
+        w, b = attn.c_attn.weight.detach(), attn.c_attn.bias
+        self.c_attn = _linear(torch.cat([w[r] for r in rows]), None if b is None else torch.cat([b[r] for r in rows]))
+        self.c_proj = _linear(attn.c_proj.weight.detach()[:, part], None)            # (C, h*D): partial sums
+        self.proj_bias = None if attn.c_proj.bias is None else torch.nn.Parameter(attn.c_proj.bias.detach().clone())
+        self.resid_dropout = attn.resid_dropout
+
+    def forward(self, x, rope=None, cache=None, mask=None):
+        from stage5_gpt.model import apply_rope
+        x = _CopyToShards.apply(x)
+        B, T, _ = x.shape
+        q, k, v = self.c_attn(x).split(self.n_head * self.head_dim, dim=2)           # 3 x (B, T, h*D)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))   # (B, h, T, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = _SumShards.apply(self.c_proj(y.transpose(1, 2).reshape(B, T, -1)))       # (B, T, C): all heads' sum
+        return self.resid_dropout(y if self.proj_bias is None else y + self.proj_bias)
+
+
+class TPMLP(torch.nn.Module):
+    """This rank's hidden units of an MLP: c_fc column-parallel (for SwiGLU, its share of the gate and of the up
+    projection), c_proj row-parallel."""
+
+    def __init__(self, mlp, rank: int, world: int):
+        super().__init__()
+        self.swiglu = mlp.swiglu
+        hidden = mlp.c_proj.in_features
+        if hidden % world:
+            raise ValueError(f"{hidden} hidden units do not split evenly over {world} ranks")
+        part = slice(rank * hidden // world, (rank + 1) * hidden // world)
+        rows = [torch.arange(hidden)[part] + k * hidden for k in range(2 if self.swiglu else 1)]   # gate (and up)
+        w, b = mlp.c_fc.weight.detach(), mlp.c_fc.bias
+        self.c_fc = _linear(torch.cat([w[r] for r in rows]), None if b is None else torch.cat([b[r] for r in rows]))
+        self.c_proj = _linear(mlp.c_proj.weight.detach()[:, part], None)
+        self.proj_bias = None if mlp.c_proj.bias is None else torch.nn.Parameter(mlp.c_proj.bias.detach().clone())
+        self.dropout = mlp.dropout
+
+    def forward(self, x):
+        h = self.c_fc(_CopyToShards.apply(x))
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        y = _SumShards.apply(self.c_proj(h))
+        return self.dropout(y if self.proj_bias is None else y + self.proj_bias)
+
+
+def tensor_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every Block's attention and MLP by this rank's slices (in place); the rest stays replicated."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for block in model.h:
+        block.attn, block.mlp = TPAttention(block.attn, rank, world), TPMLP(block.mlp, rank, world)
+    return model
+
+
+def tp_clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_ for a tensor-parallel model: a sharded weight's squared gradient norm is summed over the
+    ranks, a replicated one counted once (it is the same everywhere)."""
+    sharded, replicated = torch.zeros(()), torch.zeros(())
+    for module in model.modules():
+        if isinstance(module, (TPAttention, TPMLP)):
+            for layer in (module.c_attn if isinstance(module, TPAttention) else module.c_fc, module.c_proj):
+                for p in layer.parameters():
+                    if p.grad is not None:
+                        sharded += p.grad.detach().float().pow(2).sum().cpu()
+    shard_ids = {id(p) for m in model.modules() if isinstance(m, (TPAttention, TPMLP))
+                 for layer in ((m.c_attn if isinstance(m, TPAttention) else m.c_fc), m.c_proj)
+                 for p in layer.parameters()}
+    for p in model.parameters():
+        if id(p) not in shard_ids and p.grad is not None:
+            replicated += p.grad.detach().float().pow(2).sum().cpu()
+    dist.all_reduce(sharded)
+    total = (sharded + replicated).sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(scale.to(p.grad.device))
+    return total

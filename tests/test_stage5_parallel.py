@@ -69,3 +69,15 @@ def test_sharding_without_several_processes_is_one_line(scheme, tmp_path, capsys
     data_dir = write_tiny_lm_data(tmp_path / "data")
     code, err = cli(train.main, train_args(data_dir, tmp_path / "r", "--parallel", scheme), capsys)
     assert_one_line_error(code, err, "torchrun")
+
+
+@pytest.mark.slow
+def test_tensor_parallel_equals_one_process_and_pytorchs_own():
+    """tests/parallel_checks.py under torchrun: 20 clipped AdamW steps of a tensor-parallel GPT (GELU and SwiGLU)
+    give the losses of the whole model to 1e-5, and the MLP's split equals torch.distributed.tensor.parallel's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "tests/parallel_checks.py", "tensor"], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stdout.count("= one process over 20 steps") == 4 and "torch.distributed.tensor.parallel" in proc.stdout

@@ -1,0 +1,77 @@
+"""Run under torchrun by tests/test_stage5_parallel.py (not a test module itself): tensor parallelism from scratch
+against one process and against PyTorch's torch.distributed.tensor.parallel, on the same weights.
+
+    torchrun --standalone --nproc_per_node=2 tests/parallel_checks.py tensor
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from stage5_gpt.model import GPT, GPTConfig  # noqa: E402
+from stage5_gpt.parallel import tensor_parallel, tp_clip_grad_norm  # noqa: E402
+
+
+def check_tensor(mlp: str) -> None:
+    """20 AdamW steps, clipped, of a tiny GPT: tensor-parallel over the ranks, and whole in this process."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, pos="rope", mlp=mlp)
+    whole = GPT(cfg)
+    sharded = tensor_parallel(copy.deepcopy(whole))
+    opts = [m.configure_optimizer(0.1, 3e-3, (0.9, 0.99)) for m in (whole, sharded)]
+    g = torch.Generator().manual_seed(1)                   # the same batches on every rank: TP ranks share the data
+    worst = 0.0
+    for step in range(20):
+        x = torch.randint(0, 50, (4, 16), generator=g)
+        y = torch.randint(0, 50, (4, 16), generator=g)
+        losses = []
+        for model, opt, clip in ((whole, opts[0], torch.nn.utils.clip_grad_norm_), (sharded, opts[1], tp_clip_grad_norm)):
+            opt.zero_grad()
+            _, loss = model(x, y)
+            loss.backward()
+            clip(model.parameters() if clip is torch.nn.utils.clip_grad_norm_ else model, 0.5)
+            opt.step()
+            losses.append(loss.item())
+        worst = max(worst, abs(losses[0] - losses[1]) / losses[0])
+    assert worst <= 1e-5, f"tensor parallel ({mlp}): relative loss difference {worst}"
+    print(f"rank {dist.get_rank()}: tensor parallel ({mlp}) = one process over 20 steps (worst {worst:.1e})")
+
+
+def check_against_pytorch() -> None:
+    """The MLP's column- then row-parallel split, ours against torch.distributed.tensor.parallel's on the same
+    weights (a GELU MLP: its c_fc rows are the hidden units, which both split contiguously)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    from stage5_gpt.model import MLP
+    from stage5_gpt.parallel import TPMLP
+    torch.manual_seed(0)
+    mlp = MLP(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=32, mlp="gelu"))
+    ours = TPMLP(copy.deepcopy(mlp), dist.get_rank(), dist.get_world_size())
+    theirs = parallelize_module(copy.deepcopy(mlp), init_device_mesh("cpu", (dist.get_world_size(),)),
+                                {"c_fc": ColwiseParallel(), "c_proj": RowwiseParallel()})
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    a, b = ours(x), theirs(x2)
+    assert torch.allclose(a, b, atol=1e-5), "forward differs from torch.distributed.tensor.parallel"
+    a.pow(2).sum().backward()
+    b.pow(2).sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5), "input gradient differs from torch.distributed.tensor.parallel"
+    print(f"rank {dist.get_rank()}: TPMLP = torch.distributed.tensor.parallel (forward and input gradient)")
+
+
+if __name__ == "__main__":
+    dist.init_process_group("gloo")
+    try:
+        if sys.argv[1] == "tensor":
+            check_tensor("gelu")
+            check_tensor("swiglu")
+            check_against_pytorch()
+    finally:
+        dist.destroy_process_group()
