@@ -292,3 +292,144 @@ def tp_clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
         if p.grad is not None:
             p.grad.mul_(scale.to(p.grad.device))
     return total
+
+
+# ----------------------------------------------------------------------------- pipeline parallelism (GPipe, 1F1B)
+#
+# The layers are cut into stages, one per rank: the first holds the embedding and the first Blocks, the last holds the
+# last Blocks, the final norm and the output layer (a copy of the tied embedding: the two copies receive the sum of
+# their gradients, so they stay equal). A batch is cut into m micro-batches that flow through the stages: activations
+# are sent forward, their gradients backward. GPipe runs every micro-batch forward, then every one backward; 1F1B
+# starts the backward passes as soon as the last stage can, which keeps fewer activations alive. Either way a stage
+# waits while the pipeline fills and drains: the "bubble", (p - 1) / (m + p - 1) of the time for p stages.
+
+class PipelineStage(torch.nn.Module):
+    """The part of a GPT that rank `rank` of `world` runs: a contiguous share of the Blocks, plus the embedding
+    (first stage) or the final norm and output layer (last stage)."""
+
+    def __init__(self, model, rank: int, world: int):
+        super().__init__()
+        n = len(model.h)
+        if n % world:
+            raise ValueError(f"{n} Blocks do not split evenly into {world} stages")
+        self.rank, self.world, self.cfg = rank, world, model.cfg
+        self.first, self.last = rank == 0, rank == world - 1
+        self.blocks = torch.nn.ModuleList(model.h[rank * n // world:(rank + 1) * n // world])
+        self.rope = (model.rope_cos, model.rope_sin) if model.cfg.pos == "rope" else None
+        if self.first:
+            self.wte = model.wte
+            self.wpe = getattr(model, "wpe", None)
+        if self.last:
+            self.ln_f = model.ln_f
+            self.head = torch.nn.Parameter(model.wte.weight.detach().clone())   # the tied matrix, a copy here
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None):
+        """First stage: token ids (b, T) -> hidden (b, T, C); others: hidden in; the last returns the loss."""
+        T = x.shape[1]
+        if self.first:
+            h = self.wte(x)
+            if self.wpe is not None:
+                h = h + self.wpe(torch.arange(T, device=x.device))
+        else:
+            h = x
+        rope = None if self.rope is None else (self.rope[0][:T], self.rope[1][:T])
+        for block in self.blocks:
+            h = block(h, rope)
+        if not self.last:
+            return h
+        logits = F.linear(self.ln_f(h), self.head)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def tied_parameter(self) -> torch.nn.Parameter | None:
+        return self.wte.weight if self.first else self.head if self.last else None
+
+
+def sync_tied_gradients(stage: PipelineStage) -> None:
+    """The embedding (first stage) and the output layer (last stage) are one matrix in the model: each copy gets the
+    sum of both gradients, so the two copies take the same optimizer step."""
+    if stage.world == 1:
+        return
+    p = stage.tied_parameter()
+    grad = p.grad if p is not None and p.grad is not None else torch.zeros(stage.cfg.vocab_size, stage.cfg.n_embd)
+    group = _tied_group(stage.world)            # a collective: every rank creates it, the two ends use it
+    if stage.first or stage.last:
+        dist.all_reduce(grad, group=group)
+        if p is not None:
+            p.grad = grad
+
+
+_TIED: dict = {}
+
+
+def _tied_group(world: int):
+    if world not in _TIED:                       # every rank must take part in creating a group
+        _TIED[world] = dist.new_group([0, world - 1])
+    return _TIED[world]
+
+
+def pipeline_step(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor, micro: int,
+                  schedule: str = "1f1b") -> tuple[float, dict]:
+    """One training step's forward and backward passes over `micro` micro-batches, GPipe's or 1F1B's order. -> (the
+    batch's mean loss, on every rank; {"busy": seconds computing, "wall": seconds in all}). The gradients are left
+    in the parameters, summed as one process would (each micro-batch's loss is scaled by 1/micro)."""
+    import time
+    rank, world = stage.rank, stage.world
+    xs, ys = x.chunk(micro), y.chunk(micro)
+    b, T, C = xs[0].shape[0], x.shape[1], stage.cfg.n_embd
+    inputs, outputs, losses, busy = {}, {}, [], 0.0
+    sends = []                                  # isend: a stage never waits for its neighbour to take a tensor
+    t0 = time.perf_counter()
+
+    def forward(i):
+        nonlocal busy
+        if stage.first:
+            inp = xs[i]
+        else:
+            inp = torch.empty(b, T, C)
+            dist.recv(inp, src=rank - 1)
+            inp.requires_grad_(True)
+        t = time.perf_counter()
+        out = stage(inp, ys[i] if stage.last else None)
+        busy += time.perf_counter() - t
+        inputs[i], outputs[i] = inp, out
+        if stage.last:
+            losses.append(out.detach())
+        else:
+            sends.append((dist.isend(out.detach(), dst=rank + 1), out))
+
+    def backward(i):
+        nonlocal busy
+        out = outputs.pop(i)
+        if stage.last:
+            t = time.perf_counter()
+            (out / micro).backward()
+        else:
+            grad = torch.empty(b, T, C)
+            dist.recv(grad, src=rank + 1)
+            t = time.perf_counter()
+            out.backward(grad)
+        busy += time.perf_counter() - t
+        inp = inputs.pop(i)
+        if not stage.first:
+            sends.append((dist.isend(inp.grad, dst=rank - 1), inp))
+
+    if schedule == "gpipe":
+        for i in range(micro):
+            forward(i)
+        for i in range(micro):
+            backward(i)
+    else:                                       # 1F1B: warm up, then one forward and one backward in turn, cool down
+        warmup = min(world - rank - 1, micro)
+        for i in range(warmup):
+            forward(i)
+        for i in range(micro - warmup):
+            forward(warmup + i)
+            backward(i)
+        for i in range(micro - warmup, micro):
+            backward(i)
+    for work, _ in sends:
+        work.wait()
+    sync_tied_gradients(stage)
+    loss = torch.stack(losses).mean() if stage.last else torch.zeros(())
+    dist.broadcast(loss, src=world - 1)
+    return float(loss), {"busy": busy, "wall": time.perf_counter() - t0}
