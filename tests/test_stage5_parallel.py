@@ -93,3 +93,26 @@ def test_pipeline_schedules_equal_one_process():
                           text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count("= one process over 20 steps") == 4
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost_match_one_process(tmp_path):
+    """Two "machines" (torchrun --nnodes 2, node ranks 0 and 1, each one process) meeting at a c10d rendezvous on
+    127.0.0.1: the same losses as one process, as on one machine."""
+    import socket
+    data_dir = write_tiny_lm_data(tmp_path / "data")
+    steps = ["--epochs", "1", "--eval-interval", "5", "--max-steps", "5"]
+    train.main(train_args(data_dir, tmp_path / "one", *steps))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(n), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+                               "--rdzv_id", "test", f"{STAGE}/train.py", *train_args(data_dir, tmp_path / "two", *steps)],
+                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for n in (0, 1)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(o[-2000:] for o in outputs)
+    assert [v for _, v in history(tmp_path / "two")["train_loss"]] == pytest.approx(
+        [v for _, v in history(tmp_path / "one")["train_loss"]], rel=1e-5)
