@@ -6,7 +6,8 @@
 
 Tabs: Stage 1 classifies a review (class probabilities); Stage 2's character LSTM continues a text; Stages 3 and 4
 translate a sentence side by side, each with its attention map; Stage 5's GPT writes a continuation, streamed token by
-token; Stage 6's BERT fills in [MASK] and tells a sentence's sentiment (SST-2): with real pre-trained weights
+token, and the instructed GPT chats (the chat template of stage5_gpt/chat_template.py, the history kept within the
+context); Stage 6's BERT fills in [MASK] and tells a sentence's sentiment (SST-2): with real pre-trained weights
 (all-MiniLM-L6-v2 fine-tuned on SST-2) when that checkpoint exists, else with the course's own BERT, and it says which.
 
 Each tab loads its model the first time it is used and keeps it. The default checkpoints are where each stage's
@@ -47,7 +48,9 @@ from stage3_attention_seq2seq import decoding as s3_decoding, evaluate as s3_eva
 from stage3_attention_seq2seq.data import tokenize as s3_tokenize
 from stage4_transformer import decoding as s4_decoding, evaluate as s4_evaluate, translate as s4_translate
 from stage4_transformer.data import tokenize as s4_tokenize
-from stage5_gpt import evaluate as s5_evaluate, generate as s5_generate
+from stage5_gpt import chat as s5_chat, evaluate as s5_evaluate, evaluate_chat as s5_evaluate_chat, generate as s5_generate
+from stage5_gpt.chat_template import prompt_ids as s5_prompt_ids
+from stage5_gpt.reference_runs import SFT_CHECKPOINT
 from stage6_bert import fill_mask as s6_fill_mask, predict as s6_predict
 from stage6_bert.reference_runs import MINILM_SST2_CHECKPOINT
 
@@ -84,10 +87,17 @@ REAL_SST2_COMMAND = "python stage6_bert/finetune.py --task sst2 --pretrained all
 SST2_ANSWERED_BY = {REAL_SST2: "all-MiniLM-L6-v2 (real pre-trained weights) fine-tuned on SST-2",
                     "stage6_sst2": "the course's own BERT, pre-trained and fine-tuned here"}
 
+# Stage 5's chat tab reads the instructed GPT that sft.py writes (SFT_CHECKPOINT). Not in MODELS: its commands are
+# these two, the GPT pre-trained on the course's own text, then its supervised fine-tuning.
+CHAT = "stage5_chat"
+CHAT_COMMANDS = ["python stage5_gpt/train.py --dataset course_mix --pos rope --norm rmsnorm --mlp swiglu --no-bias",
+                 "python stage5_gpt/sft.py"]
+
 MAX_CHARS = {"stage1": 5000, "stage2": 1000, "stage34": s3_translate.MAX_CHARS, "stage5": 2000, "stage6": 500}
 SST2_LABELS = ("negative", "positive")  # GLUE SST-2: label 0 is negative, 1 positive
 SETTINGS = {"device": torch.device("cpu"),
-            "checkpoints": {key: default_checkpoint(key) for key in MODELS} | {REAL_SST2: Path(MINILM_SST2_CHECKPOINT)}}
+            "checkpoints": {key: default_checkpoint(key) for key in MODELS} | {REAL_SST2: Path(MINILM_SST2_CHECKPOINT),
+                                                                               CHAT: Path(SFT_CHECKPOINT)}}
 _loaded: dict = {}  # (model, checkpoint path) -> what its loader returned
 log = logging.getLogger("demo")
 
@@ -106,6 +116,10 @@ def missing_checkpoint(key: str) -> str:
         return ""
     if key == REAL_SST2:   # gone since sst2_model() saw it
         return f"`{path}` was removed; submit again and the course's own BERT answers."
+    if key == CHAT:
+        steps = ", then ".join(f"`{c}`" for c in CHAT_COMMANDS)
+        return (f"No instructed GPT yet: `{path}` does not exist. Train it from the repository root with {steps}. "
+                f"This tab finds it on the next message, without a restart.")
     name = MODELS[key][0]
     steps = ", then ".join(f"`{c}`" for c in commands(key))
     real = (f" Or fine-tune real pre-trained weights, which this box prefers: `{REAL_SST2_COMMAND}` writes "
@@ -286,7 +300,32 @@ def stage6_sentiment(text: str):
 def page_notes() -> list[str]:
     """On every page load: each message box says which checkpoints are missing (the commands that train them). The
     sentiment box misses nothing while the real-weights classifier is there to answer."""
-    return ["" if key == "stage6_sst2" and sst2_model() == REAL_SST2 else missing_checkpoint(key) for key in MODELS]
+    return ["" if key == "stage6_sst2" and sst2_model() == REAL_SST2 else missing_checkpoint(key)
+            for key in MODELS] + [missing_checkpoint(CHAT)]
+
+
+def stage5_chat(message: str, history: list | None, temperature: float, top_p: float, max_new: float):
+    """Yields (the conversation with the reply so far, the input box's new text, message). The whole conversation
+    is rendered with the chat template every turn; its oldest exchanges are dropped when it outgrows the context. Bad
+    input leaves the conversation as it was and says why."""
+    history = [{"role": m["role"], "content": m["content"]} for m in (history or []) if isinstance(m, dict)]
+    try:
+        message = check_text(message, MAX_CHARS["stage5"])
+        model, tok = load(CHAT, lambda path, device: s5_evaluate_chat.load_chat_model(path, device)[:2])
+        asked = history + [{"role": "user", "content": message}]
+        ids = s5_prompt_ids(tok, asked, model.cfg.block_size, int(max_new))   # too long: a message
+        reply, t0 = "", time.perf_counter()
+        for reply in s5_chat.stream_reply(model, tok, ids, int(max_new), float(temperature), None,
+                                          float(top_p) if top_p < 1 else None, seed=random.randrange(2**31)):
+            yield asked + [{"role": "assistant", "content": reply}], "", ""
+        answered = asked + [{"role": "assistant", "content": reply or "(an empty answer)"}]
+        yield answered, "", f"{time.perf_counter() - t0:.2f} s; the model read {len(ids)} tokens of conversation"
+    except UserError as e:
+        yield history, message, html.escape(str(e)[:1].upper() + str(e)[1:], quote=False)
+    except Exception as e:  # an unexpected failure: one line here, the traceback in the server's log
+        log.exception("stage5_chat failed")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        yield history, message, html.escape(f"Unexpected error: {type(e).__name__}: {first}", quote=False)
 
 
 # ----------------------------------------------------------------------------- the page
@@ -351,6 +390,23 @@ def build_app():
             s5_go = gr.Button("Generate", variant="primary", elem_id="s5-submit")
             s5_out, s5_msg = gr.Textbox(label="Text", lines=8, elem_id="s5-output"), gr.Markdown(elem_id="s5-message")
             s5_go.click(stage5_generate, [s5_in, s5_temp, s5_topk, s5_topp, s5_len], [s5_out, s5_msg])
+        with gr.Tab("Stage 5: chat", elem_id="tab-stage5-chat"):
+            gr.Markdown("The GPT instructed with the course's own tasks (translation to French, German to English, "
+                        "sentiment, short everyday instructions) answers; the conversation so far is read again "
+                        "every turn, within its context.")
+            s5c_out = gr.Chatbot(label="Conversation", height=360, elem_id="s5c-output")
+            s5c_in = box("s5c-input", "Message", MAX_CHARS["stage5"],
+                         "Translate this English sentence into French: A man is riding a bike.")
+            with gr.Row():
+                s5c_temp = slider("s5c-temperature", "temperature (0 = greedy)", 0.0, 2.0, 0.0, 0.05)
+                s5c_topp = slider("s5c-top-p", "top-p (1 = off)", 0.05, 1.0, 1.0, 0.05)
+                s5c_len = slider("s5c-length", "longest reply (tokens)", 1, 256, 96, 1)
+            with gr.Row():
+                s5c_go = gr.Button("Send", variant="primary", elem_id="s5c-submit")
+                s5c_clear = gr.Button("New conversation", elem_id="s5c-clear")
+            s5c_msg = gr.Markdown(elem_id="s5c-message")
+            s5c_go.click(stage5_chat, [s5c_in, s5c_out, s5c_temp, s5c_topp, s5c_len], [s5c_out, s5c_in, s5c_msg])
+            s5c_clear.click(lambda: ([], ""), None, [s5c_out, s5c_msg])
         with gr.Tab("Stage 6: BERT", elem_id="tab-stage6"):
             gr.Markdown("The pre-trained BERT guesses the words hidden by `[MASK]` (lower-case text, as it was "
                         "trained on); a BERT fine-tuned on SST-2 tells a sentence's sentiment: all-MiniLM-L6-v2, "
@@ -369,7 +425,7 @@ def build_app():
                     s6s_msg = gr.Markdown(elem_id="s6-sst2-message")
             s6m_go.click(stage6_fill, [s6m_in, s6m_k], [s6m_out, s6m_msg])
             s6s_go.click(stage6_sentiment, [s6s_in], [s6s_out, s6s_msg])
-        app.load(page_notes, None, [s1_msg, s2_msg, outputs[2], outputs[5], s5_msg, s6m_msg, s6s_msg])
+        app.load(page_notes, None, [s1_msg, s2_msg, outputs[2], outputs[5], s5_msg, s6m_msg, s6s_msg, s5c_msg])
     return app
 
 
@@ -389,6 +445,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, (name, _) in MODELS.items():
         p.add_argument(f"--{key.replace('_', '-')}-checkpoint", dest=key, default=str(default_checkpoint(key)),
                        metavar="PATH", help=f"the {name}, made by: {commands(key)[-1]}")
+    p.add_argument("--stage5-chat-checkpoint", dest=CHAT, default=SFT_CHECKPOINT, metavar="PATH",
+                   help=f"the instructed GPT of the chat tab, made by: {CHAT_COMMANDS[0]}, then {CHAT_COMMANDS[1]}")
     p.add_argument("--stage6-sst2-real-checkpoint", dest=REAL_SST2, default=MINILM_SST2_CHECKPOINT, metavar="PATH",
                    help=f"real pre-trained weights fine-tuned on SST-2, which the sentiment box prefers when the file "
                         f"exists, made by: {REAL_SST2_COMMAND}")
@@ -397,7 +455,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    defaults = {key: str(default_checkpoint(key)) for key in MODELS} | {REAL_SST2: MINILM_SST2_CHECKPOINT}
+    defaults = {key: str(default_checkpoint(key)) for key in MODELS} | {REAL_SST2: MINILM_SST2_CHECKPOINT,
+                                                                        CHAT: SFT_CHECKPOINT}
     for key, default in defaults.items():  # a path given by hand must exist; a default one may come later
         if getattr(args, key) != default and not Path(getattr(args, key)).is_file():
             raise UserError(f"--{key.replace('_', '-')}-checkpoint {getattr(args, key)}: no such file")

@@ -35,6 +35,9 @@ TABS = [
     {"tab": "Stage 5: generate", "file": "demo_stage5.png", "type": {"s5-input": "The history of the city"},
      "click": ["s5-submit"], "wait": {"s5-output": "s5-message", "s5-message": "s5-message"}},  # the message comes
     # when the stream has ended
+    {"tab": "Stage 5: chat", "file": "demo_stage5_chat.png",
+     "type": {"s5c-input": "Translate this English sentence into French:\nA man is riding a bike."},
+     "click": ["s5c-submit"], "wait": {"s5c-output": "s5c-message", "s5c-message": "s5c-message"}},
     {"tab": "Stage 6: BERT", "file": "demo_stage6.png",
      "type": {"s6-mask-input": "the movie was [MASK] .", "s6-sst2-input": "a gripping , beautifully acted film ."},
      "click": ["s6-mask-submit", "s6-sst2-submit"],

@@ -39,7 +39,7 @@ def tiny(checkpoints):
     demo.configure("cpu", **checkpoints, **{demo.REAL_SST2: checkpoints["stage6_sst2"].parent / "no_real" / "best.pt"})
     yield checkpoints
     demo.configure("cpu", **{key: demo.default_checkpoint(key) for key in demo.MODELS},
-                   **{demo.REAL_SST2: Path(MINILM_SST2_CHECKPOINT)})
+                   **{demo.REAL_SST2: Path(MINILM_SST2_CHECKPOINT), demo.CHAT: Path(demo.SFT_CHECKPOINT)})
 
 
 # every tab, called with one text: the tab's outputs (a streamed tab: its last outputs)
@@ -256,3 +256,18 @@ def test_help_and_defaults(capsys):
 def test_bad_flags_are_one_line_errors(argv, pattern, capsys):
     code, err = cli(demo.main, argv, capsys)
     assert_one_line_error(code, err, pattern)
+
+
+def test_the_chat_tab_answers_keeps_the_conversation_and_says_why_not(tiny, tmp_path):
+    first = list(demo.stage5_chat("Translate this: a dog.", [], 0.0, 1.0, 6))[-1]
+    history, box, message = first
+    assert [m["role"] for m in history] == ["user", "assistant"] and box == "" and "tokens of conversation" in message
+    second = list(demo.stage5_chat("And a cat?", history, 0.0, 1.0, 6))[-1][0]
+    assert second[:2] == history and len(second) == 4                    # the conversation goes on
+    kept, box, message = list(demo.stage5_chat("   ", second, 0.0, 1.0, 6))[-1]
+    assert kept == second and "empty" in message                           # bad input: nothing lost
+    kept, box, message = list(demo.stage5_chat("word " * 300, second, 0.0, 1.0, 6))[-1]
+    assert kept == second and box.startswith("word") and "reads at most" in message
+    demo.configure("cpu", **{demo.CHAT: tmp_path / "none" / "best.pt"})
+    kept, _, message = list(demo.stage5_chat("hi", [], 0.0, 1.0, 6))[-1]
+    assert kept == [] and "does not exist" in message and "stage5_gpt/sft.py" in message

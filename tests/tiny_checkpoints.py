@@ -16,7 +16,9 @@ from conftest import TINY_PLAY, TINY_WIKI, tiny_parallel, tiny_rows
 from scripts.common import save_checkpoint
 from scripts.demo_screenshots import TABS
 
-TYPED = [text for tab in TABS for text in tab["type"].values()]  # the demo's typical inputs
+# the demo's typical inputs (the chat tab's is left out: byte-level BPE reads any text, and the other vocabularies,
+# and so the tiny models' random answers that some tests pin, stay as they were)
+TYPED = [text for tab in TABS if tab["tab"] != "Stage 5: chat" for text in tab["type"].values()]
 
 
 def stage1(folder: Path) -> Path:
@@ -88,6 +90,22 @@ def stage5(folder: Path) -> Path:
                                   "fingerprint": tokenizer_fingerprint(folder / "tokenizer.json")}})
 
 
+def stage5_chat(folder: Path) -> Path:
+    """An "instructed" GPT: its tokenizer has the chat template's tokens (its weights are as random as the others)."""
+    from stage5_gpt.chat_template import SPECIAL_TOKENS
+    from stage5_gpt.data import tokenizer_fingerprint
+    from stage5_gpt.model import GPT, GPTConfig
+    from stage5_gpt.tokenizer import BPETokenizer
+    tok = BPETokenizer.train(TINY_WIKI["train"] + " ".join(TYPED), 300, SPECIAL_TOKENS, progress=False)
+    tok.save(folder / "tokenizer.json")
+    cfg = GPTConfig(vocab_size=len(tok), block_size=96, n_layer=1, n_head=2, n_embd=16, bias=False, pos="rope",
+                    norm="rmsnorm", mlp="swiglu")
+    return save(folder, {"stage": "stage5_gpt", "kind": "language_model", "dataset": "course_mix",
+                         "config": cfg.to_dict(), "args": {}, "model": GPT(cfg).state_dict(), "task": "sft",
+                         "data": {"tokenizer": "tokenizer.json",
+                                  "fingerprint": tokenizer_fingerprint(folder / "tokenizer.json")}})
+
+
 def bert_config(folder: Path):
     from stage6_bert.model import BertConfig
     from stage6_bert.tokenizer import WordPieceTokenizer
@@ -118,11 +136,12 @@ def save(folder: Path, checkpoint: dict) -> Path:
 
 
 BUILDERS = {"stage1": stage1, "stage2": stage2, "stage3": stage3, "stage4": stage4, "stage5": stage5,
-            "stage6_mlm": stage6_mlm, "stage6_sst2": stage6_sst2}
+            "stage6_mlm": stage6_mlm, "stage6_sst2": stage6_sst2, "stage5_chat": stage5_chat}
 
 
 def make_all(root: Path) -> dict[str, Path]:
-    """{model key of scripts/demo.py's MODELS: the path of its tiny best.pt}, each in its own folder under root."""
+    """{model key of scripts/demo.py's MODELS (and its CHAT): the path of its tiny best.pt}, each in its own
+    folder under root."""
     torch.manual_seed(0)
     paths = {}
     for key, build in BUILDERS.items():
