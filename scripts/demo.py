@@ -313,9 +313,10 @@ def stage5_chat(message: str, history: list | None, temperature: float, top_p: f
         message = check_text(message, MAX_CHARS["stage5"])
         model, tok = load(CHAT, lambda path, device: s5_evaluate_chat.load_chat_model(path, device)[:2])
         asked = history + [{"role": "user", "content": message}]
-        ids = s5_prompt_ids(tok, asked, model.cfg.block_size, int(max_new))   # too long: a message
+        room = min(int(max_new), model.cfg.block_size // 2)   # the reply may take at most half of the context
+        ids = s5_prompt_ids(tok, asked, model.cfg.block_size, room)             # too long: a message
         reply, t0 = "", time.perf_counter()
-        for reply in s5_chat.stream_reply(model, tok, ids, int(max_new), float(temperature), None,
+        for reply in s5_chat.stream_reply(model, tok, ids, room, float(temperature), None,
                                           float(top_p) if top_p < 1 else None, seed=random.randrange(2**31)):
             yield asked + [{"role": "assistant", "content": reply}], "", ""
         answered = asked + [{"role": "assistant", "content": reply or "(an empty answer)"}]

@@ -10,7 +10,7 @@ copies are redundant. Its first stage shards the optimizer state: every paramete
 its moments and updates it; after the step, each owner broadcasts its updated parameters to the others. Gradients are
 still averaged everywhere by DDP (ZeRO-2 would shard them too, ZeRO-3 the weights: that is FSDP). With R ranks, each
 holds about 1/R of the optimizer state, and the arithmetic of the update is exactly AdamW's, so the losses are those
-of one process (tests/test_stage5_parallel.py checks it, and against PyTorch's own ZeroRedundancyOptimizer).
+of one process (tests/test_stage5_parallel.py checks it).
 
 Owners are whole parameters, balanced by size (the largest first, each to the rank with the least so far), so a
 parameter is never split; the shards are then only as even as the tensors allow. `state_dict` gathers the shards

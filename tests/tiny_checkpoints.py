@@ -98,7 +98,7 @@ def stage5_chat(folder: Path) -> Path:
     from stage5_gpt.tokenizer import BPETokenizer
     tok = BPETokenizer.train(TINY_WIKI["train"] + " ".join(TYPED), 300, SPECIAL_TOKENS, progress=False)
     tok.save(folder / "tokenizer.json")
-    cfg = GPTConfig(vocab_size=len(tok), block_size=96, n_layer=1, n_head=2, n_embd=16, bias=False, pos="rope",
+    cfg = GPTConfig(vocab_size=len(tok), block_size=192, n_layer=1, n_head=2, n_embd=16, bias=False, pos="rope",
                     norm="rmsnorm", mlp="swiglu")
     return save(folder, {"stage": "stage5_gpt", "kind": "language_model", "dataset": "course_mix",
                          "config": cfg.to_dict(), "args": {}, "model": GPT(cfg).state_dict(), "task": "sft",
