@@ -665,6 +665,174 @@ def speculative(path: Path) -> Path:
     return save(fig, path)
 
 
+# ----------------------------------------------------------------------------- Stage 5: many processes
+
+IDLE = "#d0d0d0"      # the hatching of a pipeline stage's idle slots
+
+
+def _pipeline_slots(schedule: str, p: int, m: int) -> list[list[tuple[int, str, int]]]:
+    """Where each stage's forward ("F") and backward ("B") passes fall, one slot each, when every stage runs its
+    micro-batches in `pipeline_step`'s order and starts each pass as soon as its input has arrived.
+
+    -> per stage, [(slot, "F" or "B", micro-batch)]."""
+    orders = []
+    for r in range(p):
+        if schedule == "gpipe":
+            order = [("F", i) for i in range(m)] + [("B", i) for i in range(m)]
+        else:                                   # 1F1B: warm up, then one forward and one backward in turn, cool down
+            w = min(p - r - 1, m)
+            order = [("F", i) for i in range(w)]
+            for i in range(m - w):
+                order += [("F", w + i), ("B", i)]
+            order += [("B", i) for i in range(m - w, m)]
+        orders.append(order)
+    end: dict[tuple[str, int, int], int] = {}   # (kind, micro-batch, stage) -> the slot after it
+    free, nxt, placed = [0] * p, [0] * p, [[] for _ in range(p)]
+    while any(nxt[r] < len(orders[r]) for r in range(p)):
+        for r in range(p):
+            if nxt[r] == len(orders[r]):
+                continue
+            kind, i = orders[r][nxt[r]]
+            # a forward needs the previous stage's activations; a backward the next stage's gradient
+            need = (("F", i, r - 1) if r > 0 else None) if kind == "F" else (("B", i, r + 1) if r < p - 1 else None)
+            if need is not None and need not in end:
+                continue
+            start = max(free[r], end.get(need, 0))
+            placed[r].append((start, kind, i))
+            end[(kind, i, r)] = free[r] = start + 1
+            nxt[r] += 1
+    return placed
+
+
+def pipeline(path: Path) -> Path:
+    """Stage 5's `pipeline_step` on 2 stages and 4 micro-batches: GPipe's order (every forward, then every backward)
+    above 1F1B's (one forward, one backward in turn), the idle slots of each stage hatched: the bubble."""
+    p, m = 2, 4
+    W = 12.2
+    fig, ax = canvas(W, 6.85)
+    title(ax, W / 2, 6.55, "Stage 5: pipeline parallelism, 2 stages and 4 micro-batches (pipeline_step)")
+    x0, sw, rh, gap = 2.5, 0.78, 0.5, 0.32           # the first slot's left edge, slot width, row height, row gap
+    n_slots = 2 * (m + p - 1)
+    stages = ["stage 0 (rank 0)\nwte, first Blocks", "stage 1 (rank 1)\nlast Blocks, ln_f, head"]
+    for top, schedule, heading in [(5.95, "gpipe", 'GPipe (schedule="gpipe"): every forward, then every backward'),
+                                   (3.3, "1f1b", '1F1B (schedule="1f1b"): after a warm-up, one forward and one '
+                                                 'backward in turn')]:
+        note(ax, x0, top, heading, fontsize=10.5, color=INK, weight="bold")
+        slots = _pipeline_slots(schedule, p, m)
+        ys = [top - 0.55 - k * (rh + gap) for k in range(p)]
+        centre: dict[tuple[str, int, int], float] = {}
+        for r, (y, label) in enumerate(zip(ys, stages)):
+            note(ax, x0 - 0.15, y, label, ha="right", fontsize=9, color=INK)
+            busy = {s for s, _, _ in slots[r]}
+            for s, kind, i in slots[r]:
+                box(ax, x0 + (s + 0.5) * sw, y, sw - 0.06, rh, f"{kind}{i + 1}", LINEAR if kind == "F" else OUT,
+                    fontsize=10, weight="bold" if kind == "B" else "normal")
+                centre[(kind, i, r)] = x0 + (s + 0.5) * sw
+            for s in sorted(set(range(n_slots)) - busy):    # idle: the stage waits for its neighbour
+                ax.add_patch(Rectangle((x0 + s * sw + 0.03, y - rh / 2), sw - 0.06, rh, facecolor="white",
+                                       edgecolor=IDLE, hatch="///", linewidth=1.0, zorder=1.2))
+                note(ax, x0 + (s + 0.5) * sw, y, "bubble", ha="center", fontsize=8.5, style="italic",
+                     color=ACCENT, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
+            # activations kept alive: forwards done whose backward has not run yet, at the worst moment
+            alive = max(sum(1 for t, k, _ in slots[r] if k == "F" and t <= s)
+                        - sum(1 for t, k, _ in slots[r] if k == "B" and t < s) for s in range(n_slots))
+            note(ax, x0 + n_slots * sw + 0.15, y, f"keeps up to {alive}\nmicro-batches'\nactivations", fontsize=8.5)
+        # the sends between the stages: activations down (forward), their gradients up (backward)
+        for i in range(m):
+            a, b = centre[("F", i, 0)], centre[("F", i, 1)]
+            arrow(ax, (a + 0.15, ys[0] - rh / 2), (b - 0.15, ys[1] + rh / 2), color=MUTED, lw=0.9)
+            a, b = centre[("B", i, 1)], centre[("B", i, 0)]
+            arrow(ax, (a + 0.15, ys[1] + rh / 2), (b - 0.15, ys[0] - rh / 2), color=ACCENT, lw=0.9)
+        bottom = ys[-1] - rh / 2
+        for s in range(n_slots):
+            note(ax, x0 + (s + 0.5) * sw, bottom - 0.17, str(s + 1), ha="center", fontsize=8)
+    note(ax, x0 - 0.15, 3.3 - 0.55 - (rh + gap) - rh / 2 - 0.17, "time slot", ha="right", fontsize=8)
+    note(ax, x0 - 0.15, 5.95 - 0.55 - (rh + gap) - rh / 2 - 0.17, "time slot", ha="right", fontsize=8)
+    # the legend and the arithmetic
+    ly = 1.15
+    box(ax, 0.55, ly, 0.5, 0.3, "F1", LINEAR, fontsize=8.5)
+    note(ax, 0.9, ly, "forward of micro-batch 1", fontsize=8.5, color=INK)
+    box(ax, 3.25, ly, 0.5, 0.3, "B1", OUT, fontsize=8.5, weight="bold")
+    note(ax, 3.6, ly, "its backward", fontsize=8.5, color=INK)
+    arrow(ax, (5.0, ly + 0.12), (5.35, ly - 0.12), color=MUTED, lw=0.9)
+    note(ax, 5.45, ly, "activations sent on", fontsize=8.5, color=INK)
+    arrow(ax, (7.2, ly - 0.12), (7.55, ly + 0.12), color=ACCENT, lw=0.9)
+    note(ax, 7.65, ly, "their gradients sent back", fontsize=8.5, color=INK)
+    note(ax, W / 2, 0.5, r"The bubble: each stage is idle while the pipeline fills and drains, $(p - 1)/(m + p - 1)$ "
+         r"of the time; here $p = 2$ stages, $m = 4$ micro-batches: $1/5$." + "\n1F1B has the same bubble, but starts "
+         "each backward as soon as it can, so a stage keeps at most p − rank micro-batches' activations instead of m."
+         "\nMore micro-batches shrink the bubble (m = 16: 1/17). A backward is drawn as long as a forward; the "
+         "fraction is the same when it takes twice as long.", ha="center", fontsize=9, color=INK)
+    return save(fig, path)
+
+
+def _holding(ax, x: float, y: float, length: float, h: float, color: str, part: str, hatch_rest: bool = False) -> None:
+    """One bar of a rank's bytes: `part` "all", "first" or "second" half filled, the rest an empty outline (or
+    hatched: held only for a moment)."""
+    ax.add_patch(Rectangle((x, y - h / 2), length, h, facecolor="white", edgecolor=MUTED, linewidth=0.9,
+                           linestyle="--", zorder=1.5))
+    if part == "all":
+        spans = [(x, length)]
+    else:
+        spans = [(x if part == "first" else x + length / 2, length / 2)]
+    for sx, sl in spans:
+        ax.add_patch(Rectangle((sx, y - h / 2), sl, h, facecolor=color, edgecolor=INK, linewidth=1.0, zorder=2))
+    if hatch_rest and part != "all":
+        rx = x + length / 2 if part == "first" else x
+        ax.add_patch(Rectangle((rx, y - h / 2), length / 2, h, facecolor="none", edgecolor="#9fbbd6", hatch="...",
+                               linewidth=0, zorder=1.6))
+
+
+def sharding(path: Path) -> Path:
+    """Who holds which bytes of a float32 model trained with AdamW on 2 ranks, under DDP, ZeRO-1 (`ShardedAdamW`),
+    FSDP (`shard_fsdp2`, ZeRO-3's idea) and tensor parallelism (`tensor_parallel`), and what each communicates."""
+    fig, ax = canvas(13.0, 8.3)
+    title(ax, 6.5, 8.0, "Stage 5: who holds which bytes on 2 ranks (float32 weights, AdamW)")
+    note(ax, 6.5, 7.65, "per parameter: weight 4 bytes + gradient 4 + AdamW's two moments m, v 8 = 16 bytes; "
+         "a bar's length is its bytes, filled = held by this rank", ha="center", fontsize=9.5, color=INK)
+    unit = 0.2                                        # inches per byte of a parameter
+    bars = [("weights", 4, LINEAR), ("gradients", 4, OUT), ("AdamW m, v", 8, NORM)]
+    schemes = [
+        ("DDP", "DistributedDataParallel", ["all", "all", "all"], "4 + 4 + 8 = 16",
+         "all-reduce of the gradients, once a\nstep (bucket by bucket, during backward)"),
+        ("ZeRO-1", "ShardedAdamW", ["all", "all", "half"], "4 + 4 + 4 = 12",
+         "all-reduce of the gradients, as DDP;\n+ each owner broadcasts the parameters\nit updated"),
+        ("FSDP (ZeRO-3)", "shard_fsdp2: fully_shard", ["half", "half", "half"], "2 + 2 + 4 = 8",
+         "all-gather of each Block's weights\n(forward, and again for backward),\nreduce-scatter of its gradients"),
+        ("tensor parallel", "tensor_parallel: TPAttention, TPMLP", ["half", "half", "half"],
+         "about 8", "two all-reduces per Block forward (g),\ntwo backward (f); both ranks read\nthe same batch"),
+    ]
+    lx, rank_x, rank_w, notes_x = 0.2, [2.75, 6.05], 3.05, 9.35
+    row_h, top = 1.45, 7.0
+    note(ax, rank_x[0] + rank_w / 2, top + 0.05, "rank 0", ha="center", fontsize=10, color=INK, weight="bold")
+    note(ax, rank_x[1] + rank_w / 2, top + 0.05, "rank 1", ha="center", fontsize=10, color=INK, weight="bold")
+    note(ax, notes_x, top + 0.05, "what it communicates", fontsize=10, color=INK, weight="bold")
+    for k, (name, code, parts, total, comms) in enumerate(schemes):
+        yc = top - 0.25 - row_h * (k + 0.5)
+        note(ax, lx, yc + 0.18, name, fontsize=11, color=INK, weight="bold")
+        note(ax, lx, yc - 0.17, code, fontsize=8, family="monospace")
+        for r, rx in enumerate(rank_x):
+            ax.add_patch(FancyBboxPatch((rx, yc - 0.62), rank_w, 1.24, boxstyle="round,pad=0,rounding_size=0.08",
+                                        facecolor="#fafafa", edgecolor=MUTED, linewidth=1.0, zorder=0.5))
+            for j, ((label, nbytes, color), part) in enumerate(zip(bars, parts)):
+                by = yc + 0.38 - j * 0.3
+                note(ax, rx + 0.1, by, label, fontsize=8.5, color=INK)
+                _holding(ax, rx + 1.3, by, nbytes * unit, 0.2, color,
+                         "all" if part == "all" else "first" if r == 0 else "second",
+                         hatch_rest=(name.startswith("FSDP") and j == 0))
+            note(ax, rx + rank_w / 2, yc - 0.5, f"{total} bytes per parameter", ha="center", fontsize=8.5,
+                 color=INK)
+        note(ax, notes_x, yc, comms, fontsize=9, color=INK)
+        if k:
+            ax.plot([lx, 12.8], [yc + row_h / 2, yc + row_h / 2], color="#dddddd", linewidth=0.8, zorder=0.2)
+    note(ax, 6.5, 0.42, "ZeRO-1: each parameter has one owner, which keeps its moments and updates it. FSDP: the "
+         "dotted half of the weights is gathered while its Block runs, then freed.\nTensor parallel: each rank holds "
+         "half the heads and half the MLP's hidden units of every Block; the embedding and the norms are whole on "
+         "both.\nA 124M-parameter GPT-2 on 2 ranks: 16 x 124M = 2.0 GB per rank under DDP, 1.5 GB under ZeRO-1, "
+         "1.0 GB under FSDP (activations not counted).", ha="center", fontsize=8.5, color=INK)
+    return save(fig, path)
+
+
 # ----------------------------------------------------------------------------- the command
 
 # file name -> the function that draws it; the docs embed each one (tests/test_figures.py checks both directions)
@@ -678,6 +846,8 @@ FIGURES = {
     "stage5_chat_template.png": chat_template,
     "stage5_lora.png": lora,
     "stage5_speculative.png": speculative,
+    "stage5_pipeline.png": pipeline,
+    "stage5_sharding.png": sharding,
 }
 
 
