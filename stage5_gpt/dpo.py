@@ -238,8 +238,9 @@ def continuation_report(args, policy, reference, tok, prompts: list[str], device
     return out
 
 
-def save_run(path: Path, optimizer=None, *, args, policy, state: dict, ckpt: dict) -> None:
-    obj = {"stage": STAGE, "kind": "language_model", "task": "dpo", "dataset": ckpt.get("dataset"),
+def save_run(path: Path, optimizer=None, *, task: str, args, policy, state: dict, ckpt: dict) -> None:
+    """A policy checkpoint (dpo.py's and grpo.py's): a GPT checkpoint generate.py reads, plus the optimizer (last.pt)."""
+    obj = {"stage": STAGE, "kind": "language_model", "task": task, "dataset": ckpt.get("dataset"),
            "config": policy.cfg.to_dict(), "args": vars(args), "model": policy.state_dict(), "state": state,
            "rng": rng_state(), "data": ckpt["data"], "base": portable(str(args.checkpoint))}
     if optimizer is not None:
@@ -247,15 +248,20 @@ def save_run(path: Path, optimizer=None, *, args, policy, state: dict, ckpt: dic
     save_checkpoint(obj, path)
 
 
+def resume_from(args, task: str, resumable: tuple[str, ...]) -> tuple[argparse.Namespace, dict | None]:
+    """--resume: (the run's settings merged with this command's resumable flags, its last.pt); else (args, None)."""
+    if not args.resume:
+        return args, None
+    path = Path(args.out_dir) / "last.pt"
+    ckpt = load_checkpoint(path, stage=STAGE, kind="language_model")
+    if ckpt.get("task") != task:
+        raise UserError(f"{path} is not a {task.upper()} checkpoint")
+    return merge_resumed_args(args, ckpt["args"], resumable), ckpt
+
+
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    args, ckpt_resume = resume_from(parse_args(argv), "dpo", RESUMABLE)
     out_dir = Path(args.out_dir)
-    ckpt_resume = None
-    if args.resume:
-        ckpt_resume = load_checkpoint(out_dir / "last.pt", stage=STAGE, kind="language_model")
-        if ckpt_resume.get("task") != "dpo":
-            raise UserError(f"{out_dir / 'last.pt'} is not a DPO checkpoint")
-        args = merge_resumed_args(args, ckpt_resume["args"], RESUMABLE)
     log = get_logger(STAGE, out_dir / "dpo.log")
     device = get_device(args.device)
     set_seed(args.seed)
@@ -279,7 +285,7 @@ def main(argv=None) -> None:
         set_rng_state(ckpt_resume["rng"])
     note_command(state, SCRIPT, argv)
     tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])
-    save = functools.partial(save_run, args=args, policy=policy, state=state, ckpt=ckpt)
+    save = functools.partial(save_run, task="dpo", args=args, policy=policy, state=state, ckpt=ckpt)
 
     # ---- the loop (Ctrl-C and SIGTERM stop it between steps, saved)
     stop, restore_signals = catch_stop_signals()

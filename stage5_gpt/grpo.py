@@ -35,12 +35,11 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/grpo.py`: put the rep
 import torch
 import torch.nn.functional as F
 
-from scripts.common import (UserError, catch_stop_signals, get_device, get_logger, load_checkpoint, merge_resumed_args,
-                            note_command, portable, positive_float, positive_int, reference_run_name,
-                            resolve_data_dir, resolved_config, rng_state, run_cli, RunTracker, save_checkpoint,
-                            set_rng_state, set_seed, write_result)
+from scripts.common import (UserError, catch_stop_signals, get_device, get_logger, note_command, portable,
+                            positive_float, positive_int, reference_run_name, resolve_data_dir, resolved_config,
+                            run_cli, RunTracker, set_rng_state, set_seed, write_result)
 from stage5_gpt import preferences
-from stage5_gpt.dpo import continuation_report, load_policy
+from stage5_gpt.dpo import continuation_report, load_policy, resume_from, save_run
 
 STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/grpo.py"
 RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget")
@@ -157,23 +156,9 @@ def grpo_step(args, policy, reference, optimizer, tok, prompts: list[str], rewar
             "reward_spread": round(float(rewards.std(dim=1).mean()), 4), **stats}
 
 
-def save_run(path: Path, optimizer=None, *, args, policy, state: dict, ckpt: dict) -> None:
-    obj = {"stage": STAGE, "kind": "language_model", "task": "grpo", "dataset": ckpt.get("dataset"),
-           "config": policy.cfg.to_dict(), "args": vars(args), "model": policy.state_dict(), "state": state,
-           "rng": rng_state(), "data": ckpt["data"], "base": portable(str(args.checkpoint))}
-    if optimizer is not None:
-        obj["optimizer"] = optimizer.state_dict()
-    save_checkpoint(obj, path)
-
-
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    out_dir, resumed = Path(args.out_dir), None
-    if args.resume:
-        resumed = load_checkpoint(out_dir / "last.pt", stage=STAGE, kind="language_model")
-        if resumed.get("task") != "grpo":
-            raise UserError(f"{out_dir / 'last.pt'} is not a GRPO checkpoint")
-        args = merge_resumed_args(args, resumed["args"], RESUMABLE)
+    args, resumed = resume_from(parse_args(argv), "grpo", RESUMABLE)
+    out_dir = Path(args.out_dir)
     log = get_logger(STAGE, out_dir / "grpo.log")
     device = get_device(args.device)
     set_seed(args.seed)
@@ -193,7 +178,7 @@ def main(argv=None) -> None:
         set_rng_state(resumed["rng"])
     note_command(state, SCRIPT, argv)
     tracker = RunTracker(out_dir, args.tensorboard, step=state["step"])
-    save = functools.partial(save_run, args=args, policy=policy, state=state, ckpt=ckpt)
+    save = functools.partial(save_run, task="grpo", args=args, policy=policy, state=state, ckpt=ckpt)
     log.info(f"GRPO, KL coefficient {args.kl_coef}: groups of {args.group}, {args.prompts_per_step} prompts a step, "
              f"{len(prompts):,} prompts, " + (f"{args.max_steps} steps" if args.max_steps else "")
              + (f" or {args.time_budget} minutes" if args.time_budget else ""))
