@@ -53,7 +53,7 @@ REFERENCE_RUNS = {
 REFERENCE_SWEEPS = {
     "glue_cola_minilm_grid": ["scripts/sweep.py", "stage6_bert/finetune.py", "--name", "glue_cola_minilm_grid",
                               "--objective", "val.matthews_corr", "--direction", "maximize", "--sampler", "grid",
-                              "--param", "lr=choice:2e-5,5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
+                              "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
                               "--", "--task", "cola", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
 }
 
