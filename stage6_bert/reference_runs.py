@@ -46,6 +46,17 @@ REFERENCE_RUNS = {
     "glue_rte_minilm_seed3": ["stage6_bert/finetune.py", "--task", "rte", *MINILM, "--epochs", "5", "--seed", "3"],
 }
 
+# The searches behind the real weights' recipes, declared the same way: a search's name -> its command (after
+# `python`); `python scripts/publish.py runs/sweeps/<name>/sweep.json` copies its summary and plots into
+# stage6_bert/results/sweeps/<name>/. Each tries every learning rate with both poolings on one task, selecting on the
+# validation split finetune.py carves from train: dev, which the README reports, is never read while choosing.
+REFERENCE_SWEEPS = {
+    "glue_cola_minilm_grid": ["scripts/sweep.py", "stage6_bert/finetune.py", "--name", "glue_cola_minilm_grid",
+                              "--objective", "val.matthews_corr", "--direction", "maximize", "--sampler", "grid",
+                              "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
+                              "--", "--task", "cola", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
+}
+
 # The folder the "pretrain" run writes (pretrain.py's default --out-dir, runs/stage6_bert/<run name>), + best.pt.
 BERT_CHECKPOINT = "runs/stage6_bert/pretrain/best.pt"
 # Where `finetune.py --task sst2 --pretrained all-MiniLM-L6-v2` writes (its default --out-dir, + best.pt).
