@@ -420,11 +420,14 @@ class Sweep:
 
 
 def shown(path: Path) -> str:
-    """A path as a command from the repo root would write it: relative inside the repo, absolute outside."""
-    try:
-        return path.resolve().relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return str(path)
+    """A path as a command from the repo root would write it: relative inside the repo (also when runs/ is a link to
+    a folder elsewhere), absolute outside."""
+    for candidate in (path.absolute(), path.resolve()):
+        try:
+            return candidate.relative_to(REPO_ROOT).as_posix()
+        except ValueError:
+            pass
+    return str(path)
 
 
 def new_evaluations(path: Path, seen: int) -> tuple[list[dict], int]:

@@ -237,9 +237,9 @@ def test_the_sweep_table_summarises_each_declared_search_and_its_check(tmp_path,
     capsys.readouterr()
 
 
-def test_the_stage5_readmes_hold_the_sweep_table():
-    assert set(results_table.sweep_readmes()) == {REPO_ROOT / "stage5_gpt" / "README.md",
-                                                  REPO_ROOT / "stage5_gpt" / "README.zh-CN.md"}
+def test_the_readmes_of_stages_with_searches_hold_the_sweep_table():
+    assert set(results_table.sweep_readmes()) == {REPO_ROOT / stage / name for stage in ("stage5_gpt", "stage6_bert")
+                                                  for name in ("README.md", "README.zh-CN.md")}
     assert set(results_table.SWEEP_WORDS["en"]) == set(results_table.SWEEP_WORDS["zh-CN"])
 
 
