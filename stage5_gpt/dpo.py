@@ -56,13 +56,8 @@ def answer_pair(prompt: list[int], answer: list[int]) -> tuple[list[int], list[i
 def answer_logprobs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device=None) -> torch.Tensor:
     """The summed log-probability of each pair's answer tokens under `model` -> (N,), differentiable. Pairs are
     right-padded into one batch; the padding's targets are -100, so it adds nothing."""
-    device = device or model.wte.weight.device
-    T = max(len(x) for x, _ in pairs)
-    x = torch.full((len(pairs), T), pad_id, dtype=torch.long)
-    y = torch.full((len(pairs), T), -100, dtype=torch.long)
-    for i, (inp, tgt) in enumerate(pairs):
-        x[i, :len(inp)], y[i, :len(tgt)] = torch.tensor(inp), torch.tensor(tgt)
-    x, y = x.to(device), y.to(device)
+    from stage5_gpt.evaluate_chat import pad_batch   # the same right padding as SFT's batches
+    x, y = pad_batch(pairs, pad_id, device or model.wte.weight.device)
     logits, _ = model(x)                                                        # (N, T, V)
     logp = F.log_softmax(logits.float(), dim=-1)
     scored = y != -100                                                          # (N, T)
