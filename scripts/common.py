@@ -38,7 +38,8 @@ class UserError(Exception):
 
 
 def run_cli(main) -> None:
-    """Call `main()`: a UserError becomes a one-line message and exit code 2, Ctrl-C a quiet exit 130."""
+    """Call `main()`: a UserError becomes a one-line message and exit code 2, Ctrl-C a quiet exit 130, and a
+    distributed run that lost one of its processes one line and exit code 1 (lost_process)."""
     try:
         main()
     except UserError as e:
@@ -47,6 +48,28 @@ def run_cli(main) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except RuntimeError as e:
+        line = lost_process(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(1)
+
+
+def lost_process(error: RuntimeError) -> str | None:
+    """The one line for a collective (all-reduce, broadcast, ...) that failed because another process of a torchrun
+    run died (its connection closed) or stopped answering (--dist-timeout ran out), or None for any other error,
+    whose traceback stays. gloo's errors name its own source file; NCCL's are DistBackendErrors."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(error)
+    if "gloo" not in text and not isinstance(error, getattr(dist, "DistBackendError", ())):
+        return None
+    reason = text.split("] ", 1)[-1].split(". ")[0].strip().rstrip(".")   # gloo: "[file.cc:78] Timed out ..."
+    return (f"process {dist.get_rank()} of {dist.get_world_size()} lost the others ({reason}): another process died "
+            f"or did not answer within --dist-timeout; continue the run with --resume")
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -406,10 +429,28 @@ def autocast_for(device: torch.device, enabled: bool, cpu_bf16: bool = False):
     return contextlib.nullcontext(), None
 
 
-def setup_distributed(device_name: str, batch_size: int, accum_steps: int = 1) -> tuple[int, int, torch.device]:
+# While rank 0 prepares the data (a tokenizer may train for many minutes) the other processes wait at a barrier of a
+# group of their own whose timeout is long: --dist-timeout is for a training step that stopped answering.
+SETUP_TIMEOUT = dt.timedelta(hours=24)
+_setup_group = None
+
+
+def add_dist_timeout_arg(p: argparse.ArgumentParser) -> None:
+    """--dist-timeout, for the scripts torchrun starts: how long a collective waits for a silent process."""
+    p.add_argument("--dist-timeout", type=positive_float, default=300.0,
+                   help="under torchrun: seconds a process waits for another in a training step (an all-reduce) "
+                        "before it stops with one line, when another process hangs (one that dies is noticed at "
+                        "once); longer than the slowest step with its validation (default: 300)")
+
+
+def setup_distributed(device_name: str, batch_size: int, accum_steps: int = 1,
+                      timeout: float = 300.0) -> tuple[int, int, torch.device]:
     """Under torchrun (RANK/WORLD_SIZE set): one process per device, gloo on CPU, nccl on GPU -> (rank, world, device).
+    Every collective fails after `timeout` seconds without an answer (lost_process turns that into one line).
     Without torchrun: (0, 1, the device asked for)."""
     import torch.distributed as dist
+
+    global _setup_group
 
     if "RANK" not in os.environ:
         return 0, 1, get_device(device_name)
@@ -421,13 +462,21 @@ def setup_distributed(device_name: str, batch_size: int, accum_steps: int = 1) -
                             f"(--nproc_per_node), or use --device cpu")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=dt.timedelta(seconds=timeout))
+    _setup_group = dist.new_group(backend="gloo", timeout=SETUP_TIMEOUT)
     if batch_size % (world * accum_steps):
         raise UserError(f"--batch-size {batch_size} must divide evenly over {world} processes x "
                         f"{accum_steps} accumulation steps")
     if device.type == "cpu":  # the processes share the cores
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
     return rank, world, device
+
+
+def wait_for_rank0() -> None:
+    """Under torchrun: every process waits here until rank 0 has arrived too (it prepares the data first)."""
+    import torch.distributed as dist
+
+    dist.barrier(group=_setup_group)
 
 
 # ----------------------------------------------------------------------------- reference runs and result files

@@ -37,11 +37,11 @@ import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 from tqdm import tqdm
 
-from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_logger, load_checkpoint,
-                            merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
-                            positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
-                            resolved_config, restore_training, rng_state, run_cli, RunTracker, save_checkpoint,
-                            set_seed, setup_distributed, write_result)
+from scripts.common import (UserError, add_common_args, add_dist_timeout_arg, autocast_for, catch_stop_signals,
+                            get_logger, load_checkpoint, merge_resumed_args, note_command, parse_with_quick_defaults,
+                            plot_curves, portable, positive_float, positive_int, probability, reference_run_name,
+                            resolve_data_dir, resolved_config, restore_training, rng_state, run_cli, RunTracker,
+                            save_checkpoint, set_seed, setup_distributed, wait_for_rank0, write_result)
 from stage5_gpt.corpus import DATASETS
 from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
@@ -51,7 +51,8 @@ from stage5_gpt.reference_runs import REFERENCE_RUNS
 STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/train.py"
 QUICK = {"epochs": 1, "n_layer": 2, "n_embd": 64, "block_size": 64, "vocab_size": 400}  # --quick: a tiny model...
 QUICK_CHARS = 50_000                                                                     # ...on the first characters
-RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "compile", "parallel")
+RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "compile", "dist_timeout",
+             "parallel")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -90,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX): about 1.8x the "
                         "training tokens/s of fp32 measured on this course's CPU; an error on a CPU without it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
+    add_dist_timeout_arg(p)
     p.add_argument("--parallel", choices=["ddp", "zero1", "fsdp2"], default="ddp",
                    help="under torchrun: ddp (every process holds everything), zero1 (parallel.py: the optimizer "
                         "state sharded over the processes) or fsdp2 (PyTorch's fully_shard: weights, gradients and "
@@ -154,7 +156,7 @@ def prepare_data(args, data_dir: Path, out_dir: Path, master: bool, world: int, 
     max_chars = QUICK_CHARS if args.quick else None
     meta = prepare(args.dataset, data_dir, out_dir, args.vocab_size, log, args.tokenizer, max_chars) if master else None
     if world > 1:
-        dist.barrier()
+        wait_for_rank0()
     meta = meta or prepare(args.dataset, data_dir, out_dir, args.vocab_size, log, args.tokenizer, max_chars)
     if ckpt and ckpt["data"]["fingerprint"] != meta["fingerprint"]:
         raise UserError(f"{out_dir / 'tokenizer.json'} does not belong to {out_dir / 'last.pt'} (fingerprints differ)")
@@ -276,7 +278,8 @@ def main(argv=None) -> None:
     if args.batch_size % args.accum_steps:
         raise UserError(f"--batch-size {args.batch_size} must be a multiple of --accum-steps {args.accum_steps}")
     out_dir, data_dir = Path(args.out_dir), resolve_data_dir(args.data_dir)
-    rank, world, device = setup_distributed(args.device, args.batch_size, args.accum_steps)
+    rank, world, device = setup_distributed(args.device, args.batch_size, args.accum_steps,
+                                            args.dist_timeout)
     master = rank == 0
     log = get_logger(STAGE, out_dir / "train.log" if master else None)
     log.disabled = not master

@@ -47,11 +47,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (UserError, add_common_args, autocast_for, catch_stop_signals, get_logger, load_checkpoint,
-                            merge_resumed_args, note_command, parse_with_quick_defaults, plot_curves, portable,
-                            positive_float, positive_int, probability, reference_run_name, resolve_data_dir,
-                            resolved_config, restore_training, rng_state, run_cli, RunTracker, save_checkpoint,
-                            set_seed, setup_distributed, write_result)
+from scripts.common import (UserError, add_common_args, add_dist_timeout_arg, autocast_for, catch_stop_signals,
+                            get_logger, load_checkpoint, merge_resumed_args, note_command, parse_with_quick_defaults,
+                            plot_curves, portable, positive_float, positive_int, probability, reference_run_name,
+                            resolve_data_dir, resolved_config, restore_training, rng_state, run_cli, RunTracker,
+                            save_checkpoint, set_seed, setup_distributed, wait_for_rank0, write_result)
 from stage6_bert.data import (NO_LABEL, MixedExamples, PackedWindows, SentencePairs, collate, fixed_batches,
                               mask_batch, prepare, split_documents)
 from stage6_bert.model import BertConfig, BertPretrain, configure_optimizer
@@ -62,7 +62,7 @@ SCRIPT = "stage6_bert/pretrain.py"
 QUICK_CHARS = 300_000  # --quick: the first characters of WikiText-2 train (or of each --corpus file)
 QUICK = {"epochs": 1, "imdb_unsup": 500, "vocab_size": 2000, "max_len": 64, "hidden": 64, "layers": 2, "heads": 2,
          "warmup_steps": 20, "lr": 1e-3}
-RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "compile")
+RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "compile", "dist_timeout")
 FILL_IN = ["the movie was [MASK] .", "this is one of the [MASK] films i have ever seen .",
            "the game was released in [MASK] ."]
 
@@ -127,6 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX): about 1.6x the "
                         "training tokens/s of fp32 measured on this course's CPU; an error on a CPU without it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
+    add_dist_timeout_arg(p)
     p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
                                                   "`python scripts/publish.py <out-dir>/result.json`)")
     args = parse_with_quick_defaults(p, argv, QUICK)
@@ -246,7 +247,7 @@ def prepare_data(args, data_dir: Path, rank: int, world: int, ckpt: dict | None,
     if rank == 0:
         prepared = prepare(data_dir, args.out_dir, **options)
     if world > 1:
-        dist.barrier()
+        wait_for_rank0()
     if rank > 0:  # finds rank 0's files
         prepared = prepare(data_dir, args.out_dir, **options)
     if ckpt and ckpt["data"]["fingerprint"] != prepared[2]["fingerprint"]:
@@ -383,7 +384,8 @@ def main(argv=None) -> None:
     if ckpt:
         args = merge_resumed_args(args, ckpt["args"], RESUMABLE)
     out_dir = Path(args.out_dir)
-    rank, world, device = setup_distributed(args.device, args.batch_size, args.accum_steps)
+    rank, world, device = setup_distributed(args.device, args.batch_size, args.accum_steps,
+                                            args.dist_timeout)
     master = rank == 0
     log = get_logger(STAGE, out_dir / "train.log" if master else None)
     log.disabled = not master

@@ -4,8 +4,11 @@ one process exactly, and the reverse."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +119,52 @@ def test_two_nodes_on_localhost_match_one_process(tmp_path):
     assert all(node.returncode == 0 for node in nodes), "\n".join(o[-2000:] for o in outputs)
     assert [v for _, v in history(tmp_path / "two")["train_loss"]] == pytest.approx(
         [v for _, v in history(tmp_path / "one")["train_loss"]], rel=1e-5)
+
+
+def worker_pids(marker: str) -> dict[int, int]:
+    """{local rank: pid} of the running torchrun workers whose command line holds `marker` (read from Linux's /proc)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_text(errors="replace"):
+                env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text(errors="replace").split("\0")
+                           if "=" in kv)
+                if "LOCAL_RANK" in env:
+                    found[int(env["LOCAL_RANK"])] = int(proc.name)
+        except OSError:   # the process ended while we looked
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers' pids in /proc")
+@pytest.mark.parametrize("fate", ["hangs", "dies"])
+def test_a_lost_process_stops_the_other_with_one_line_and_the_run_resumes_exactly(fate, tmp_path):
+    """Rank 1 stopped (SIGSTOP: it hangs) or killed (SIGKILL) mid-run: rank 0 stops within --dist-timeout with one
+    line, no traceback, and --resume continues from the last checkpoint with the losses of an uninterrupted run."""
+    data_dir = write_tiny_lm_data(tmp_path / "data")
+    steps = ["--epochs", "40", "--eval-interval", "20", "--max-steps", "200"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train.main(train_args(data_dir, one, *steps))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MY_LLM_DATA": str(data_dir)}
+    run = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            "--log-dir", str(tmp_path / "logs"), "--redirects", "3",   # each rank's output in a file
+                            f"{STAGE}/train.py", *train_args(data_dir, two, *steps, "--dist-timeout", "5")],
+                           cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (two / "last.pt").exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.02)                                   # the first checkpoint: step 20
+    pids = worker_pids(str(two))
+    assert run.poll() is None and 1 in pids, "the run ended before a process could be lost"
+    os.kill(pids[1], signal.SIGSTOP if fate == "hangs" else signal.SIGKILL)
+    t_lost = time.time()
+    output = run.communicate(timeout=120)[0]
+    rank0 = next((tmp_path / "logs").glob("*/attempt_0/0/stderr.log")).read_text()   # torchrun's own summary aside
+    assert run.returncode != 0 and "Traceback" not in rank0, output[-3000:]
+    errors = [line for line in rank0.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "process 0 of 2 lost the others" in errors[0] and "--resume" in errors[0], rank0
+    if fate == "hangs":   # noticed by the timeout, not by gloo's default of 30 minutes
+        assert "Timed out" in errors[0] and time.time() - t_lost < 60
+    torchrun(train_args(data_dir, two, *steps, "--resume"), data_dir)
+    assert [v for _, v in history(two)["train_loss"]] == pytest.approx(   # the history keeps 5 decimals
+        [v for _, v in history(one)["train_loss"]], rel=1e-5, abs=2e-5)
