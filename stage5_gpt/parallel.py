@@ -102,6 +102,33 @@ class ShardedAdamW:
 
 # ----------------------------------------------------------------------------- FSDP2: PyTorch's sharding of everything
 
+def rank_bytes(model: torch.nn.Module, optimizer) -> dict[str, int]:
+    """What this process holds, in bytes: its weights, their gradients and the optimizer's state (AdamW's moments; the
+    step counters aside). A sharded tensor (FSDP2's DTensor) counts its local shard only, ShardedAdamW the moments of
+    the parameters this rank owns. Call it after a step, while the gradients exist."""
+    def size(t: torch.Tensor) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    params = list(model.parameters())
+    if isinstance(optimizer, ShardedAdamW):
+        state = optimizer.state_bytes()
+    else:
+        state = sum(size(t) for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
+    return {"weights": sum(size(p) for p in params),
+            "gradients": sum(size(p.grad) for p in params if p.grad is not None), "optimizer": state}
+
+
+def describe_bytes(per_rank: list[dict[str, int]], unit: str | None = None) -> str:
+    """One line for the log: each rank's weights + gradients + optimizer state, in `unit` (default: MB, or kB for a
+    tiny model)."""
+    unit = unit or ("MB" if max(sum(b.values()) for b in per_rank) >= 1e6 else "kB")
+    scale = {"kB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    return "; ".join(f"rank {r}: weights {b['weights'] / scale:.2f} + gradients {b['gradients'] / scale:.2f} + "
+                     f"optimizer {b['optimizer'] / scale:.2f} = {sum(b.values()) / scale:.2f} {unit}"
+                     for r, b in enumerate(per_rank))
+
+
 def shard_fsdp2(model: torch.nn.Module) -> torch.nn.Module:
     """PyTorch's FSDP2 (`fully_shard`, ZeRO-3's idea): every Block's parameters, gradients and optimizer state split
     over the ranks, gathered for the Block's forward and backward and freed after; then the rest of the model (the

@@ -45,7 +45,7 @@ from scripts.common import (UserError, add_common_args, add_dist_timeout_arg, au
 from stage5_gpt.corpus import DATASETS
 from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
-from stage5_gpt.parallel import FullState, ShardedAdamW, shard_fsdp2
+from stage5_gpt.parallel import FullState, ShardedAdamW, describe_bytes, rank_bytes, shard_fsdp2
 from stage5_gpt.reference_runs import REFERENCE_RUNS
 
 STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/train.py"
@@ -207,6 +207,18 @@ def make_optimizer(model: GPT, args, world: int, device: torch.device):
     return model.configure_optimizer(args.weight_decay, args.lr, (0.9, args.beta2), device.type)
 
 
+def log_memory(model: GPT, optimizer, world: int, master: bool, log) -> None:
+    """Bytes of weights, gradients and optimizer state on each process (parallel.rank_bytes), gathered to rank 0:
+    under --parallel zero1 and fsdp2 each holds a share of what DDP copies everywhere (activations are not counted)."""
+    mine = rank_bytes(model, optimizer)
+    per_rank = [mine]
+    if world > 1:
+        per_rank = [None] * world
+        dist.all_gather_object(per_rank, mine)
+    if master:
+        log.info(f"held per process after a step: {describe_bytes(per_rank)}")
+
+
 def whole(model: GPT, optimizer, args) -> tuple:
     """What checkpoints read and write: the model and optimizer themselves, or, under FSDP2, FullState views that
     gather the shards into one process's layout (and scatter it back on --resume)."""
@@ -323,6 +335,7 @@ def main(argv=None) -> None:
     micro = args.batch_size // args.accum_steps  # windows per micro-step, all processes together
     t_loop = time.time() - state["train_seconds"]  # training time excludes validation: t_loop moves on after each
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=None if master else True)
+    first_step = True
     try:
         model.train()
         while state["step"] < total_steps:
@@ -348,6 +361,9 @@ def main(argv=None) -> None:
                 scaler.update()
             else:
                 optimizer.step()
+            if first_step:   # what each process holds, once its gradients and optimizer state exist
+                log_memory(model, optimizer, world, master, log)
+                first_step = False
             # one small all-reduce a step: the mean loss over processes, and whether any process must stop
             over_budget = bool(args.time_budget and time.time() - t_loop >= 60 * args.time_budget)
             flags = torch.tensor([step_loss.item(), float(stop["by"] is not None), float(over_budget)],

@@ -15,7 +15,16 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from stage5_gpt.model import GPT, GPTConfig  # noqa: E402
-from stage5_gpt.parallel import tensor_parallel, tp_clip_grad_norm  # noqa: E402
+from stage5_gpt.parallel import describe_bytes, rank_bytes, tensor_parallel, tp_clip_grad_norm  # noqa: E402
+
+
+def print_bytes(scheme: str, model: torch.nn.Module, optimizer, whole: torch.nn.Module, whole_optimizer) -> None:
+    """Rank 0 prints every rank's weights + gradients + optimizer state beside one process's (the whole model)."""
+    per_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, rank_bytes(model, optimizer))
+    if dist.get_rank() == 0:
+        print(f"{scheme}, held per process: {describe_bytes(per_rank, 'kB')} | one process: "
+              f"{describe_bytes([rank_bytes(whole, whole_optimizer)], 'kB').removeprefix('rank 0: ')}")
 
 
 def check_tensor(mlp: str) -> None:
@@ -40,6 +49,7 @@ def check_tensor(mlp: str) -> None:
             losses.append(loss.item())
         worst = max(worst, abs(losses[0] - losses[1]) / losses[0])
     assert worst <= 1e-5, f"tensor parallel ({mlp}): relative loss difference {worst}"
+    print_bytes(f"tensor parallel ({mlp})", sharded, opts[1], whole, opts[0])
     print(f"rank {dist.get_rank()}: tensor parallel ({mlp}) = one process over 20 steps (worst {worst:.1e})")
 
 
@@ -100,6 +110,7 @@ def check_pipeline(schedule: str, micro: int = 4) -> None:
         worst = max(worst, abs(loss.item() - piped) / loss.item())
         busy, wall = busy + times["busy"], wall + times["wall"]
     assert worst <= 1e-5, f"pipeline ({schedule}): relative loss difference {worst}"
+    print_bytes(f"pipeline ({schedule})", stage, opts[1], whole, opts[0])
     p_, m = dist.get_world_size(), micro
     print(f"rank {dist.get_rank()}: pipeline ({schedule}) = one process over 20 steps (worst {worst:.1e}); idle "
           f"{1 - busy / wall:.2f} of the time (GPipe's bubble alone: {(p_ - 1) / (m + p_ - 1):.2f})")

@@ -4,6 +4,7 @@ one process exactly, and the reverse."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import torch
 from conftest import REPO_ROOT, assert_one_line_error, cli, write_tiny_lm_data
 from scripts.common import load_checkpoint
 from stage5_gpt import train
-from stage5_gpt.parallel import owners
+from stage5_gpt.model import GPT, GPTConfig
+from stage5_gpt.parallel import describe_bytes, owners, rank_bytes
 from test_stage5_train import history, train_args
 
 STAGE = "stage5_gpt"
@@ -25,6 +27,27 @@ STAGE = "stage5_gpt"
 def test_owners_balance_whole_parameters_by_size():
     assert owners([100, 10, 60, 50], 2) == [0, 0, 1, 1]          # 100 + 10 | 60 + 50: largest first, to the lighter
     assert owners([5, 5, 5], 3) == [0, 1, 2] and owners([7], 4) == [0]
+
+
+def test_one_process_holds_16_bytes_per_parameter_with_adamw():
+    """float32 weights (4 bytes), their gradients (4) and AdamW's two moments (8): the table of docs §25."""
+    model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
+    _, loss = model(torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8)))
+    loss.backward()
+    optimizer.step()
+    n = sum(p.numel() for p in model.parameters())
+    assert rank_bytes(model, optimizer) == {"weights": 4 * n, "gradients": 4 * n, "optimizer": 8 * n}
+    assert describe_bytes([rank_bytes(model, optimizer)]) == \
+        f"rank 0: weights {4 * n / 1e3:.2f} + gradients {4 * n / 1e3:.2f} + optimizer {8 * n / 1e3:.2f} = " \
+        f"{16 * n / 1e3:.2f} kB"
+
+
+def held(text: str) -> list[dict[str, float]]:
+    """Each rank's figures from the first "held per process" line of a log or of parallel_checks.py's output."""
+    line = next(line for line in text.splitlines() if "held per process" in line)
+    return [{"weights": float(w), "gradients": float(g), "optimizer": float(o)}
+            for w, g, o in re.findall(r"weights ([\d.]+) \+ gradients ([\d.]+) \+ optimizer ([\d.]+)", line)]
 
 
 def torchrun(argv: list[str], data_dir) -> None:
@@ -45,6 +68,13 @@ def test_two_sharded_processes_match_one_and_their_checkpoints_resume_in_one(sch
     torchrun(train_args(data_dir, two, *steps, "--max-steps", "5", "--parallel", scheme), data_dir)
     losses = [v for _, v in history(two)["train_loss"]]
     assert losses == pytest.approx([v for _, v in history(one)["train_loss"]][:5], rel=1e-5)
+    # what each of the 2 processes holds: ZeRO-1 about half the optimizer state, FSDP2 about half of everything
+    (whole,), ranks = held((one / "train.log").read_text()), held((two / "train.log").read_text())
+    assert len(ranks) == 2
+    shared = ("optimizer",) if scheme == "zero1" else ("weights", "gradients", "optimizer")
+    for r in ranks:
+        for kind in whole:
+            assert r[kind] <= 0.6 * whole[kind] if kind in shared else r[kind] == whole[kind], (kind, r, whole)
     # the sharded run's checkpoint holds the whole optimizer: one process continues it exactly
     ckpt = load_checkpoint(two / "last.pt")
     n_params = sum(1 for k in ckpt["model"])
@@ -84,6 +114,8 @@ def test_tensor_parallel_equals_one_process_and_pytorchs_own():
                           text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count("= one process over 20 steps") == 4 and "torch.distributed.tensor.parallel" in proc.stdout
+    *ranks, whole = held(proc.stdout)      # each rank holds about half of every kind of byte
+    assert len(ranks) == 2 and all(r[k] <= 0.6 * whole[k] for r in ranks for k in whole), (ranks, whole)
 
 
 @pytest.mark.slow
@@ -96,6 +128,8 @@ def test_pipeline_schedules_equal_one_process():
                           text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count("= one process over 20 steps") == 4
+    *ranks, whole = held(proc.stdout)      # each stage holds about half the layers (the tied matrix on both ends)
+    assert len(ranks) == 2 and all(r[k] <= 0.6 * whole[k] for r in ranks for k in whole), (ranks, whole)
 
 
 @pytest.mark.slow
