@@ -241,9 +241,15 @@ class TPAttention(torch.nn.Module):
         rows = [torch.arange(C)[part] + k * C for k in range(3)]                     # in q, in k, in v
         w, b = attn.c_attn.weight.detach(), attn.c_attn.bias
         self.c_attn = _linear(torch.cat([w[r] for r in rows]), None if b is None else torch.cat([b[r] for r in rows]))
-        self.c_proj = _linear(attn.c_proj.weight.detach()[:, part], None)            # (C, h*D): partial sums
-        self.proj_bias = None if attn.c_proj.bias is None else torch.nn.Parameter(attn.c_proj.bias.detach().clone())
+        # c_proj's columns for this rank's heads (partial sums), and its bias whole: added once, after the sum
+        self.c_proj = _linear(attn.c_proj.weight.detach()[:, part], attn.c_proj.bias)
         self.resid_dropout = attn.resid_dropout
+        # how each split tensor sits in the whole model's (TPState, tp_clip_grad_norm): name -> (the dimension it is
+        # split along, the indices each rank holds along it); the names and their order are the whole model's
+        heads = [slice(r * self.n_head * D, (r + 1) * self.n_head * D) for r in range(world)]
+        qkv = [torch.cat([torch.arange(C)[h] + k * C for k in range(3)]) for h in heads]
+        self.layout = {"c_attn.weight": (0, qkv), "c_attn.bias": (0, qkv),
+                       "c_proj.weight": (1, [torch.arange(C)[h] for h in heads])}
 
     def forward(self, x, rope=None, cache=None, mask=None):
         from stage5_gpt.model import apply_rope
@@ -255,8 +261,8 @@ class TPAttention(torch.nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = _SumShards.apply(self.c_proj(y.transpose(1, 2).reshape(B, T, -1)))       # (B, T, C): all heads' sum
-        return self.resid_dropout(y if self.proj_bias is None else y + self.proj_bias)
+        y = _SumShards.apply(F.linear(y.transpose(1, 2).reshape(B, T, -1), self.c_proj.weight))   # (B, T, C)
+        return self.resid_dropout(y if self.c_proj.bias is None else y + self.c_proj.bias)
 
 
 class TPMLP(torch.nn.Module):
@@ -273,9 +279,11 @@ class TPMLP(torch.nn.Module):
         rows = [torch.arange(hidden)[part] + k * hidden for k in range(2 if self.swiglu else 1)]   # gate (and up)
         w, b = mlp.c_fc.weight.detach(), mlp.c_fc.bias
         self.c_fc = _linear(torch.cat([w[r] for r in rows]), None if b is None else torch.cat([b[r] for r in rows]))
-        self.c_proj = _linear(mlp.c_proj.weight.detach()[:, part], None)
-        self.proj_bias = None if mlp.c_proj.bias is None else torch.nn.Parameter(mlp.c_proj.bias.detach().clone())
+        self.c_proj = _linear(mlp.c_proj.weight.detach()[:, part], mlp.c_proj.bias)   # the bias: added after the sum
         self.dropout = mlp.dropout
+        units = [torch.arange(hidden)[r * hidden // world:(r + 1) * hidden // world] for r in range(world)]
+        fc = [torch.cat([u + k * hidden for k in range(2 if self.swiglu else 1)]) for u in units]
+        self.layout = {"c_fc.weight": (0, fc), "c_fc.bias": (0, fc), "c_proj.weight": (1, units)}
 
     def forward(self, x):
         h = self.c_fc(_CopyToShards.apply(x))
@@ -284,8 +292,8 @@ class TPMLP(torch.nn.Module):
             h = F.silu(gate) * up
         else:
             h = F.gelu(h, approximate="tanh")
-        y = _SumShards.apply(self.c_proj(h))
-        return self.dropout(y if self.proj_bias is None else y + self.proj_bias)
+        y = _SumShards.apply(F.linear(h, self.c_proj.weight))
+        return self.dropout(y if self.c_proj.bias is None else y + self.c_proj.bias)
 
 
 def tensor_parallel(model: torch.nn.Module) -> torch.nn.Module:
@@ -296,22 +304,79 @@ def tensor_parallel(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def tp_layout(model: torch.nn.Module) -> dict[str, tuple[int, list] | None]:
+    """Every entry of a tensor-parallel model's state_dict (the whole model's names) -> (the dimension it is split
+    along, each rank's indices along it), or None where every rank holds it whole."""
+    layout = {}
+    for name in model.state_dict():
+        layout[name] = None
+        for prefix, module in model.named_modules():
+            if isinstance(module, (TPAttention, TPMLP)) and name.startswith(prefix + "."):
+                layout[name] = module.layout.get(name.removeprefix(prefix + "."))
+    return layout
+
+
+def _gather(t: torch.Tensor, split: tuple[int, list] | None) -> torch.Tensor:
+    """The whole tensor from every rank's share of it (all ranks call it)."""
+    if split is None:
+        return t.detach().cpu()
+    dim, index = split
+    shares = [torch.empty_like(t) for _ in index]
+    dist.all_gather(shares, t.detach().contiguous())
+    shape = list(t.shape)
+    shape[dim] = sum(len(i) for i in index)
+    whole = torch.empty(shape, dtype=t.dtype)
+    for share, i in zip(shares, index):
+        whole.index_copy_(dim, i, share.cpu())
+    return whole
+
+
+class TPState:
+    """A tensor-parallel model's and its AdamW's state as one process holds them (FullState's counterpart for
+    tensor_parallel): state_dict() gathers every rank's shares into the whole model's shapes, load_state_dict() takes
+    this rank's shares of such a dict, whoever wrote it. The names, and the parameters' order (so AdamW's indices),
+    are already the whole model's. Every rank must call both (they communicate)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer=None):
+        self.model, self.optimizer, self.layout = model, optimizer, tp_layout(model)
+        self.rank = dist.get_rank()
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.param_names = [] if optimizer is None else \
+            [names[id(p)] for g in optimizer.param_groups for p in g["params"]]   # AdamW's index -> name
+
+    def state_dict(self) -> dict:
+        if self.optimizer is None:
+            return {n: _gather(t, self.layout[n]) for n, t in self.model.state_dict().items()}
+        local = self.optimizer.state_dict()
+        state = {i: {k: _gather(v, self.layout[self.param_names[i]]) if torch.is_tensor(v) and v.dim() else v
+                     for k, v in s.items()} for i, s in local["state"].items()}
+        return {"state": state, "param_groups": local["param_groups"]}
+
+    def _share(self, whole: torch.Tensor, name: str) -> torch.Tensor:
+        split = self.layout[name]
+        return whole if split is None else whole.index_select(split[0], split[1][self.rank])
+
+    def load_state_dict(self, sd: dict) -> None:
+        if self.optimizer is None:
+            self.model.load_state_dict({n: self._share(sd[n], n) for n in self.layout})
+            return
+        state = {i: {k: self._share(v, self.param_names[i]) if torch.is_tensor(v) and v.dim() else v
+                     for k, v in s.items()} for i, s in sd["state"].items()}
+        self.optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+
+
 def tp_clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-    """clip_grad_norm_ for a tensor-parallel model: a sharded weight's squared gradient norm is summed over the
-    ranks, a replicated one counted once (it is the same everywhere)."""
+    """clip_grad_norm_ for a tensor-parallel model: a split weight's squared gradient norm is summed over the ranks,
+    a replicated one counted once (it is the same everywhere)."""
+    layout = tp_layout(model)
     sharded, replicated = torch.zeros(()), torch.zeros(())
-    for module in model.modules():
-        if isinstance(module, (TPAttention, TPMLP)):
-            for layer in (module.c_attn if isinstance(module, TPAttention) else module.c_fc, module.c_proj):
-                for p in layer.parameters():
-                    if p.grad is not None:
-                        sharded += p.grad.detach().float().pow(2).sum().cpu()
-    shard_ids = {id(p) for m in model.modules() if isinstance(m, (TPAttention, TPMLP))
-                 for layer in ((m.c_attn if isinstance(m, TPAttention) else m.c_fc), m.c_proj)
-                 for p in layer.parameters()}
-    for p in model.parameters():
-        if id(p) not in shard_ids and p.grad is not None:
-            replicated += p.grad.detach().float().pow(2).sum().cpu()
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            square = p.grad.detach().float().pow(2).sum().cpu()
+            if layout[name] is None:
+                replicated += square
+            else:
+                sharded += square
     dist.all_reduce(sharded)
     total = (sharded + replicated).sqrt()
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)

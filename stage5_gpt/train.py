@@ -45,7 +45,8 @@ from scripts.common import (UserError, add_common_args, add_dist_timeout_arg, au
 from stage5_gpt.corpus import DATASETS
 from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
-from stage5_gpt.parallel import FullState, ShardedAdamW, describe_bytes, rank_bytes, shard_fsdp2
+from stage5_gpt.parallel import (FullState, ShardedAdamW, TPState, describe_bytes, rank_bytes, shard_fsdp2,
+                                 tensor_parallel, tp_clip_grad_norm)
 from stage5_gpt.reference_runs import REFERENCE_RUNS
 
 STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/train.py"
@@ -92,10 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "training tokens/s of fp32 measured on this course's CPU; an error on a CPU without it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
     add_dist_timeout_arg(p)
-    p.add_argument("--parallel", choices=["ddp", "zero1", "fsdp2"], default="ddp",
+    p.add_argument("--parallel", choices=["ddp", "zero1", "fsdp2", "tensor"], default="ddp",
                    help="under torchrun: ddp (every process holds everything), zero1 (parallel.py: the optimizer "
-                        "state sharded over the processes) or fsdp2 (PyTorch's fully_shard: weights, gradients and "
-                        "optimizer state sharded)")
+                        "state sharded over the processes), fsdp2 (PyTorch's fully_shard: weights, gradients and "
+                        "optimizer state sharded) or tensor (parallel.py: every Block's heads and hidden units split "
+                        "over the processes, which all read the same batch)")
     p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
                                                   "`python scripts/publish.py <out-dir>/result.json`)")
     args = parse_with_quick_defaults(p, argv, QUICK)
@@ -184,11 +186,17 @@ def log_validation(log, state: dict, val_loss: float, eval_interval: int, split:
              f"| {state['train_seconds']:.0f}s")
 
 
-def wrap_for_training(model: GPT, compile_it: bool, world: int, device: torch.device) -> torch.nn.Module:
-    """The module the loop calls: the model itself, torch.compile'd (--compile), in DistributedDataParallel (torchrun).
-    Both share `model`'s weights, which is what the checkpoints save."""
+def data_parallel(args, rank: int, world: int) -> tuple[int, int]:
+    """(this process's share, the number of shares) of each batch: every process reads its own share, except under
+    --parallel tensor, where all of them read the whole batch (they split the model instead)."""
+    return (0, 1) if args.parallel == "tensor" else (rank, world)
+
+
+def wrap_for_training(model: GPT, compile_it: bool, dp_world: int, device: torch.device) -> torch.nn.Module:
+    """The module the loop calls: the model itself, torch.compile'd (--compile), in DistributedDataParallel when the
+    processes split the batch (torchrun). Both share `model`'s weights, which is what the checkpoints save."""
     train_model = torch.compile(model) if compile_it else model
-    if world > 1 and not isinstance(model, FSDPModule):   # FSDP2 averages the gradients itself
+    if dp_world > 1 and not isinstance(model, FSDPModule):   # FSDP2 averages the gradients itself
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
     return train_model
@@ -196,7 +204,8 @@ def wrap_for_training(model: GPT, compile_it: bool, world: int, device: torch.de
 
 def make_optimizer(model: GPT, args, world: int, device: torch.device):
     """AdamW with decay groups; under --parallel zero1 the same AdamW with its state split over the processes; under
-    fsdp2 the model is sharded first (its parameters become shards), then AdamW updates the local shards."""
+    fsdp2 and tensor the model is split first (its parameters become this process's shares), then AdamW updates
+    them."""
     if args.parallel != "ddp" and world == 1:
         raise UserError(f"--parallel {args.parallel} shards over processes: start it with torchrun "
                         f"--nproc_per_node=2 (or more)")
@@ -204,7 +213,31 @@ def make_optimizer(model: GPT, args, world: int, device: torch.device):
         return ShardedAdamW(model, args.weight_decay, args.lr, (0.9, args.beta2))
     if args.parallel == "fsdp2":
         shard_fsdp2(model)
+    if args.parallel == "tensor":
+        hidden = model.h[0].mlp.c_proj.in_features
+        if args.n_head % world or hidden % world:
+            raise UserError(f"--parallel tensor splits the {args.n_head} heads and {hidden} hidden units of each "
+                            f"Block over {world} processes: both must divide evenly")
+        if args.dropout:
+            raise UserError("--parallel tensor trains with --dropout 0: each process would drop different units of "
+                            "the activations they all hold")
+        tensor_parallel(model)
     return model.configure_optimizer(args.weight_decay, args.lr, (0.9, args.beta2), device.type)
+
+
+def clip_and_step(model: GPT, optimizer, scaler, args) -> torch.Tensor:
+    """Clip the gradient's norm to --clip (a tensor-parallel model adds its shares' norms over the processes), then
+    step the optimizer (through the fp16 loss scaler where there is one). -> the norm before clipping."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = (tp_clip_grad_norm(model, args.clip) if args.parallel == "tensor"
+                 else torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip))
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return grad_norm
 
 
 def log_memory(model: GPT, optimizer, world: int, master: bool, log) -> None:
@@ -220,10 +253,12 @@ def log_memory(model: GPT, optimizer, world: int, master: bool, log) -> None:
 
 
 def whole(model: GPT, optimizer, args) -> tuple:
-    """What checkpoints read and write: the model and optimizer themselves, or, under FSDP2, FullState views that
-    gather the shards into one process's layout (and scatter it back on --resume)."""
+    """What checkpoints read and write: the model and optimizer themselves, or, under FSDP2 and tensor parallelism,
+    views (FullState, TPState) that gather the shares into one process's layout (and scatter it back on --resume)."""
     if args.parallel == "fsdp2":
         return FullState(model), FullState(model, optimizer)
+    if args.parallel == "tensor":
+        return TPState(model), TPState(model, optimizer)
     return model, optimizer
 
 
@@ -290,8 +325,7 @@ def main(argv=None) -> None:
     if args.batch_size % args.accum_steps:
         raise UserError(f"--batch-size {args.batch_size} must be a multiple of --accum-steps {args.accum_steps}")
     out_dir, data_dir = Path(args.out_dir), resolve_data_dir(args.data_dir)
-    rank, world, device = setup_distributed(args.device, args.batch_size, args.accum_steps,
-                                            args.dist_timeout)
+    rank, world, device = setup_distributed(args.device, args.batch_size, args.accum_steps, args.dist_timeout)
     master = rank == 0
     log = get_logger(STAGE, out_dir / "train.log" if master else None)
     log.disabled = not master
@@ -316,17 +350,18 @@ def main(argv=None) -> None:
     optimizer = make_optimizer(model, args, world, device)
     autocast, scaler = autocast_for(device, args.amp, args.cpu_bf16)
     log.info(f"model: {model.num_params():,} parameters, {config}")
+    dp_rank, dp_world = data_parallel(args, rank, world)
     log.info(f"{steps_per_epoch} steps per epoch ({args.batch_size} windows x {args.block_size} tokens"
-             f"{f' over {world} processes' if world > 1 else ''}), {total_steps} in all"
+             f"{f' over {world} processes' if dp_world > 1 else ''}), {total_steps} in all"
              + (f", or {args.time_budget} minutes" if args.time_budget else ""))
     batch_gen = torch.Generator().manual_seed(args.seed)  # the windows: the same stream in every process
     state = restore_training(ckpt, *whole(model, optimizer, args), scaler, batch_gen, log) if ckpt else new_state()
     note_command(state, SCRIPT, argv)  # the checkpoints keep it: results name the first
     if rank > 0 or not ckpt:  # dropout: a different stream in each process
         torch.manual_seed(args.seed + rank + state["step"])
-    train_model = wrap_for_training(model, args.compile, world, device)
+    train_model = wrap_for_training(model, args.compile, dp_world, device)
     tracker = RunTracker(out_dir, args.tensorboard, master, state["step"])
-    model_io, optimizer_io = whole(model, optimizer, args)   # FSDP2: its shards gathered into whole tensors
+    model_io, optimizer_io = whole(model, optimizer, args)   # FSDP2, tensor: shares gathered into whole tensors
     save = functools.partial(save_run, master=master, args=args, config=config, model=model_io, state=state,
                              batch_gen=batch_gen, meta=meta)  # save(path) -> best.pt; save(path, optimizer, scaler)
 
@@ -345,7 +380,7 @@ def main(argv=None) -> None:
             optimizer.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), device=device)
             for k in range(args.accum_steps):
-                x, y = get_batch(splits["train"], micro, args.block_size, batch_gen, rank, world)  # (b, T) each
+                x, y = get_batch(splits["train"], micro, args.block_size, batch_gen, dp_rank, dp_world)  # (b, T)
                 sync = k == args.accum_steps - 1 or world == 1  # DDP: average gradients on the last micro-step only
                 skip_sync = not sync and hasattr(train_model, "no_sync")   # FSDP2: it syncs every micro-step
                 with (train_model.no_sync() if skip_sync else contextlib.nullcontext()), autocast:
@@ -353,14 +388,7 @@ def main(argv=None) -> None:
                 loss = loss / args.accum_steps
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.detach()
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            grad_norm = clip_and_step(model, optimizer, scaler, args)
             if first_step:   # what each process holds, once its gradients and optimizer state exist
                 log_memory(model, optimizer, world, master, log)
                 first_step = False

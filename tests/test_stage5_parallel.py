@@ -1,6 +1,7 @@
-"""Stage 5 sharded training (parallel.py): ZeRO-1's owners balanced by size; under torchrun on 2 CPU processes, ZeRO-1
-(from scratch) and FSDP2 (PyTorch's fully_shard) give the losses of one process, and write checkpoints that resume in
-one process exactly, and the reverse."""
+"""Stage 5 training across processes (parallel.py): ZeRO-1's owners balanced by size; the bytes each process holds;
+under torchrun on 2 CPU processes, ZeRO-1 (from scratch), FSDP2 (PyTorch's fully_shard) and tensor parallelism give the
+losses of one process and write checkpoints that resume in one process exactly, and the reverse; tensor and pipeline
+parallelism against the whole model (parallel_checks.py); two nodes; a lost process stops the run with one line."""
 from __future__ import annotations
 
 import os
@@ -59,7 +60,7 @@ def torchrun(argv: list[str], data_dir) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["zero1", "fsdp2"])
+@pytest.mark.parametrize("scheme", ["zero1", "fsdp2", "tensor"])
 def test_two_sharded_processes_match_one_and_their_checkpoints_resume_in_one(scheme, tmp_path):
     data_dir = write_tiny_lm_data(tmp_path / "data")
     steps = ["--epochs", "1", "--eval-interval", "5"]
@@ -68,13 +69,15 @@ def test_two_sharded_processes_match_one_and_their_checkpoints_resume_in_one(sch
     torchrun(train_args(data_dir, two, *steps, "--max-steps", "5", "--parallel", scheme), data_dir)
     losses = [v for _, v in history(two)["train_loss"]]
     assert losses == pytest.approx([v for _, v in history(one)["train_loss"]][:5], rel=1e-5)
-    # what each of the 2 processes holds: ZeRO-1 about half the optimizer state, FSDP2 about half of everything
+    # what each of the 2 processes holds: ZeRO-1 about half the optimizer state, FSDP2 about half of everything,
+    # tensor parallelism a little more (the embeddings and norms stay whole on every rank)
     (whole,), ranks = held((one / "train.log").read_text()), held((two / "train.log").read_text())
     assert len(ranks) == 2
     shared = ("optimizer",) if scheme == "zero1" else ("weights", "gradients", "optimizer")
+    share = 0.7 if scheme == "tensor" else 0.6
     for r in ranks:
         for kind in whole:
-            assert r[kind] <= 0.6 * whole[kind] if kind in shared else r[kind] == whole[kind], (kind, r, whole)
+            assert r[kind] <= share * whole[kind] if kind in shared else r[kind] == whole[kind], (kind, r, whole)
     # the sharded run's checkpoint holds the whole optimizer: one process continues it exactly
     ckpt = load_checkpoint(two / "last.pt")
     n_params = sum(1 for k in ckpt["model"])
@@ -97,7 +100,7 @@ def test_two_sharded_processes_match_one_and_their_checkpoints_resume_in_one(sch
                           load_checkpoint(one / "last.pt")["model"]["wte.weight"], atol=1e-5)
 
 
-@pytest.mark.parametrize("scheme", ["zero1", "fsdp2"])
+@pytest.mark.parametrize("scheme", ["zero1", "fsdp2", "tensor"])
 def test_sharding_without_several_processes_is_one_line(scheme, tmp_path, capsys):
     data_dir = write_tiny_lm_data(tmp_path / "data")
     code, err = cli(train.main, train_args(data_dir, tmp_path / "r", "--parallel", scheme), capsys)
