@@ -3,7 +3,9 @@
 The name is the file the run publishes, stage6_bert/results/<name>.json (and its plot <name>.png). A script that
 finishes with one of these configurations records the name and this command in its result file; copy it into
 results/ with `python scripts/publish.py <out-dir>/result.json`. Where-flags (--out-dir, --result, --data-dir,
---device) are left out: each run writes to its default --out-dir, runs/stage6_bert/<name>.
+--device) are left out: each run writes to its default --out-dir, runs/stage6_bert/<name>. Where that default would
+be another run's folder (a search's winner differs from the hand recipe only in its pooling), --out-dir names the
+run's own, runs/stage6_bert/<name>.
 
 The fine-tunes read the checkpoint the pre-training run writes: BERT_CHECKPOINT is finetune.py's default
 --checkpoint, and the demo and the capstone read it too. MINILM_SST2_CHECKPOINT is where real pre-trained weights
@@ -13,6 +15,9 @@ another --seed or --out-dir moves it): the demo's sentiment box prefers it to th
 
 # the flags every fine-tune of the real pre-trained weights shares (the epochs depend on the task's size)
 MINILM = ["--pretrained", "all-MiniLM-L6-v2", "--pooling", "mean", "--lr", "5e-5"]
+# the searches' winners (REFERENCE_SWEEPS below): CoLA's is lr 5e-5 with [CLS] pooling
+COLA_TUNED = ["stage6_bert/finetune.py", "--task", "cola", "--pretrained", "all-MiniLM-L6-v2", "--pooling", "cls",
+              "--lr", "5e-5", "--epochs", "5"]
 
 REFERENCE_RUNS = {
     "pretrain": ["stage6_bert/pretrain.py", "--layers", "4", "--hidden", "128", "--heads", "2", "--max-len", "64",
@@ -44,6 +49,13 @@ REFERENCE_RUNS = {
     "glue_rte_minilm": ["stage6_bert/finetune.py", "--task", "rte", *MINILM, "--epochs", "5"],
     "glue_rte_minilm_seed2": ["stage6_bert/finetune.py", "--task", "rte", *MINILM, "--epochs", "5", "--seed", "2"],
     "glue_rte_minilm_seed3": ["stage6_bert/finetune.py", "--task", "rte", *MINILM, "--epochs", "5", "--seed", "3"],
+    # each search's winner (REFERENCE_SWEEPS below), trained again with three seeds and scored on dev; its own
+    # --out-dir, since only the pooling tells it from the recipe above
+    "glue_cola_minilm_tuned": [*COLA_TUNED, "--out-dir", "runs/stage6_bert/glue_cola_minilm_tuned"],
+    "glue_cola_minilm_tuned_seed2": [*COLA_TUNED, "--seed", "2",
+                                     "--out-dir", "runs/stage6_bert/glue_cola_minilm_tuned_seed2"],
+    "glue_cola_minilm_tuned_seed3": [*COLA_TUNED, "--seed", "3",
+                                     "--out-dir", "runs/stage6_bert/glue_cola_minilm_tuned_seed3"],
 }
 
 # The searches behind the real weights' recipes, declared the same way: a search's name -> its command (after
@@ -55,6 +67,16 @@ REFERENCE_SWEEPS = {
                               "--objective", "val.matthews_corr", "--direction", "maximize", "--sampler", "grid",
                               "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
                               "--", "--task", "cola", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
+}
+
+# How a search is checked: its winner and the recipe it set out to beat, each trained again with three seeds and scored
+# on dev; the README's sweep section shows each group's mean (the runs above).
+SWEEP_CHECKS = {
+    "glue_cola_minilm_grid": {"hand recipe (lr 5e-5, mean pooling)":
+                                  ["glue_cola_minilm", "glue_cola_minilm_seed2", "glue_cola_minilm_seed3"],
+                              "search winner (lr 5e-5, [CLS] pooling)":
+                                  ["glue_cola_minilm_tuned", "glue_cola_minilm_tuned_seed2",
+                                   "glue_cola_minilm_tuned_seed3"]},
 }
 
 # The folder the "pretrain" run writes (pretrain.py's default --out-dir, runs/stage6_bert/<run name>), + best.pt.

@@ -184,6 +184,16 @@ def test_the_glue_table_shows_each_model_per_task_and_never_a_number_not_run(tmp
     assert row(paths["en"].read_text(encoding="utf-8"), "CoLA")[5] == \
         "[0.4500](results/glue_cola_minilm.json) / 0.8000"
 
+    for name, mcc in (("", 0.52), ("_seed2", 0.50)):   # a search's winner, trained again: it takes the column
+        (tmp_path / "stage6_bert" / "results" / f"glue_cola_minilm_tuned{name}.json").write_text(
+            glue_file({"matthews_corr": mcc, "accuracy": 0.82}))
+    results_table.main(["--write"], root=tmp_path)
+    assert row(paths["en"].read_text(encoding="utf-8"), "CoLA")[5] == \
+        ("0.5100 / 0.8200 (mean of 2: [0.5200](results/glue_cola_minilm_tuned.json), "
+         "[0.5000](results/glue_cola_minilm_tuned_seed2.json)); the recipe the search below chose")
+    assert row(paths["zh"].read_text(encoding="utf-8"), "CoLA")[5].endswith("；下文搜索选出的配方")
+    assert row(paths["en"].read_text(encoding="utf-8"), "MRPC")[5].startswith("0.8900 / 0.8300 (mean of 3: ")
+
 
 def test_the_glue_tables_metrics_are_the_tasks_metrics():
     """GLUE_TASKS repeats glue.py's TASKS (the scripts here import no torch): the same tasks, names and metrics."""
