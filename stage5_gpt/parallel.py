@@ -406,6 +406,7 @@ class PipelineStage(torch.nn.Module):
             raise ValueError(f"{n} Blocks do not split evenly into {world} stages")
         self.rank, self.world, self.cfg = rank, world, model.cfg
         self.first, self.last = rank == 0, rank == world - 1
+        self.offset = rank * n // world                         # the whole model's index of this stage's first Block
         self.blocks = torch.nn.ModuleList(model.h[rank * n // world:(rank + 1) * n // world])
         self.rope = (model.rope_cos, model.rope_sin) if model.cfg.pos == "rope" else None
         if self.first:
@@ -435,6 +436,21 @@ class PipelineStage(torch.nn.Module):
     def tied_parameter(self) -> torch.nn.Parameter | None:
         return self.wte.weight if self.first else self.head if self.last else None
 
+    def whole_name(self, name: str) -> str:
+        """This stage's parameter `name` as the whole GPT names it: blocks.0.attn... -> h.<offset>.attn..., and the
+        output layer's copy of the tied matrix -> wte.weight."""
+        if name.startswith("blocks."):
+            index, rest = name.removeprefix("blocks.").split(".", 1)
+            return f"h.{self.offset + int(index)}.{rest}"
+        return "wte.weight" if name == "head" else name
+
+    def configure_optimizer(self, weight_decay: float, lr: float, betas=(0.9, 0.95), device_type: str = "cpu"):
+        """GPT.configure_optimizer's AdamW (decay on the matrices only) over this stage's parameters."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
+
 
 def sync_tied_gradients(stage: PipelineStage) -> None:
     """The embedding (first stage) and the output layer (last stage) are one matrix in the model: each copy gets the
@@ -448,6 +464,88 @@ def sync_tied_gradients(stage: PipelineStage) -> None:
         dist.all_reduce(grad, group=group)
         if p is not None:
             p.grad = grad
+
+
+def pp_clip_grad_norm(stage: PipelineStage, max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_ for a pipelined model: the stages' squared gradient norms summed over the ranks, the tied
+    matrix counted once (its two copies hold the same summed gradient after sync_tied_gradients)."""
+    square = torch.zeros(())
+    for name, p in stage.named_parameters():
+        if p.grad is not None and not (name == "head" and stage.world > 1):
+            square += p.grad.detach().float().pow(2).sum().cpu()
+    dist.all_reduce(square)
+    total = square.sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in stage.parameters():
+        if p.grad is not None:
+            p.grad.mul_(scale.to(p.grad.device))
+    return total
+
+
+@torch.no_grad()
+def pipeline_loss(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The mean loss of a batch through the stages, forward only (evaluation): every rank gets it."""
+    rank, world = stage.rank, stage.world
+    if stage.first:
+        inp = x
+    else:
+        inp = torch.empty(x.shape[0], x.shape[1], stage.cfg.n_embd, device=x.device)
+        dist.recv(inp, src=rank - 1)
+    out = stage(inp, y if stage.last else None)
+    if not stage.last:
+        dist.send(out, dst=rank + 1)
+    loss = out.detach().reshape(()) if stage.last else torch.zeros((), device=x.device)
+    dist.broadcast(loss, src=world - 1)
+    return float(loss)
+
+
+class PPState:
+    """A pipelined model's and its AdamW's state as one process holds them: state_dict() collects every stage's
+    parameters under the whole GPT's names (and AdamW's state under the whole model's GPT.configure_optimizer indices),
+    load_state_dict() takes this stage's part of such a dict. Every rank must call both (they communicate)."""
+
+    def __init__(self, stage: PipelineStage, optimizer=None):
+        from stage5_gpt.model import GPT
+        self.stage, self.optimizer = stage, optimizer
+        with torch.device("meta"):                       # the whole model's names and order, no memory
+            whole = [(n, p.dim()) for n, p in GPT(stage.cfg).named_parameters()]
+        order = [n for n, d in whole if d >= 2] + [n for n, d in whole if d < 2]   # configure_optimizer's order
+        self.index = {n: i for i, n in enumerate(order)}
+        self.groups = [list(range(sum(d >= 2 for _, d in whole))), list(range(sum(d >= 2 for _, d in whole),
+                                                                                 len(whole)))]
+        names = {id(p): n for n, p in stage.named_parameters()}
+        self.local = [] if optimizer is None else [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+    def _everyone(self, mine: dict) -> dict:
+        parts = [None] * self.stage.world
+        dist.all_gather_object(parts, mine)
+        return {k: v for part in parts for k, v in part.items()}
+
+    def state_dict(self) -> dict:
+        skip = "head" if self.stage.world > 1 else None     # the tied copy: the first stage sends wte.weight
+        if self.optimizer is None:
+            whole = self._everyone({self.stage.whole_name(n): t.detach().cpu()
+                                    for n, t in self.stage.state_dict().items() if n != skip})
+            return whole | {"lm_head.weight": whole["wte.weight"]}
+        local = self.optimizer.state_dict()
+        state = self._everyone({self.index[self.stage.whole_name(self.local[i])]:
+                                {k: v.cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+                                for i, s in local["state"].items() if self.local[i] != skip})
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": params}
+                  for g, params in zip(local["param_groups"], self.groups)]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if self.optimizer is None:
+            self.stage.load_state_dict({n: sd[self.stage.whole_name(n)] for n in self.stage.state_dict()})
+            return
+        state = {i: sd["state"][self.index[self.stage.whole_name(n)]] for i, n in enumerate(self.local)
+                 if self.index[self.stage.whole_name(n)] in sd["state"]}
+        mine = [len(g["params"]) for g in self.optimizer.param_groups]
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": list(range(sum(mine[:j]), sum(mine[:j + 1])))}
+                  for j, g in enumerate(sd["param_groups"])]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 _TIED: dict = {}

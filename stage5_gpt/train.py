@@ -45,7 +45,8 @@ from scripts.common import (UserError, add_common_args, add_dist_timeout_arg, au
 from stage5_gpt.corpus import DATASETS
 from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
-from stage5_gpt.parallel import (FullState, ShardedAdamW, TPState, describe_bytes, rank_bytes, shard_fsdp2,
+from stage5_gpt.parallel import (FullState, PipelineStage, PPState, ShardedAdamW, TPState, describe_bytes,
+                                 pipeline_loss, pipeline_step, pp_clip_grad_norm, rank_bytes, shard_fsdp2,
                                  tensor_parallel, tp_clip_grad_norm)
 from stage5_gpt.reference_runs import REFERENCE_RUNS
 
@@ -93,11 +94,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "training tokens/s of fp32 measured on this course's CPU; an error on a CPU without it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start, faster steps)")
     add_dist_timeout_arg(p)
-    p.add_argument("--parallel", choices=["ddp", "zero1", "fsdp2", "tensor"], default="ddp",
+    p.add_argument("--parallel", choices=["ddp", "zero1", "fsdp2", "tensor", "pipeline"], default="ddp",
                    help="under torchrun: ddp (every process holds everything), zero1 (parallel.py: the optimizer "
                         "state sharded over the processes), fsdp2 (PyTorch's fully_shard: weights, gradients and "
-                        "optimizer state sharded) or tensor (parallel.py: every Block's heads and hidden units split "
-                        "over the processes, which all read the same batch)")
+                        "optimizer state sharded), tensor (parallel.py: every Block's heads and hidden units split "
+                        "over the processes, which all read the same batch) or pipeline (parallel.py: a share of the "
+                        "Blocks per process, the batch cut into --accum-steps micro-batches in 1F1B order)")
     p.add_argument("--result", default=None, help="result JSON (default: <out-dir>/result.json; publish it with "
                                                   "`python scripts/publish.py <out-dir>/result.json`)")
     args = parse_with_quick_defaults(p, argv, QUICK)
@@ -134,8 +136,9 @@ def evaluate(model, data, block_size: int, device, batch_size: int = 32) -> tupl
     model.eval()
     total, count = 0.0, 0
     for x, y in eval_windows(data, block_size, batch_size):
-        _, loss = model(x.to(device), y.to(device))
-        total, count = total + loss.item() * y.numel(), count + y.numel()
+        x, y = x.to(device), y.to(device)
+        loss = pipeline_loss(model, x, y) if isinstance(model, PipelineStage) else model(x, y)[1].item()
+        total, count = total + loss * y.numel(), count + y.numel()
     model.train()
     return total / count, count
 
@@ -186,10 +189,26 @@ def log_validation(log, state: dict, val_loss: float, eval_interval: int, split:
              f"| {state['train_seconds']:.0f}s")
 
 
+def model_config(args, vocab_size: int) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                     n_embd=args.n_embd, dropout=args.dropout, bias=args.bias, pos=args.pos, norm=args.norm,
+                     mlp=args.mlp, attn=args.attn)
+
+
+def agree(values: list[float], world: int, device: torch.device) -> torch.Tensor:
+    """The step's one small all-reduce: [loss, a stop signal, the time budget used up] summed over the processes,
+    the loss then averaged (nccl reduces CUDA tensors only, hence the device)."""
+    flags = torch.tensor(values, device=device)
+    if world > 1:
+        dist.all_reduce(flags)
+        flags[0] /= world
+    return flags
+
+
 def data_parallel(args, rank: int, world: int) -> tuple[int, int]:
     """(this process's share, the number of shares) of each batch: every process reads its own share, except under
-    --parallel tensor, where all of them read the whole batch (they split the model instead)."""
-    return (0, 1) if args.parallel == "tensor" else (rank, world)
+    --parallel tensor and pipeline, where all of them read the whole batch (they split the model instead)."""
+    return (0, 1) if args.parallel in ("tensor", "pipeline") else (rank, world)
 
 
 def wrap_for_training(model: GPT, compile_it: bool, dp_world: int, device: torch.device) -> torch.nn.Module:
@@ -202,17 +221,19 @@ def wrap_for_training(model: GPT, compile_it: bool, dp_world: int, device: torch
     return train_model
 
 
-def make_optimizer(model: GPT, args, world: int, device: torch.device):
-    """AdamW with decay groups; under --parallel zero1 the same AdamW with its state split over the processes; under
-    fsdp2 and tensor the model is split first (its parameters become this process's shares), then AdamW updates
-    them."""
+def split_model(model: GPT, args, rank: int, world: int):
+    """This process's part of the model: under --parallel fsdp2 its shards of every tensor, tensor its share of every
+    Block's heads and hidden units, pipeline its share of the Blocks (a parallel.PipelineStage); else all of it."""
     if args.parallel != "ddp" and world == 1:
         raise UserError(f"--parallel {args.parallel} shards over processes: start it with torchrun "
                         f"--nproc_per_node=2 (or more)")
-    if args.parallel == "zero1":
-        return ShardedAdamW(model, args.weight_decay, args.lr, (0.9, args.beta2))
     if args.parallel == "fsdp2":
         shard_fsdp2(model)
+    if args.parallel == "pipeline":
+        if args.n_layer % world:
+            raise UserError(f"--parallel pipeline gives each of the {world} processes as many of the {args.n_layer} "
+                            f"Blocks: --n-layer must divide evenly")
+        return PipelineStage(model, rank, world)
     if args.parallel == "tensor":
         hidden = model.h[0].mlp.c_proj.in_features
         if args.n_head % world or hidden % world:
@@ -222,16 +243,24 @@ def make_optimizer(model: GPT, args, world: int, device: torch.device):
             raise UserError("--parallel tensor trains with --dropout 0: each process would drop different units of "
                             "the activations they all hold")
         tensor_parallel(model)
+    return model
+
+
+def make_optimizer(model, args, device: torch.device):
+    """AdamW with decay groups over this process's parameters; under --parallel zero1 the same AdamW with its state
+    split over the processes."""
+    if args.parallel == "zero1":
+        return ShardedAdamW(model, args.weight_decay, args.lr, (0.9, args.beta2))
     return model.configure_optimizer(args.weight_decay, args.lr, (0.9, args.beta2), device.type)
 
 
 def clip_and_step(model: GPT, optimizer, scaler, args) -> torch.Tensor:
-    """Clip the gradient's norm to --clip (a tensor-parallel model adds its shares' norms over the processes), then
+    """Clip the gradient's norm to --clip (a split model adds its shares' norms over the processes), then
     step the optimizer (through the fp16 loss scaler where there is one). -> the norm before clipping."""
     if scaler:
         scaler.unscale_(optimizer)
-    grad_norm = (tp_clip_grad_norm(model, args.clip) if args.parallel == "tensor"
-                 else torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip))
+    clip = {"tensor": tp_clip_grad_norm, "pipeline": pp_clip_grad_norm}.get(args.parallel)
+    grad_norm = clip(model, args.clip) if clip else torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
     if scaler:
         scaler.step(optimizer)
         scaler.update()
@@ -253,12 +282,15 @@ def log_memory(model: GPT, optimizer, world: int, master: bool, log) -> None:
 
 
 def whole(model: GPT, optimizer, args) -> tuple:
-    """What checkpoints read and write: the model and optimizer themselves, or, under FSDP2 and tensor parallelism,
-    views (FullState, TPState) that gather the shares into one process's layout (and scatter it back on --resume)."""
+    """What checkpoints read and write: the model and optimizer themselves, or, under FSDP2, tensor and pipeline
+    parallelism, views (FullState, TPState, PPState) that gather the shares into one process's layout (and scatter it
+    back on --resume)."""
     if args.parallel == "fsdp2":
         return FullState(model), FullState(model, optimizer)
     if args.parallel == "tensor":
         return TPState(model), TPState(model, optimizer)
+    if args.parallel == "pipeline":
+        return PPState(model), PPState(model, optimizer)
     return model, optimizer
 
 
@@ -343,13 +375,12 @@ def main(argv=None) -> None:
     eval_interval = args.eval_interval or steps_per_epoch
 
     # ---- model and optimizer
-    config = GPTConfig(vocab_size=meta["vocab_size"], block_size=args.block_size, n_layer=args.n_layer,
-                       n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=args.bias, pos=args.pos,
-                       norm=args.norm, mlp=args.mlp, attn=args.attn)
+    config = model_config(args, meta["vocab_size"])
     model = GPT(config).to(device)
-    optimizer = make_optimizer(model, args, world, device)
-    autocast, scaler = autocast_for(device, args.amp, args.cpu_bf16)
     log.info(f"model: {model.num_params():,} parameters, {config}")
+    model = split_model(model, args, rank, world)   # this process's part of it (all of it, but for --parallel)
+    optimizer = make_optimizer(model, args, device)
+    autocast, scaler = autocast_for(device, args.amp, args.cpu_bf16)
     dp_rank, dp_world = data_parallel(args, rank, world)
     log.info(f"{steps_per_epoch} steps per epoch ({args.batch_size} windows x {args.block_size} tokens"
              f"{f' over {world} processes' if dp_world > 1 else ''}), {total_steps} in all"
@@ -379,26 +410,26 @@ def main(argv=None) -> None:
                 g["lr"] = lr_at(state["step"], time.time() - t_loop, args, total_steps)
             optimizer.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), device=device)
-            for k in range(args.accum_steps):
-                x, y = get_batch(splits["train"], micro, args.block_size, batch_gen, dp_rank, dp_world)  # (b, T)
-                sync = k == args.accum_steps - 1 or world == 1  # DDP: average gradients on the last micro-step only
-                skip_sync = not sync and hasattr(train_model, "no_sync")   # FSDP2: it syncs every micro-step
-                with (train_model.no_sync() if skip_sync else contextlib.nullcontext()), autocast:
-                    _, loss = train_model(x.to(device), y.to(device))
-                loss = loss / args.accum_steps
-                (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += loss.detach()
+            if args.parallel == "pipeline":   # the micro-batches flow through the stages, 1F1B
+                x, y = get_batch(splits["train"], args.batch_size, args.block_size, batch_gen, 0, 1)
+                step_loss += pipeline_step(model, x.to(device), y.to(device), args.accum_steps)[0]
+            else:
+                for k in range(args.accum_steps):
+                    x, y = get_batch(splits["train"], micro, args.block_size, batch_gen, dp_rank, dp_world)  # (b, T)
+                    sync = k == args.accum_steps - 1 or world == 1  # DDP: average gradients on the last micro-step only
+                    skip_sync = not sync and hasattr(train_model, "no_sync")   # FSDP2: it syncs every micro-step
+                    with (train_model.no_sync() if skip_sync else contextlib.nullcontext()), autocast:
+                        _, loss = train_model(x.to(device), y.to(device))
+                    loss = loss / args.accum_steps
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    step_loss += loss.detach()
             grad_norm = clip_and_step(model, optimizer, scaler, args)
             if first_step:   # what each process holds, once its gradients and optimizer state exist
                 log_memory(model, optimizer, world, master, log)
                 first_step = False
             # one small all-reduce a step: the mean loss over processes, and whether any process must stop
             over_budget = bool(args.time_budget and time.time() - t_loop >= 60 * args.time_budget)
-            flags = torch.tensor([step_loss.item(), float(stop["by"] is not None), float(over_budget)],
-                                 device=device)  # nccl reduces CUDA tensors only
-            if world > 1:
-                dist.all_reduce(flags)
-                flags[0] /= world
+            flags = agree([step_loss.item(), float(stop["by"] is not None), float(over_budget)], world, device)
             loss_value = flags[0].item()
             if not math.isfinite(loss_value):
                 raise UserError(f"the loss became {loss_value} at step {state['step'] + 1}; "
