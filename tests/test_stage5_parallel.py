@@ -197,13 +197,19 @@ def test_a_lost_process_stops_the_other_with_one_line_and_the_run_resumes_exactl
     assert run.poll() is None and 1 in pids, "the run ended before a process could be lost"
     os.kill(pids[1], signal.SIGSTOP if fate == "hangs" else signal.SIGKILL)
     t_lost = time.time()
+    rank0_log = next((tmp_path / "logs").glob("*/attempt_0/0/stderr.log"))   # rank 0's output; torchrun's aside
+    while "error: " not in rank0_log.read_text() and time.time() - t_lost < 120:
+        time.sleep(0.1)
+    t_stopped = time.time()
+    if fate == "hangs":   # torchrun would wait 30 s for the frozen process to answer its SIGTERM
+        os.kill(pids[1], signal.SIGKILL)
     output = run.communicate(timeout=120)[0]
-    rank0 = next((tmp_path / "logs").glob("*/attempt_0/0/stderr.log")).read_text()   # torchrun's own summary aside
+    rank0 = rank0_log.read_text()
     assert run.returncode != 0 and "Traceback" not in rank0, output[-3000:]
     errors = [line for line in rank0.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "process 0 of 2 lost the others" in errors[0] and "--resume" in errors[0], rank0
     if fate == "hangs":   # noticed by the timeout, not by gloo's default of 30 minutes
-        assert "Timed out" in errors[0] and time.time() - t_lost < 60
+        assert "Timed out" in errors[0] and t_stopped - t_lost < 60
     torchrun(train_args(data_dir, two, *steps, "--resume"), data_dir)
     assert [v for _, v in history(two)["train_loss"]] == pytest.approx(   # the history keeps 5 decimals
         [v for _, v in history(one)["train_loss"]], rel=1e-5, abs=2e-5)
