@@ -417,7 +417,8 @@ class PipelineStage(torch.nn.Module):
             self.head = torch.nn.Parameter(model.wte.weight.detach().clone())   # the tied matrix, a copy here
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None):
-        """First stage: token ids (b, T) -> hidden (b, T, C); others: hidden in; the last returns the loss."""
+        """First stage: token ids (b, T) -> hidden (b, T, C); others: hidden in; the last returns the loss (or the
+        logits (b, T, vocab) without targets)."""
         T = x.shape[1]
         if self.first:
             h = self.wte(x)
@@ -431,6 +432,8 @@ class PipelineStage(torch.nn.Module):
         if not self.last:
             return h
         logits = F.linear(self.ln_f(h), self.head)
+        if targets is None:
+            return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
     def tied_parameter(self) -> torch.nn.Parameter | None:

@@ -107,6 +107,38 @@ def check_pipeline(schedule: str, micro: int = 4) -> None:
           f"{1 - busy / wall:.2f} of the time (GPipe's bubble alone: {(p_ - 1) / (m + p_ - 1):.2f})")
 
 
+def check_pipeline_against_pytorch(micro: int = 4) -> None:
+    """Our 1F1B step against torch.distributed.pipelining's Schedule1F1B running the same stage modules on the same
+    batch: the same loss and the same gradients in every parameter of every stage."""
+    import torch.nn.functional as F
+    from torch.distributed.pipelining import PipelineStage as TorchStage, Schedule1F1B
+
+    from stage5_gpt.parallel import PipelineStage, pipeline_step, sync_tied_gradients
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    whole = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=4, n_head=2, n_embd=32, pos="rope", mlp="swiglu"))
+    ours, theirs = PipelineStage(copy.deepcopy(whole), rank, world), PipelineStage(copy.deepcopy(whole), rank, world)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 50, (8, 16), generator=g), torch.randint(0, 50, (8, 16), generator=g)
+    loss, _ = pipeline_step(ours, x, y, micro, "1f1b")
+
+    def loss_fn(logits, targets):
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    schedule = Schedule1F1B(TorchStage(theirs, rank, world, torch.device("cpu")), n_microbatches=micro,
+                            loss_fn=loss_fn)   # it scales each micro-batch's gradients by 1/micro, as ours does
+    losses = []
+    if theirs.first:
+        schedule.step(x)
+    else:
+        schedule.step(target=y, losses=losses)
+    sync_tied_gradients(theirs)               # PyTorch does not know the two ends hold one matrix
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), f"{name}: gradients differ from torch.distributed.pipelining"
+    if theirs.last:
+        assert abs(torch.stack(losses).mean().item() - loss) < 1e-6, "loss differs from torch.distributed.pipelining"
+    print(f"rank {rank}: pipeline (1f1b) = torch.distributed.pipelining Schedule1F1B (loss and gradients)")
+
+
 if __name__ == "__main__":
     dist.init_process_group("gloo")
     try:
@@ -117,5 +149,6 @@ if __name__ == "__main__":
         elif sys.argv[1] == "pipeline":
             check_pipeline("gpipe")
             check_pipeline("1f1b")
+            check_pipeline_against_pytorch()
     finally:
         dist.destroy_process_group()

@@ -126,13 +126,15 @@ def test_tensor_parallel_equals_one_process_and_pytorchs_own():
 @pytest.mark.slow
 def test_pipeline_schedules_equal_one_process():
     """tests/parallel_checks.py under torchrun: a GPT cut into 2 stages, 4 micro-batches, GPipe's and 1F1B's orders,
-    20 clipped AdamW steps: the losses of the whole model to 1e-5 (the tied embedding on both ends kept equal)."""
+    20 clipped AdamW steps: the losses of the whole model to 1e-5 (the tied embedding on both ends kept equal); and
+    our 1F1B step gives the loss and gradients of torch.distributed.pipelining's Schedule1F1B on the same stages."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "tests/parallel_checks.py", "pipeline"], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count("= one process over 20 steps") == 4
+    assert proc.stdout.count("= torch.distributed.pipelining Schedule1F1B (loss and gradients)") == 2
     *ranks, whole = held(proc.stdout)      # each stage holds about half the layers (the tied matrix on both ends)
     assert len(ranks) == 2 and all(r[k] <= 0.6 * whole[k] for r in ranks for k in whole), (ranks, whole)
 
