@@ -1,0 +1,124 @@
+"""How close one process comes to this machine's limit: the model FLOPs utilisation (MFU) of a training step.
+
+    python stage5_gpt/mfu.py                  # the WikiText-2 reference size -> runs/stage5_gpt/mfu.json
+    python stage5_gpt/mfu.py --compile        # the same step under torch.compile
+
+The limit: the best throughput this machine reaches on a square matrix product (sizes 1024 to 4096), in float32, and
+in bf16 where the CPU computes it natively (AVX512-BF16 or AMX) or on a GPU. The step: forward, loss, backward,
+clipping and AdamW on a random batch, as train.py takes it, timed after warm-up steps, the best of --rounds.
+
+A transformer's training step costs about 6N + 12·L·T·d floating-point operations per token (Kaplan et al. 2020;
+Chowdhery et al. 2022, appendix B): 6 per parameter (2 in the forward pass, 4 in the backward), plus attention's
+scores and weighted sums, which grow with the context T instead of with the parameters (L layers, width d). MFU is
+those operations times the measured tokens/s, over the peak: the share of the hardware's arithmetic that the model's
+own mathematics uses. Everything else, the optimizer, norms, softmax, memory traffic and Python, counts against it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python stage5_gpt/mfu.py`: put the repo root on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch
+
+from scripts.common import (command_line, cpu_has_native_bf16, get_device, git_commit, portable, positive_int,
+                            run_cli, set_seed, write_json)
+from stage5_gpt.benchmark import time_training
+from stage5_gpt.model import GPT, GPTConfig
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, sizes: list[int], repeats: int = 3) -> tuple[float, int]:
+    """(the best FLOP/s of an n x n by n x n product over `sizes`, the n that reached it): 2·n³ operations each."""
+    best, best_n = 0.0, sizes[0]
+    for n in sizes:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        a @ b                                                  # warm-up: threads, caches, kernel choice
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            flops = 2 * n ** 3 / (time.perf_counter() - t0)
+            if flops > best:
+                best, best_n = flops, n
+    return best, best_n
+
+
+def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
+    """Training FLOPs per token: 6 per parameter, plus 12·L·T·d for attention's scores and weighted sums."""
+    return 6 * n_params + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Model FLOPs utilisation of a GPT training step against this machine's "
+                                            "measured matmul peak.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # the WikiText-2 reference run's model and batch (stage5_gpt/reference_runs.py "wikitext2")
+    p.add_argument("--vocab-size", type=positive_int, default=8000)
+    p.add_argument("--n-layer", type=positive_int, default=4)
+    p.add_argument("--n-head", type=positive_int, default=4)
+    p.add_argument("--n-embd", type=positive_int, default=192)
+    p.add_argument("--block-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--pos", default="rope", choices=["learned", "rope"])
+    p.add_argument("--norm", default="rmsnorm", choices=["layernorm", "rmsnorm"])
+    p.add_argument("--mlp", default="swiglu", choices=["gelu", "swiglu"])
+    p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--compile", action="store_true", help="time the step of the torch.compile'd model")
+    p.add_argument("--steps", type=positive_int, default=10, help="timed training steps per round")
+    p.add_argument("--rounds", type=positive_int, default=3, help="rounds; each precision keeps its best")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (torch.compile compiles in them)")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[1024, 2048, 3072, 4096],
+                   help="square matmul sizes the peak is measured on")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", default="runs/stage5_gpt/mfu.json", help="where the figures go")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = get_device(args.device)
+    cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                    n_head=args.n_head, n_embd=args.n_embd, dropout=0.0, bias=args.bias, pos=args.pos,
+                    norm=args.norm, mlp=args.mlp)
+    set_seed(0)
+    model = GPT(cfg).to(device)
+    per_token = flops_per_token(cfg, model.num_params())
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(args.vocab_size, (args.batch_size, args.block_size + 1), generator=g).to(device)
+    x, y = data[:, :-1], data[:, 1:]                                                  # (B, T) each
+    step_model = torch.compile(model) if args.compile else model
+    precisions = {"float32": (torch.float32, None)}
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        precisions["bf16"] = (torch.bfloat16, torch.autocast(device.type, dtype=torch.bfloat16))
+    print(f"model: {model.num_params():,} parameters, {per_token / 1e6:.1f} MFLOPs per token "
+          f"(6N + 12·L·T·d), batch {args.batch_size} x {args.block_size}, {device}, {torch.get_num_threads()} threads")
+    figures = {}
+    for name, (dtype, autocast) in precisions.items():
+        peak, n = matmul_peak(dtype, device, args.sizes)
+        seconds = min(time_training(step_model, x, y, args.steps, args.warmup, device, autocast)
+                      for _ in range(args.rounds))
+        tokens_per_second = args.steps * x.numel() / seconds
+        mfu = per_token * tokens_per_second / peak
+        figures[name] = {"peak_gflops": round(peak / 1e9, 1), "peak_at_n": n,
+                         "train_tokens_per_second": round(tokens_per_second), "mfu": round(mfu, 4)}
+        print(f"{name:8s} peak {peak / 1e9:8.1f} GFLOP/s (n={n}) | step {tokens_per_second:9,.0f} tokens/s "
+              f"= {per_token * tokens_per_second / 1e9:7.1f} GFLOP/s | MFU {100 * mfu:.1f} %")
+    write_json(args.json, {"stage": "stage5_gpt", "flops_per_token": per_token, "params": model.num_params(),
+                           "precisions": figures, "compile": args.compile, "device": str(device),
+                           "threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "config": vars(args) | {"json": portable(args.json)},
+                           "command": portable(command_line("stage5_gpt/mfu.py", argv)), "git_commit": git_commit(),
+                           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
