@@ -369,10 +369,11 @@ def tp_clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     """clip_grad_norm_ for a tensor-parallel model: a split weight's squared gradient norm is summed over the ranks,
     a replicated one counted once (it is the same everywhere)."""
     layout = tp_layout(model)
-    sharded, replicated = torch.zeros(()), torch.zeros(())
+    device = next(model.parameters()).device                 # nccl reduces tensors on the GPU only
+    sharded, replicated = torch.zeros((), device=device), torch.zeros((), device=device)
     for name, p in model.named_parameters():
         if p.grad is not None:
-            square = p.grad.detach().float().pow(2).sum().cpu()
+            square = p.grad.detach().float().pow(2).sum()
             if layout[name] is None:
                 replicated += square
             else:
@@ -461,7 +462,9 @@ def sync_tied_gradients(stage: PipelineStage) -> None:
     if stage.world == 1:
         return
     p = stage.tied_parameter()
-    grad = p.grad if p is not None and p.grad is not None else torch.zeros(stage.cfg.vocab_size, stage.cfg.n_embd)
+    device = next(stage.parameters()).device
+    grad = p.grad if p is not None and p.grad is not None else \
+        torch.zeros(stage.cfg.vocab_size, stage.cfg.n_embd, device=device)
     group = _tied_group(stage.world)            # a collective: every rank creates it, the two ends use it
     if stage.first or stage.last:
         dist.all_reduce(grad, group=group)
@@ -472,10 +475,10 @@ def sync_tied_gradients(stage: PipelineStage) -> None:
 def pp_clip_grad_norm(stage: PipelineStage, max_norm: float) -> torch.Tensor:
     """clip_grad_norm_ for a pipelined model: the stages' squared gradient norms summed over the ranks, the tied
     matrix counted once (its two copies hold the same summed gradient after sync_tied_gradients)."""
-    square = torch.zeros(())
+    square = torch.zeros((), device=next(stage.parameters()).device)   # nccl reduces tensors on the GPU only
     for name, p in stage.named_parameters():
         if p.grad is not None and not (name == "head" and stage.world > 1):
-            square += p.grad.detach().float().pow(2).sum().cpu()
+            square += p.grad.detach().float().pow(2).sum()
     dist.all_reduce(square)
     total = square.sqrt()
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
@@ -578,7 +581,7 @@ def pipeline_step(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor, micro:
         if stage.first:
             inp = xs[i]
         else:
-            inp = torch.empty(b, T, C)
+            inp = torch.empty(b, T, C, device=x.device)
             dist.recv(inp, src=rank - 1)
             inp.requires_grad_(True)
         t = time.perf_counter()
@@ -597,7 +600,7 @@ def pipeline_step(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor, micro:
             t = time.perf_counter()
             (out / micro).backward()
         else:
-            grad = torch.empty(b, T, C)
+            grad = torch.empty(b, T, C, device=x.device)
             dist.recv(grad, src=rank + 1)
             t = time.perf_counter()
             out.backward(grad)
@@ -623,6 +626,6 @@ def pipeline_step(stage: PipelineStage, x: torch.Tensor, y: torch.Tensor, micro:
     for work, _ in sends:
         work.wait()
     sync_tied_gradients(stage)
-    loss = torch.stack(losses).mean() if stage.last else torch.zeros(())
+    loss = torch.stack(losses).mean() if stage.last else torch.zeros((), device=x.device)
     dist.broadcast(loss, src=world - 1)
     return float(loss), {"busy": busy, "wall": time.perf_counter() - t0}
