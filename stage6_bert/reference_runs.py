@@ -13,6 +13,9 @@ another --seed or --out-dir moves it): the demo's sentiment box prefers it to th
 
 # the flags every fine-tune of the real pre-trained weights shares (the epochs depend on the task's size)
 MINILM = ["--pretrained", "all-MiniLM-L6-v2", "--pooling", "mean", "--lr", "5e-5"]
+# the searches' winners (REFERENCE_SWEEPS below): CoLA's is lr 5e-5 with [CLS] pooling
+COLA_TUNED = ["stage6_bert/finetune.py", "--task", "cola", "--pretrained", "all-MiniLM-L6-v2", "--pooling", "cls",
+              "--lr", "5e-5", "--epochs", "5"]
 
 REFERENCE_RUNS = {
     "pretrain": ["stage6_bert/pretrain.py", "--layers", "4", "--hidden", "128", "--heads", "2", "--max-len", "64",
@@ -44,6 +47,13 @@ REFERENCE_RUNS = {
     "glue_rte_minilm": ["stage6_bert/finetune.py", "--task", "rte", *MINILM, "--epochs", "5"],
     "glue_rte_minilm_seed2": ["stage6_bert/finetune.py", "--task", "rte", *MINILM, "--epochs", "5", "--seed", "2"],
     "glue_rte_minilm_seed3": ["stage6_bert/finetune.py", "--task", "rte", *MINILM, "--epochs", "5", "--seed", "3"],
+    # each search's winner (REFERENCE_SWEEPS below), trained again with three seeds and scored on dev; its own
+    # --out-dir, since only the pooling tells it from the recipe above
+    "glue_cola_minilm_tuned": [*COLA_TUNED, "--out-dir", "runs/stage6_bert/glue_cola_minilm_tuned"],
+    "glue_cola_minilm_tuned_seed2": [*COLA_TUNED, "--seed", "2",
+                                     "--out-dir", "runs/stage6_bert/glue_cola_minilm_tuned_seed2"],
+    "glue_cola_minilm_tuned_seed3": [*COLA_TUNED, "--seed", "3",
+                                     "--out-dir", "runs/stage6_bert/glue_cola_minilm_tuned_seed3"],
 }
 
 # The searches behind the real weights' recipes, declared the same way: a search's name -> its command (after
@@ -55,6 +65,14 @@ REFERENCE_SWEEPS = {
                               "--objective", "val.matthews_corr", "--direction", "maximize", "--sampler", "grid",
                               "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
                               "--", "--task", "cola", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
+    "glue_mrpc_minilm_grid": ["scripts/sweep.py", "stage6_bert/finetune.py", "--name", "glue_mrpc_minilm_grid",
+                              "--objective", "val.f1", "--direction", "maximize", "--sampler", "grid",
+                              "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
+                              "--", "--task", "mrpc", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
+    "glue_rte_minilm_grid": ["scripts/sweep.py", "stage6_bert/finetune.py", "--name", "glue_rte_minilm_grid",
+                             "--objective", "val.accuracy", "--direction", "maximize", "--sampler", "grid",
+                             "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
+                             "--", "--task", "rte", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
 }
 
 # The folder the "pretrain" run writes (pretrain.py's default --out-dir, runs/stage6_bert/<run name>), + best.pt.
