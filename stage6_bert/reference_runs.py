@@ -18,6 +18,9 @@ MINILM = ["--pretrained", "all-MiniLM-L6-v2", "--pooling", "mean", "--lr", "5e-5
 # the searches' winners (REFERENCE_SWEEPS below): CoLA's is lr 5e-5 with [CLS] pooling
 COLA_TUNED = ["stage6_bert/finetune.py", "--task", "cola", "--pretrained", "all-MiniLM-L6-v2", "--pooling", "cls",
               "--lr", "5e-5", "--epochs", "5"]
+# ... MRPC's: lr 2e-4 with mean pooling
+MRPC_TUNED = ["stage6_bert/finetune.py", "--task", "mrpc", "--pretrained", "all-MiniLM-L6-v2", "--pooling", "mean",
+              "--lr", "2e-4", "--epochs", "5"]
 
 REFERENCE_RUNS = {
     "pretrain": ["stage6_bert/pretrain.py", "--layers", "4", "--hidden", "128", "--heads", "2", "--max-len", "64",
@@ -56,6 +59,11 @@ REFERENCE_RUNS = {
                                      "--out-dir", "runs/stage6_bert/glue_cola_minilm_tuned_seed2"],
     "glue_cola_minilm_tuned_seed3": [*COLA_TUNED, "--seed", "3",
                                      "--out-dir", "runs/stage6_bert/glue_cola_minilm_tuned_seed3"],
+    "glue_mrpc_minilm_tuned": [*MRPC_TUNED, "--out-dir", "runs/stage6_bert/glue_mrpc_minilm_tuned"],
+    "glue_mrpc_minilm_tuned_seed2": [*MRPC_TUNED, "--seed", "2",
+                                     "--out-dir", "runs/stage6_bert/glue_mrpc_minilm_tuned_seed2"],
+    "glue_mrpc_minilm_tuned_seed3": [*MRPC_TUNED, "--seed", "3",
+                                     "--out-dir", "runs/stage6_bert/glue_mrpc_minilm_tuned_seed3"],
 }
 
 # The searches behind the real weights' recipes, declared the same way: a search's name -> its command (after
@@ -67,6 +75,10 @@ REFERENCE_SWEEPS = {
                               "--objective", "val.matthews_corr", "--direction", "maximize", "--sampler", "grid",
                               "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
                               "--", "--task", "cola", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
+    "glue_mrpc_minilm_grid": ["scripts/sweep.py", "stage6_bert/finetune.py", "--name", "glue_mrpc_minilm_grid",
+                              "--objective", "val.f1", "--direction", "maximize", "--sampler", "grid",
+                              "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
+                              "--", "--task", "mrpc", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
 }
 
 # How a search is checked: its winner and the recipe it set out to beat, each trained again with three seeds and scored
@@ -77,6 +89,11 @@ SWEEP_CHECKS = {
                               "search winner (lr 5e-5, [CLS] pooling)":
                                   ["glue_cola_minilm_tuned", "glue_cola_minilm_tuned_seed2",
                                    "glue_cola_minilm_tuned_seed3"]},
+    "glue_mrpc_minilm_grid": {"hand recipe (lr 5e-5, mean pooling)":
+                                  ["glue_mrpc_minilm", "glue_mrpc_minilm_seed2", "glue_mrpc_minilm_seed3"],
+                              "search winner (lr 2e-4, mean pooling)":
+                                  ["glue_mrpc_minilm_tuned", "glue_mrpc_minilm_tuned_seed2",
+                                   "glue_mrpc_minilm_tuned_seed3"]},
 }
 
 # The folder the "pretrain" run writes (pretrain.py's default --out-dir, runs/stage6_bert/<run name>), + best.pt.
