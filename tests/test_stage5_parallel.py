@@ -212,6 +212,6 @@ def test_a_lost_process_stops_the_other_with_one_line_and_the_run_resumes_exactl
     assert len(errors) == 1 and "process 0 of 2 lost the others" in errors[0] and "--resume" in errors[0], rank0
     if fate == "hangs":   # noticed by the timeout, not by gloo's default of 30 minutes
         assert "Timed out" in errors[0] and t_stopped - t_lost < 60
-    torchrun(train_args(data_dir, two, *steps, "--resume"), data_dir)
+    torchrun(train_args(data_dir, two, *steps, "--resume", "--dist-timeout", "60"), data_dir)
     assert [v for _, v in history(two)["train_loss"]] == pytest.approx(   # the history keeps 5 decimals
         [v for _, v in history(one)["train_loss"]], rel=1e-5, abs=2e-5)
