@@ -517,8 +517,8 @@ class PPState:
             whole = [(n, p.dim()) for n, p in GPT(stage.cfg).named_parameters()]
         order = [n for n, d in whole if d >= 2] + [n for n, d in whole if d < 2]   # configure_optimizer's order
         self.index = {n: i for i, n in enumerate(order)}
-        self.groups = [list(range(sum(d >= 2 for _, d in whole))), list(range(sum(d >= 2 for _, d in whole),
-                                                                                 len(whole)))]
+        decayed = sum(d >= 2 for _, d in whole)
+        self.groups = [list(range(decayed)), list(range(decayed, len(whole)))]   # its two groups' indices
         names = {id(p): n for n, p in stage.named_parameters()}
         self.local = [] if optimizer is None else [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
