@@ -253,6 +253,40 @@ def test_the_readmes_of_stages_with_searches_hold_the_sweep_table():
     assert set(results_table.SWEEP_WORDS["en"]) == set(results_table.SWEEP_WORDS["zh-CN"])
 
 
+def test_the_instruct_table_puts_each_task_beside_its_baseline_and_the_specialists(tmp_path):
+    stage5 = tmp_path / "stage5_gpt"
+    (stage5 / "results").mkdir(parents=True)
+    (tmp_path / "README.md").write_text(f"# Top\n\n{START}\n{END}\n", encoding="utf-8")
+    readme = stage5 / "README.md"
+    readme.write_text(f"# S5\n\n{results_table.INSTRUCT_START}\n{results_table.INSTRUCT_END}\n\n"
+                      f"{results_table.SAMPLES_START}\n{results_table.SAMPLES_END}\n", encoding="utf-8")
+    # not published: one line that says how to make it, never a number
+    assert results_table.instruct_table(tmp_path).startswith("not run yet")
+    metrics = {"en_fr_bleu_greedy": 30.12, "en_fr_bleu_beam5": 33.45, "en_fr_bleu_copy_source": 3.21,
+               "de_en_bleu_lc_greedy": 20.5, "de_en_bleu_lc_beam5": 22.25, "de_en_bleu_lc_copy_source": 4.75,
+               "sst2_accuracy": 0.7512, "sst2_unparsed": 0.01, "sst2_majority": 0.5092,
+               "general_answer_loss": 2.5, "general_answer_loss_base": 3.75, "general_ended": 0.99}
+    samples = {"en_fr": [{"prompt": "Translate to French:\nA | B", "reference": "Un", "answer": "Une"}]}
+    (stage5 / "results" / "sft.json").write_text(json.dumps({"metrics": metrics, "samples": samples}), encoding="utf-8")
+    specialist = tmp_path / "stage4_transformer" / "results"
+    specialist.mkdir(parents=True)
+    (specialist / "multi30k_en_fr.json").write_text(json.dumps({"metrics": {"bleu": 58.53}}), encoding="utf-8")
+    table = results_table.instruct_table(tmp_path)
+    rows = table.splitlines()[2:]
+    assert "[30.12](results/sft.json) / **33.45**" in rows[0] and "copying the source 3.21" in rows[0]
+    assert "Stage 4, Transformer [58.53](../stage4_transformer/results/multi30k_en_fr.json) (beam 5)" in rows[0]
+    assert "Stage 3" not in rows[0]                             # its file is missing: no cell, no number
+    assert "22.25" in rows[1] and "4.75" in rows[1] and "Stage" not in rows[1]
+    assert "**0.7512**" in rows[2] and "1.0% unparsed" in rows[2] and "the majority class 0.5092" in rows[2]
+    assert "**2.5000**" in rows[3] and "the base model, same template 3.7500" in rows[3]
+    assert "**99.0%**" in rows[4]
+    results_table.main(["--write"], root=tmp_path)
+    text = readme.read_text(encoding="utf-8")
+    assert table in text and "| en_fr | Translate to French:<br>A \\| B | Un | Une |" in text
+    assert results_table.stale_readmes(tmp_path) == []
+    assert set(results_table.INSTRUCT_WORDS["en"]) == set(results_table.INSTRUCT_WORDS["zh-CN"])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The Chinese README against the English one
 
