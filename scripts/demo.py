@@ -7,8 +7,9 @@
 Tabs: Stage 1 classifies a review (class probabilities); Stage 2's character LSTM continues a text; Stages 3 and 4
 translate a sentence side by side, each with its attention map; Stage 5's GPT writes a continuation, streamed token by
 token, and the instructed GPT chats (the chat template of stage5_gpt/chat_template.py, the history kept within the
-context); Stage 6's BERT fills in [MASK] and tells a sentence's sentiment (SST-2): with real pre-trained weights
-(all-MiniLM-L6-v2 fine-tuned on SST-2) when that checkpoint exists, else with the course's own BERT, and it says which.
+context), with or without a LoRA adapter that taught it English -> German; Stage 6's BERT fills in [MASK] and tells a
+sentence's sentiment (SST-2): with real pre-trained weights (all-MiniLM-L6-v2 fine-tuned on SST-2) when that checkpoint
+exists, else with the course's own BERT, and it says which.
 
 Each tab loads its model the first time it is used and keeps it. The default checkpoints are where each stage's
 declared reference run (MODELS below; each stage's reference_runs.py) writes its best checkpoint. A tab
@@ -50,7 +51,8 @@ from stage4_transformer import decoding as s4_decoding, evaluate as s4_evaluate,
 from stage4_transformer.data import tokenize as s4_tokenize
 from stage5_gpt import chat as s5_chat, evaluate as s5_evaluate, evaluate_chat as s5_evaluate_chat, generate as s5_generate
 from stage5_gpt.chat_template import prompt_ids as s5_prompt_ids
-from stage5_gpt.reference_runs import SFT_CHECKPOINT
+from stage5_gpt.lora import load_adapter as s5_load_adapter, lora_layers as s5_lora_layers
+from stage5_gpt.reference_runs import LORA_ADAPTER, LORA_COMMAND, SFT_CHECKPOINT
 from stage6_bert import fill_mask as s6_fill_mask, predict as s6_predict
 from stage6_bert.reference_runs import MINILM_SST2_CHECKPOINT
 
@@ -93,11 +95,17 @@ CHAT = "stage5_chat"
 CHAT_COMMANDS = ["python stage5_gpt/train.py --dataset course_mix --pos rope --norm rmsnorm --mlp swiglu --no-bias",
                  "python stage5_gpt/sft.py"]
 
+# The chat tab's switch: the same instructed GPT with a LoRA adapter put beside its weights (stage5_gpt/lora.py); the
+# adapter names the model it was trained on, and another one refuses it.
+ADAPTER = "stage5_chat_adapter"
+ADAPTER_COMMAND = "python " + " ".join(LORA_COMMAND)
+
 MAX_CHARS = {"stage1": 5000, "stage2": 1000, "stage34": s3_translate.MAX_CHARS, "stage5": 2000, "stage6": 500}
 SST2_LABELS = ("negative", "positive")  # GLUE SST-2: label 0 is negative, 1 positive
 SETTINGS = {"device": torch.device("cpu"),
             "checkpoints": {key: default_checkpoint(key) for key in MODELS} | {REAL_SST2: Path(MINILM_SST2_CHECKPOINT),
-                                                                               CHAT: Path(SFT_CHECKPOINT)}}
+                                                                               CHAT: Path(SFT_CHECKPOINT),
+                                                                               ADAPTER: Path(LORA_ADAPTER)}}
 _loaded: dict = {}  # (model, checkpoint path) -> what its loader returned
 log = logging.getLogger("demo")
 
@@ -120,6 +128,9 @@ def missing_checkpoint(key: str) -> str:
         steps = ", then ".join(f"`{c}`" for c in CHAT_COMMANDS)
         return (f"No instructed GPT yet: `{path}` does not exist. Train it from the repository root with {steps}. "
                 f"This tab finds it on the next message, without a restart.")
+    if key == ADAPTER:
+        return (f"No English -> German adapter yet: `{path}` does not exist. Train it from the repository root with "
+                f"`{ADAPTER_COMMAND}` (after the instructed GPT). The switch finds it on the next message.")
     name = MODELS[key][0]
     steps = ", then ".join(f"`{c}`" for c in commands(key))
     real = (f" Or fine-tune real pre-trained weights, which this box prefers: `{REAL_SST2_COMMAND}` writes "
@@ -304,14 +315,38 @@ def page_notes() -> list[str]:
             for key in MODELS] + [missing_checkpoint(CHAT)]
 
 
-def stage5_chat(message: str, history: list | None, temperature: float, top_p: float, max_new: float):
+def message_text(content) -> str:
+    """A chat message's text as the page sends it back: Gradio 6 gives a list of parts ({"type": "text", "text": ...})
+    for what the function returned as a string."""
+    if isinstance(content, list):
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    return content if isinstance(content, str) else str(content)
+
+
+def load_adapted(path, device):
+    """The instructed GPT with the adapter beside its weights (unmerged: the base weights stay as they are); refused
+    in one line when the adapter was trained on another model."""
+    if missing_checkpoint(CHAT):
+        raise UserError(missing_checkpoint(CHAT))
+    model, tok = s5_evaluate_chat.load_chat_model(SETTINGS["checkpoints"][CHAT], device)[:2]
+    s5_load_adapter(model, path)
+    return model, tok
+
+
+def stage5_chat(message: str, history: list | None, temperature: float, top_p: float, max_new: float,
+                adapter: bool = False):
     """Yields (the conversation with the reply so far, the input box's new text, message). The whole conversation
     is rendered with the chat template every turn; its oldest exchanges are dropped when it outgrows the context. Bad
-    input leaves the conversation as it was and says why."""
-    history = [{"role": m["role"], "content": m["content"]} for m in (history or []) if isinstance(m, dict)]
+    input leaves the conversation as it was and says why. With `adapter`, the English -> German LoRA adapter answers
+    along with the model's own weights."""
+    history = [{"role": m["role"], "content": message_text(m["content"])} for m in (history or [])
+               if isinstance(m, dict)]
     try:
         message = check_text(message, MAX_CHARS["stage5"])
-        model, tok = load(CHAT, lambda path, device: s5_evaluate_chat.load_chat_model(path, device)[:2])
+        if adapter:
+            model, tok = load(ADAPTER, load_adapted)
+        else:
+            model, tok = load(CHAT, lambda path, device: s5_evaluate_chat.load_chat_model(path, device)[:2])
         asked = history + [{"role": "user", "content": message}]
         room = min(int(max_new), model.cfg.block_size // 2)   # the reply may take at most half of the context
         ids = s5_prompt_ids(tok, asked, model.cfg.block_size, room)             # too long: a message
@@ -320,7 +355,13 @@ def stage5_chat(message: str, history: list | None, temperature: float, top_p: f
                                           float(top_p) if top_p < 1 else None, seed=random.randrange(2**31)):
             yield asked + [{"role": "assistant", "content": reply}], "", ""
         answered = asked + [{"role": "assistant", "content": reply or "(an empty answer)"}]
-        yield answered, "", f"{time.perf_counter() - t0:.2f} s; the model read {len(ids)} tokens of conversation"
+        with_adapter = ""
+        if adapter:
+            layers = s5_lora_layers(model)
+            extra = sum(layer.lora_A.numel() + layer.lora_B.numel() for layer in layers.values())
+            with_adapter = f"; with the English -> German adapter ({len(layers)} layers, {extra:,} extra parameters)"
+        yield answered, "", (f"{time.perf_counter() - t0:.2f} s; the model read {len(ids)} tokens of conversation"
+                             + with_adapter)
     except UserError as e:
         yield history, message, html.escape(str(e)[:1].upper() + str(e)[1:], quote=False)
     except Exception as e:  # an unexpected failure: one line here, the traceback in the server's log
@@ -402,11 +443,15 @@ def build_app():
                 s5c_temp = slider("s5c-temperature", "temperature (0 = greedy)", 0.0, 2.0, 0.0, 0.05)
                 s5c_topp = slider("s5c-top-p", "top-p (1 = off)", 0.05, 1.0, 1.0, 0.05)
                 s5c_len = slider("s5c-length", "longest reply (tokens)", 1, 256, 96, 1)
+            s5c_adapter = gr.Checkbox(label="with the English -> German LoRA adapter (a few thin matrices beside the "
+                                            "same weights; try: Translate this English sentence into German: ...)",
+                                      value=False, elem_id="s5c-adapter")
             with gr.Row():
                 s5c_go = gr.Button("Send", variant="primary", elem_id="s5c-submit")
                 s5c_clear = gr.Button("New conversation", elem_id="s5c-clear")
             s5c_msg = gr.Markdown(elem_id="s5c-message")
-            s5c_go.click(stage5_chat, [s5c_in, s5c_out, s5c_temp, s5c_topp, s5c_len], [s5c_out, s5c_in, s5c_msg])
+            s5c_go.click(stage5_chat, [s5c_in, s5c_out, s5c_temp, s5c_topp, s5c_len, s5c_adapter],
+                         [s5c_out, s5c_in, s5c_msg])
             s5c_clear.click(lambda: ([], ""), None, [s5c_out, s5c_msg])
         with gr.Tab("Stage 6: BERT", elem_id="tab-stage6"):
             gr.Markdown("The pre-trained BERT guesses the words hidden by `[MASK]` (lower-case text, as it was "
@@ -448,6 +493,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        metavar="PATH", help=f"the {name}, made by: {commands(key)[-1]}")
     p.add_argument("--stage5-chat-checkpoint", dest=CHAT, default=SFT_CHECKPOINT, metavar="PATH",
                    help=f"the instructed GPT of the chat tab, made by: {CHAT_COMMANDS[0]}, then {CHAT_COMMANDS[1]}")
+    p.add_argument("--stage5-chat-adapter-checkpoint", dest=ADAPTER, default=LORA_ADAPTER, metavar="PATH",
+                   help=f"the LoRA adapter the chat tab can switch on, made by: {ADAPTER_COMMAND}")
     p.add_argument("--stage6-sst2-real-checkpoint", dest=REAL_SST2, default=MINILM_SST2_CHECKPOINT, metavar="PATH",
                    help=f"real pre-trained weights fine-tuned on SST-2, which the sentiment box prefers when the file "
                         f"exists, made by: {REAL_SST2_COMMAND}")
@@ -457,7 +504,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     defaults = {key: str(default_checkpoint(key)) for key in MODELS} | {REAL_SST2: MINILM_SST2_CHECKPOINT,
-                                                                        CHAT: SFT_CHECKPOINT}
+                                                                        CHAT: SFT_CHECKPOINT, ADAPTER: LORA_ADAPTER}
     for key, default in defaults.items():  # a path given by hand must exist; a default one may come later
         if getattr(args, key) != default and not Path(getattr(args, key)).is_file():
             raise UserError(f"--{key.replace('_', '-')}-checkpoint {getattr(args, key)}: no such file")

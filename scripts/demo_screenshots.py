@@ -20,8 +20,8 @@ if __package__ in (None, ""):  # run as `python scripts/demo_screenshots.py`: pu
 
 from scripts.common import UserError, positive_float, run_cli
 
-# One entry per tab: the tab's label, its screenshot, what to type where, the buttons to press, and the outputs that
-# must show an answer (a box's text, an image, or a component's text that differs from before the click), each with the
+# One entry per tab (or per use of a tab: "name" tells two apart): the tab's label, its screenshot, what to type where,
+# the boxes to tick, the buttons to press, and the outputs that must show an answer (a box's text, an image, or a component's text that differs from before the click), each with the
 # message box beside it: a message that a checkpoint does not exist also ends the wait for that output.
 TABS = [
     {"tab": "Stage 1: classify", "file": "demo_stage1.png",
@@ -38,6 +38,10 @@ TABS = [
     {"tab": "Stage 5: chat", "file": "demo_stage5_chat.png",
      "type": {"s5c-input": "Translate this English sentence into French:\nA man is riding a bike."},
      "click": ["s5c-submit"], "wait": {"s5c-output": "s5c-message", "s5c-message": "s5c-message"}},
+    {"tab": "Stage 5: chat", "name": "Stage 5: chat, with the LoRA adapter", "file": "demo_stage5_chat_adapter.png",
+     "type": {"s5c-input": "Translate this English sentence into German:\nA man is riding a bike."},
+     "check": ["s5c-adapter"], "click": ["s5c-submit"],
+     "wait": {"s5c-output": "s5c-message", "s5c-message": "s5c-message"}},
     {"tab": "Stage 6: BERT", "file": "demo_stage6.png",
      "type": {"s6-mask-input": "the movie was [MASK] .", "s6-sst2-input": "a gripping , beautifully acted film ."},
      "click": ["s6-mask-submit", "s6-sst2-submit"],
@@ -73,6 +77,8 @@ def answer(page, tab: dict, timeout_s: float = 60) -> float:
     page.get_by_role("tab", name=tab["tab"]).click()
     for elem_id, text in tab["type"].items():
         page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
+    for elem_id in tab.get("check", []):
+        page.locator(f"#{elem_id} input").first.check()
     before = {elem_id: shown(page, elem_id) for elem_id in tab["wait"]}
     t0 = time.perf_counter()
     for elem_id in tab["click"]:
@@ -106,9 +112,10 @@ def drive(url: str, out_dir: str | Path, chromium: str | None = None, log=print,
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url, wait_until="networkidle", timeout=timeout_s * 1000)
             for tab in TABS:
-                times[tab["tab"]] = answer(page, tab, timeout_s)
+                name = tab.get("name", tab["tab"])
+                times[name] = answer(page, tab, timeout_s)
                 missing = missing_models(page, tab)
-                log(f"tab {tab['tab']!r} answered in {times[tab['tab']]:.2f} s"
+                log(f"tab {name!r} answered in {times[name]:.2f} s"
                     + (f" (no checkpoint behind {', '.join(missing)}: the page shows the command that trains it)"
                        if missing else ""))
                 page.wait_for_timeout(300)  # let bars and images finish drawing

@@ -67,3 +67,9 @@ GPT_CHECKPOINT = "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt"
 BASE_CHECKPOINT = "runs/stage5_gpt/course_mix_rope_rmsnorm_swiglu/best.pt"
 # The instructed GPT: where sft.py writes by default; evaluate_chat.py, chat.py and the demo's chat tab read it.
 SFT_CHECKPOINT = "runs/stage5_gpt/sft/best.pt"
+# A LoRA adapter for the instructed GPT: English -> German, a task the instructed model never saw, learned by thin
+# matrices beside its frozen weights (sft.py --lora-rank writes adapter.pt beside best.pt). The demo's chat tab switches
+# it on and off.
+LORA_ADAPTER = "runs/stage5_gpt/sft_en_de_lora/adapter.pt"
+LORA_COMMAND = ["stage5_gpt/sft.py", "--checkpoint", SFT_CHECKPOINT, "--mix", "en_de=1", "--lora-rank", "8",
+                "--out-dir", "runs/stage5_gpt/sft_en_de_lora"]

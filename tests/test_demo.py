@@ -39,7 +39,8 @@ def tiny(checkpoints):
     demo.configure("cpu", **checkpoints, **{demo.REAL_SST2: checkpoints["stage6_sst2"].parent / "no_real" / "best.pt"})
     yield checkpoints
     demo.configure("cpu", **{key: demo.default_checkpoint(key) for key in demo.MODELS},
-                   **{demo.REAL_SST2: Path(MINILM_SST2_CHECKPOINT), demo.CHAT: Path(demo.SFT_CHECKPOINT)})
+                   **{demo.REAL_SST2: Path(MINILM_SST2_CHECKPOINT), demo.CHAT: Path(demo.SFT_CHECKPOINT),
+                      demo.ADAPTER: Path(demo.LORA_ADAPTER)})
 
 
 # every tab, called with one text: the tab's outputs (a streamed tab: its last outputs)
@@ -264,6 +265,11 @@ def test_the_chat_tab_answers_keeps_the_conversation_and_says_why_not(tiny, tmp_
     assert [m["role"] for m in history] == ["user", "assistant"] and box == "" and "tokens of conversation" in message
     second = list(demo.stage5_chat("And a cat?", history, 0.0, 1.0, 6))[-1][0]
     assert second[:2] == history and len(second) == 4                    # the conversation goes on
+    # the page sends the conversation back as Gradio 6 shows it: each message's content a list of text parts
+    as_sent = [{"role": m["role"], "metadata": None, "content": [{"text": m["content"], "type": "text"}]}
+               for m in history]
+    again = list(demo.stage5_chat("And a cat?", as_sent, 0.0, 1.0, 6))[-1][0]
+    assert again[:2] == history and len(again) == 4
     kept, box, message = list(demo.stage5_chat("   ", second, 0.0, 1.0, 6))[-1]
     assert kept == second and "empty" in message                           # bad input: nothing lost
     kept, box, message = list(demo.stage5_chat("word " * 300, second, 0.0, 1.0, 6))[-1]
@@ -271,3 +277,27 @@ def test_the_chat_tab_answers_keeps_the_conversation_and_says_why_not(tiny, tmp_
     demo.configure("cpu", **{demo.CHAT: tmp_path / "none" / "best.pt"})
     kept, _, message = list(demo.stage5_chat("hi", [], 0.0, 1.0, 6))[-1]
     assert kept == [] and "does not exist" in message and "stage5_gpt/sft.py" in message
+
+
+def test_the_chat_tabs_adapter_switch_adds_the_adapter_beside_the_same_weights(tiny, tmp_path):
+    history, _, message = list(demo.stage5_chat("Translate: a dog.", [], 0.0, 1.0, 6, True))[-1]
+    assert [m["role"] for m in history] == ["user", "assistant"] and "English -> German adapter" in message
+    adapted, _ = demo.load(demo.ADAPTER, demo.load_adapted)
+    plain, _ = demo.load(demo.CHAT, lambda path, device: demo.s5_evaluate_chat.load_chat_model(path, device)[:2])
+    assert demo.s5_lora_layers(adapted) and not demo.s5_lora_layers(plain)   # the switch never touches the plain one
+    x = torch.randint(0, plain.cfg.vocab_size, (1, 8))
+    assert not torch.allclose(adapted(x)[0], plain(x)[0], atol=1e-4)          # the adapter changes what it says
+    _, _, message = list(demo.stage5_chat("Translate: a dog.", [], 0.0, 1.0, 6, False))[-1]
+    assert "adapter" not in message
+    # an adapter trained on another model is refused in one line; a missing one names its command
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.manual_seed(1)
+    tiny_checkpoints.stage5_chat_adapter(other, tiny_checkpoints.stage5_chat(other))
+    demo.configure("cpu", **{demo.ADAPTER: other / "adapter.pt"})
+    kept, _, message = list(demo.stage5_chat("hi", history, 0.0, 1.0, 6, True))[-1]
+    assert kept == history and "adapts another base model" in message and "\n" not in message
+    demo.configure("cpu", **{demo.ADAPTER: tmp_path / "none" / "adapter.pt"})
+    kept, _, message = list(demo.stage5_chat("hi", history, 0.0, 1.0, 6, True))[-1]
+    assert kept == history and "does not exist" in message and "--lora-rank" in message
+

@@ -139,12 +139,27 @@ BUILDERS = {"stage1": stage1, "stage2": stage2, "stage3": stage3, "stage4": stag
             "stage6_mlm": stage6_mlm, "stage6_sst2": stage6_sst2, "stage5_chat": stage5_chat}
 
 
+def stage5_chat_adapter(folder: Path, chat: Path) -> Path:
+    """A LoRA adapter for the tiny instructed GPT, its B matrices non-zero so that switching it on changes answers."""
+    from stage5_gpt.lora import LoRAConfig, add_lora, save_adapter
+    from stage5_gpt.model import GPT, GPTConfig
+    ckpt = torch.load(chat, map_location="cpu", weights_only=True)
+    model = GPT(GPTConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    for layer in add_lora(model, LoRAConfig(rank=2, alpha=4.0)).values():
+        torch.nn.init.normal_(layer.lora_B, std=0.5)
+    save_adapter(model, folder / "adapter.pt", base_name=str(chat))
+    return folder / "adapter.pt"
+
+
 def make_all(root: Path) -> dict[str, Path]:
-    """{model key of scripts/demo.py's MODELS (and its CHAT): the path of its tiny best.pt}, each in its own
-    folder under root."""
+    """{model key of scripts/demo.py's MODELS (and its CHAT and ADAPTER): the path of its tiny best.pt (adapter.pt)},
+    each in its own folder under root."""
     torch.manual_seed(0)
     paths = {}
     for key, build in BUILDERS.items():
         (root / key).mkdir(parents=True, exist_ok=True)
         paths[key] = build(root / key)
+    (root / "stage5_chat_adapter").mkdir(parents=True, exist_ok=True)
+    paths["stage5_chat_adapter"] = stage5_chat_adapter(root / "stage5_chat_adapter", paths["stage5_chat"])
     return paths
