@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.common import get_device, positive_int, resolve_data_dir, run_cli
-from stage5_gpt.chat_template import END, check_template, prompt_ids, render, reply_text
+from stage5_gpt.batching import Request, generate_batch
+from stage5_gpt.chat_template import END, SPECIAL_TOKENS, check_template, prompt_ids, render, reply_text
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.instructions import SENTIMENT, TASKS, TRANSLATIONS, load_examples
 from stage5_gpt.model import GPT, KVCache
@@ -156,6 +157,26 @@ def answer(model: GPT, tok, question: str, max_new_tokens: int, beam_size: int =
     return reply_text(tok, new)
 
 
+@torch.no_grad()
+def answers_greedy(model: GPT, tok, questions: list[str], max_new_tokens: int,
+                   batch_size: int = 32) -> list[tuple[str, bool] | None]:
+    """answer(..., beam_size=1) for many questions at once: batches of similar length decoded together
+    (batching.generate_batch: left padding, each row its own positions), each row stopping at a template token as
+    reply_text would. The same answers as one at a time, up to float rounding in near-ties; much faster on a CPU,
+    where one row alone leaves most of each matrix multiply's time to overhead."""
+    prompts = [prompt_ids(tok, [{"role": "user", "content": q}]) for q in questions]
+    stops = tuple(tok.token_to_id(t) for t in SPECIAL_TOKENS)               # where reply_text ends a reply
+    out: list[tuple[str, bool] | None] = [None] * len(questions)
+    fits = sorted((i for i, p in enumerate(prompts) if len(p) < model.cfg.block_size), key=lambda i: len(prompts[i]))
+    for start in range(0, len(fits), batch_size):
+        rows = fits[start:start + batch_size]
+        requests = [Request(prompts[i], min(max_new_tokens, model.cfg.block_size - len(prompts[i])), stop_ids=stops)
+                    for i in rows]
+        for i, handle in zip(rows, generate_batch(model, requests)):
+            out[i] = reply_text(tok, handle.tokens)
+    return out
+
+
 def sentiment_of(text: str) -> int | None:
     """The label an answer gives: 1 for "positive...", 0 for "negative...", None for anything else."""
     words = text.strip().lower().split()
@@ -179,7 +200,10 @@ def score(model: GPT, tok, examples: dict[str, list[dict]], beam_size: int = 1, 
         decodings = [1] + ([beam_size] if beam_size > 1 and task in TRANSLATIONS else [])
         answers = {}
         for k in decodings:
-            bar = tqdm(items, desc=f"{task} ({'greedy' if k == 1 else f'beam {k}'})", leave=False, disable=None)
+            if k == 1:   # greedy: many questions per forward pass
+                answers[k] = answers_greedy(model, tok, [ex["prompt"] for ex in items], MAX_NEW[task])
+                continue
+            bar = tqdm(items, desc=f"{task} (beam {k})", leave=False, disable=None)
             answers[k] = [answer(model, tok, ex["prompt"], MAX_NEW[task], k) for ex in bar]
         # a question longer than the context gets no answer: scored as an empty one, and counted
         metrics[f"{task}_too_long"] = sum(a is None for a in answers[1])

@@ -234,6 +234,15 @@ def test_beam_search_with_the_cache_matches_the_slow_search_and_beam_1_is_greedy
             assert evaluate_chat.beam_ids(model, prompt, end_id, 6, K) == reference_beam(model, prompt, end_id, 6, K)
 
 
+def test_batched_greedy_answers_are_the_answers_one_at_a_time(mix_dir, base):
+    model, tok, _ = evaluate_chat.load_chat_model(base, "cpu")
+    questions = ["Translate to French:\nA dog runs.", "hi", "Is this review positive or negative?\nGreat film, "
+                 "a joy from start to end.", "word " * 5, "Tell me a story about a cat and a dog in a park."]
+    one = [evaluate_chat.answer(model, tok, q, 12) for q in questions]
+    assert evaluate_chat.answers_greedy(model, tok, questions, 12, batch_size=2) == one
+    assert evaluate_chat.answers_greedy(model, tok, ["x " * 400], 12) == [None]    # longer than the context
+
+
 def test_sentiment_is_read_from_the_first_word():
     assert evaluate_chat.sentiment_of(" Positive.") == 1 and evaluate_chat.sentiment_of("negative, clearly") == 0
     assert evaluate_chat.sentiment_of("I think positive") is None and evaluate_chat.sentiment_of("") is None
