@@ -167,15 +167,18 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: tor
     return x, y  # (b, T), (b, T)
 
 
-def eval_windows(data: np.ndarray, block_size: int, batch_size: int):
+def eval_windows(data: np.ndarray, block_size: int, batch_size: int, every: int = 1):
     """Consecutive windows that predict every token of the split after the first exactly once.
 
     Yields (x, y) batches of shape (b, T); the last window may be shorter and comes alone. Each token sees the context
     from the start of its window (on average T/2 tokens), which is also what nanoGPT's random evaluation windows give.
+    every > 1 keeps one window in `every`, spread over the whole split (a sample of a corpus too large to score whole).
     """
     n = len(data) - 1  # targets to predict
     starts = list(range(0, n, block_size))
-    full = [s for s in starts if s + block_size <= n]
+    full = [s for s in starts[::every] if s + block_size <= n]
+    if every > 1:
+        starts = full   # a sample: no short remainder
     for i in range(0, len(full), batch_size):
         chunk = full[i:i + batch_size]
         x = torch.stack([torch.from_numpy(data[s:s + block_size].astype(np.int64)) for s in chunk])

@@ -62,6 +62,19 @@ def test_bpe_run_reports_per_word_perplexity(data_dir, tmp_path):
     n_pred = meta["tokens"]["test"] - 1
     assert m["test_ppl_word"] == pytest.approx(np.exp(m["test_loss"] * n_pred / meta["words"]["test"]), rel=1e-3)
     assert m["test_ppl_word"] > m["test_ppl"]  # a word is one or more tokens
+    assert "train_tokens_scored" not in m      # a small training split is scored whole
+
+
+def test_a_large_training_split_is_scored_on_a_spread_sample(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "FINAL_TRAIN_TOKENS", 800)
+    out = tmp_path / "run"
+    train.main(train_args(data_dir, out, "--dataset", "wikitext2", "--vocab-size", "300", "--epochs", "1"))
+    m = json.loads((out / "result.json").read_text())["metrics"]
+    meta = json.loads((out / "data.json").read_text())
+    assert meta["tokens"]["train"] > 1600 and 0 < m["train_tokens_scored"] <= 800
+    assert "val_tokens_scored" not in m and "test_tokens_scored" not in m   # scored whole
+    n_pred = meta["tokens"]["train"] - 1
+    assert m["train_ppl_word"] == pytest.approx(np.exp(m["train_loss"] * n_pred / meta["words"]["train"]), rel=1e-3)
 
 
 def test_token_files_round_trip_and_windows(data_dir, tmp_path):
@@ -76,6 +89,11 @@ def test_token_files_round_trip_and_windows(data_dir, tmp_path):
     # evaluation windows predict every token after the first exactly once, in order
     targets = torch.cat([y.flatten() for _, y in eval_windows(ids, 16, 3)])
     assert torch.equal(targets, torch.from_numpy(ids[1:].astype(np.int64)))
+    # a sample of a large split: one full window in three, spread from the start to the end
+    sample = list(eval_windows(ids, 16, 3, every=3))
+    starts = [s for s in range(0, len(ids) - 1, 16)[::3] if s + 16 <= len(ids) - 1]
+    firsts = torch.cat([x[:, 0] for x, _ in sample])
+    assert torch.equal(firsts, torch.from_numpy(ids[starts].astype(np.int64))) and starts[-1] > len(ids) * 0.9
     # a batch split over two processes is the one-process batch, cut in two
     g1, g2, g3 = (torch.Generator().manual_seed(5) for _ in range(3))
     x, y = get_batch(ids, 6, 8, g1)
