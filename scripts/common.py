@@ -138,12 +138,19 @@ def parse_with_quick_defaults(p: argparse.ArgumentParser, argv: list[str] | None
     return args
 
 
+KEPT_UNLESS_GIVEN = ("time_budget",)   # resumable, but part of the run's schedule: left out, the run's own value holds
+
+
 def merge_resumed_args(args: argparse.Namespace, saved: dict, resumable: tuple[str, ...]) -> argparse.Namespace:
     """The settings of a resumed run: those it started with (`saved`, from its checkpoint), except the flags in
     `resumable` (where outputs go, which device, --max-steps ...), which this command line sets. A flag newer than
-    the checkpoint keeps this command line's value, and so does --[no-]tensorboard, which changes nothing computed."""
+    the checkpoint keeps this command line's value, and so does --[no-]tensorboard, which changes nothing computed.
+    --time-budget is resumable (a longer budget stretches the schedule), but a resume command without it keeps the
+    run's budget: otherwise the learning rate would quietly start following the steps instead of the clock."""
     resumable = (*resumable, "tensorboard")
-    return argparse.Namespace(**{**vars(args), **saved, **{k: getattr(args, k) for k in resumable if hasattr(args, k)}})
+    given = {k: getattr(args, k) for k in resumable if hasattr(args, k)
+             and not (k in KEPT_UNLESS_GIVEN and getattr(args, k) is None and saved.get(k) is not None)}
+    return argparse.Namespace(**{**vars(args), **saved, **given})
 
 
 # ----------------------------------------------------------------------------- device, seed, logging

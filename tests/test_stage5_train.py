@@ -136,6 +136,11 @@ def test_time_budget_stops_and_ends_the_schedule(data_dir, tmp_path):
     args = train.parse_args(train_args(data_dir, out, "--time-budget", "1"))
     assert train.lr_at(10 ** 6, 0, args, 10 ** 9) == pytest.approx(args.lr, rel=0.01)  # steps barely used...
     assert train.lr_at(10, 60, args, 10 ** 9) == pytest.approx(args.min_lr)             # ...but the budget is
+    # a resume keeps the run's budget unless the command gives another (without it, the schedule would change)
+    kept, _ = train.resume_from(train.parse_args(train_args(data_dir, out, "--resume")))
+    assert kept.time_budget == 0.05
+    longer, _ = train.resume_from(train.parse_args(train_args(data_dir, out, "--resume", "--time-budget", "2")))
+    assert longer.time_budget == 2
 
 
 @pytest.mark.skipif(not scripts.common.cpu_has_native_bf16(),
