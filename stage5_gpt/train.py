@@ -480,7 +480,7 @@ def main(argv=None) -> None:
         state["train_seconds"] = time.time() - t_loop
         save(out_dir / "last.pt", optimizer_io, scaler)
         log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
-                 f"python {SCRIPT} --dataset {args.dataset} --out-dir {out_dir} --resume")
+                 f"{state['commands'][0]} --resume")   # the same flags: the same run folder, the same run name
     if world > 1:
         dist.destroy_process_group()
     if stop["by"] not in (None, "max_steps"):

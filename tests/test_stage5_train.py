@@ -122,6 +122,7 @@ def test_sigterm_saves_and_resume_continues(data_dir, tmp_path):
     proc = signal_mid_training(f"{STAGE}/train.py", args, out, "step 3:", signal.SIGTERM, tmp_path / "stderr")
     err = (tmp_path / "stderr").read_text()
     assert proc.returncode == 130 and "Traceback" not in err and "stopped by SIGTERM" in err, err[-3000:]
+    assert f"Continue with: python {STAGE}/train.py " in err and err.rstrip().endswith("--resume")  # its own flags
     step = load_checkpoint(out / "last.pt", stage=STAGE)["state"]["step"]
     train.main(train_args(data_dir, out, "--resume", "--max-steps", str(step + 2)))
     assert load_checkpoint(out / "last.pt")["state"]["step"] == step + 2
