@@ -60,7 +60,7 @@ from stage5_gpt.train import lr_at  # warmup, then a cosine over the steps or th
 STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/sft.py"
 DEFAULT_MIX = "en_fr=1,de_en=1,sst2=0.1,general=5"
 QUICK_EXAMPLES = {"train": 300, "val": 20, "test": 10}   # --quick: the first examples of each task
-RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget")
+RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "score_tasks")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-examples", type=positive_int, default=200,
                    help="validation examples per task (the first ones of its val split)")
     p.add_argument("--beam-size", type=positive_int, default=5, help="the final translations: beam search too")
+    p.add_argument("--score-tasks", nargs="+", choices=TASKS, default=list(TASKS),
+                   help="the tasks whose test split the final report scores (an adapter run: its new task and the "
+                        "old ones whose forgetting it measures)")
     p.add_argument("--lora-rank", type=int, default=0,
                    help="train LoRA adapters of this rank instead of every weight (lora.py); 0: full fine-tuning")
     p.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA's update is scaled by alpha / rank")
@@ -146,7 +149,8 @@ def prepare_data(args, data_dir: Path, tok, block_size: int, log) -> dict:
     for split in ("train", "val", "test"):
         examples = load_examples(data_dir, split)
         limit = QUICK_EXAMPLES[split] if args.quick else args.val_examples if split == "val" else None
-        examples = {t: items[:limit] for t, items in examples.items() if args.mix[t] > 0 or split == "test"}
+        examples = {t: items[:limit] for t, items in examples.items()
+                    if (t in args.score_tasks if split == "test" else args.mix[t] > 0)}
         if split == "test":
             out[split] = examples
             continue

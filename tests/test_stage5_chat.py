@@ -325,8 +325,10 @@ def test_the_real_mixture_has_the_documented_sizes_and_keeps_english_to_german_o
 
 def test_sft_with_lora_trains_adapters_only_and_writes_a_plain_gpt_and_a_small_adapter(mix_dir, base, tmp_path):
     out = tmp_path / "lora"
-    sft.main(sft_args(mix_dir, base, out, "--epochs", "2", "--mix", "en_de=1", "--lora-rank", "4"))
+    sft.main(sft_args(mix_dir, base, out, "--epochs", "2", "--mix", "en_de=1", "--lora-rank", "4",
+                      "--score-tasks", "en_de", "en_fr", "sst2"))
     r = json.loads((out / "result.json").read_text())
+    assert set(r["samples"]) == {"en_de", "en_fr", "sst2"} and not any(k.startswith("de_en") for k in r["metrics"])
     f = r["footprint"]
     assert 0 < f["trainable"] < f["frozen"] / 5 and f["adapter_bytes"] < f["best_bytes"] / 3
     assert f["optimizer_state_bytes"] == 2 * f["gradient_bytes"]     # AdamW: two moments per trained number
