@@ -72,4 +72,4 @@ SFT_CHECKPOINT = "runs/stage5_gpt/sft/best.pt"
 # it on and off.
 LORA_ADAPTER = "runs/stage5_gpt/sft_en_de_lora/adapter.pt"
 LORA_COMMAND = ["stage5_gpt/sft.py", "--checkpoint", SFT_CHECKPOINT, "--mix", "en_de=1", "--lora-rank", "8",
-                "--out-dir", "runs/stage5_gpt/sft_en_de_lora"]
+                "--score-tasks", "en_de", "en_fr", "sst2", "--out-dir", "runs/stage5_gpt/sft_en_de_lora"]
