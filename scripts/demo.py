@@ -52,7 +52,7 @@ from stage4_transformer.data import tokenize as s4_tokenize
 from stage5_gpt import chat as s5_chat, evaluate as s5_evaluate, evaluate_chat as s5_evaluate_chat, generate as s5_generate
 from stage5_gpt.chat_template import prompt_ids as s5_prompt_ids
 from stage5_gpt.lora import load_adapter as s5_load_adapter, lora_layers as s5_lora_layers
-from stage5_gpt.reference_runs import LORA_ADAPTER, LORA_COMMAND, SFT_CHECKPOINT
+from stage5_gpt.reference_runs import LORA_ADAPTER, LORA_COMMAND, REFERENCE_RUNS as S5_REFERENCE_RUNS, SFT_CHECKPOINT
 from stage6_bert import fill_mask as s6_fill_mask, predict as s6_predict
 from stage6_bert.reference_runs import MINILM_SST2_CHECKPOINT
 
@@ -92,8 +92,7 @@ SST2_ANSWERED_BY = {REAL_SST2: "all-MiniLM-L6-v2 (real pre-trained weights) fine
 # Stage 5's chat tab reads the instructed GPT that sft.py writes (SFT_CHECKPOINT). Not in MODELS: its commands are
 # these two, the GPT pre-trained on the course's own text, then its supervised fine-tuning.
 CHAT = "stage5_chat"
-CHAT_COMMANDS = ["python stage5_gpt/train.py --dataset course_mix --pos rope --norm rmsnorm --mlp swiglu --no-bias",
-                 "python stage5_gpt/sft.py"]
+CHAT_COMMANDS = [reference_command(S5_REFERENCE_RUNS["course_mix"]), "python stage5_gpt/sft.py"]
 
 # The chat tab's switch: the same instructed GPT with a LoRA adapter put beside its weights (stage5_gpt/lora.py); the
 # adapter names the model it was trained on, and another one refuses it.

@@ -107,7 +107,7 @@ SPECIALISTS = {   # task -> (metric of the specialist's file, [(label, result fi
 }
 INSTRUCT_WORDS = {
     "en": {"header": "| task | split | metric | instructed GPT | trivial baseline | specialist models of earlier stages |",
-           "not_run": "not run yet: the `sft` reference run (stage5_gpt/reference_runs.py) writes it",
+           "not_run": "not measured yet: the reference run of `sft.py` writes it",
            "en_fr": ("Multi30k en→fr", "test2016", "sacreBLEU, greedy / beam 5"),
            "de_en": ("Multi30k de→en", "test2016", "sacreBLEU lowercased, greedy / beam 5"),
            "sst2": ("SST-2 sentiment", "dev", "accuracy of the answer's first word"),
@@ -117,7 +117,7 @@ INSTRUCT_WORDS = {
            "unparsed": "{share:.1%} unparsed", "beam": "beam 5", "task": "task", "prompt": "question",
            "reference": "reference", "answer": "the instructed GPT's answer (greedy)"},
     "zh-CN": {"header": "| 任务 | 划分 | 指标 | 指令微调后的 GPT | 平凡基线 | 前几个阶段的专用模型 |",
-              "not_run": "尚未运行：参考运行 `sft`（stage5_gpt/reference_runs.py）会写出它",
+              "not_run": "尚未测量：`sft.py` 的参考运行会写出它",
               "en_fr": ("Multi30k 英→法", "test2016", "sacreBLEU，贪心 / 束宽 5"),
               "de_en": ("Multi30k 德→英", "test2016", "小写 sacreBLEU，贪心 / 束宽 5"),
               "sst2": ("SST-2 情感", "dev", "回答首词的准确率"),

@@ -261,7 +261,7 @@ def test_the_instruct_table_puts_each_task_beside_its_baseline_and_the_specialis
     readme.write_text(f"# S5\n\n{results_table.INSTRUCT_START}\n{results_table.INSTRUCT_END}\n\n"
                       f"{results_table.SAMPLES_START}\n{results_table.SAMPLES_END}\n", encoding="utf-8")
     # not published: one line that says how to make it, never a number
-    assert results_table.instruct_table(tmp_path).startswith("not run yet")
+    assert results_table.instruct_table(tmp_path).startswith("not measured yet")
     metrics = {"en_fr_bleu_greedy": 30.12, "en_fr_bleu_beam5": 33.45, "en_fr_bleu_copy_source": 3.21,
                "de_en_bleu_lc_greedy": 20.5, "de_en_bleu_lc_beam5": 22.25, "de_en_bleu_lc_copy_source": 4.75,
                "sst2_accuracy": 0.7512, "sst2_unparsed": 0.01, "sst2_majority": 0.5092,
