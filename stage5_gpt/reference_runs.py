@@ -32,6 +32,11 @@ REFERENCE_RUNS = {
     "sst2_scratch": ["stage5_gpt/finetune.py", "--from-scratch"],
     "tokenizer_wikitext2": ["stage5_gpt/tokenizer.py", "--dataset", "wikitext2", "--compare-hf"],
     "benchmark": ["stage5_gpt/benchmark.py"],
+    # the base model that sft.py instructs (BASE_CHECKPOINT below): the course's own text, at most one pass in an
+    # hour of float32 training; its tokenizer carries the chat template's tokens
+    "course_mix": ["stage5_gpt/train.py", "--dataset", "course_mix", "--vocab-size", "8000", "--block-size", "256",
+                   "--pos", "rope", "--norm", "rmsnorm", "--mlp", "swiglu", "--no-bias", "--epochs", "1",
+                   "--eval-interval", "500", "--time-budget", "60"],
 }
 
 # The hyperparameter searches behind Stage 5's settings, declared the same way: a search's name -> its command (after
