@@ -264,6 +264,7 @@ def test_the_instruct_table_puts_each_task_beside_its_baseline_and_the_specialis
     assert results_table.instruct_table(tmp_path).startswith("not measured yet")
     metrics = {"en_fr_bleu_greedy": 30.12, "en_fr_bleu_beam5": 33.45, "en_fr_bleu_copy_source": 3.21,
                "de_en_bleu_lc_greedy": 20.5, "de_en_bleu_lc_beam5": 22.25, "de_en_bleu_lc_copy_source": 4.75,
+               "en_de_bleu_greedy": 1.5, "en_de_bleu_copy_source": 2.5,
                "sst2_accuracy": 0.7512, "sst2_unparsed": 0.01, "sst2_majority": 0.5092,
                "general_answer_loss": 2.5, "general_answer_loss_base": 3.75, "general_ended": 0.99}
     samples = {"en_fr": [{"prompt": "Translate to French:\nA | B", "reference": "Un", "answer": "Une"}]}
@@ -277,14 +278,38 @@ def test_the_instruct_table_puts_each_task_beside_its_baseline_and_the_specialis
     assert "Stage 4, Transformer [58.53](../stage4_transformer/results/multi30k_en_fr.json) (beam 5)" in rows[0]
     assert "Stage 3" not in rows[0]                             # its file is missing: no cell, no number
     assert "22.25" in rows[1] and "4.75" in rows[1] and "Stage" not in rows[1]
-    assert "**0.7512**" in rows[2] and "1.0% unparsed" in rows[2] and "the majority class 0.5092" in rows[2]
-    assert "**2.5000**" in rows[3] and "the base model, same template 3.7500" in rows[3]
-    assert "**99.0%**" in rows[4]
+    # en->de, a task it never trained on: its score beside copying the source, no beam figure measured, no specialist
+    assert "never in its training" in rows[2] and "[1.50](results/sft.json) |" in rows[2]
+    assert "copying the source 2.50" in rows[2] and rows[2].endswith("| — |")
+    assert "**0.7512**" in rows[3] and "1.0% unparsed" in rows[3] and "the majority class 0.5092" in rows[3]
+    assert "**2.5000**" in rows[4] and "the base model, same template 3.7500" in rows[4]
+    assert "**99.0%**" in rows[5]
     results_table.main(["--write"], root=tmp_path)
     text = readme.read_text(encoding="utf-8")
     assert table in text and "| en_fr | Translate to French:<br>A \\| B | Un | Une |" in text
     assert results_table.stale_readmes(tmp_path) == []
     assert set(results_table.INSTRUCT_WORDS["en"]) == set(results_table.INSTRUCT_WORDS["zh-CN"])
+
+
+def test_the_lora_table_puts_full_fine_tuning_and_lora_beside_the_model_they_start_from(tmp_path):
+    results = tmp_path / "stage5_gpt" / "results"
+    results.mkdir(parents=True)
+    assert results_table.lora_table(tmp_path).startswith("not measured yet")
+    (results / "sft.json").write_text(json.dumps({"metrics": {"en_de_bleu_greedy": 1.25, "en_fr_bleu_greedy": 30.5,
+                                                              "en_fr_bleu_beam5": 31.5, "sst2_accuracy": 0.8}}))
+    assert results_table.lora_table(tmp_path).startswith("not measured yet")   # before alone compares nothing
+    footprint = {"trainable": 50_000, "frozen": 950_000, "optimizer_state_bytes": 400_000,
+                 "peak_memory_bytes": 3 * 2**20, "best_bytes": 4 * 2**20, "adapter_bytes": 2**19}
+    (results / "sft_en_de_lora.json").write_text(json.dumps({
+        "metrics": {"en_de_bleu_greedy": 20.0, "en_de_bleu_beam5": 21.0, "en_fr_bleu_greedy": 29.0,
+                    "sst2_accuracy": 0.79},
+        "hparams": {"lora_rank": 8}, "footprint": footprint, "seconds_per_step": 0.1234}))
+    rows = results_table.lora_table(tmp_path).splitlines()[2:]
+    assert len(rows) == 2   # full fine-tuning is not published: no row, no number
+    assert rows[0].startswith("| [the instructed GPT, before](results/sft.json) | 1.25 | 30.50 / 31.50 | 0.8000 | —")
+    assert "[LoRA, rank 8](results/sft_en_de_lora.json) | 20.00 / 21.00 | 29.00 | 0.7900" in rows[1]
+    assert "5.0% of 1,000,000" in rows[1] and "| 3.0 MB | 0.123 | 0.5 MB |" in rows[1]   # the adapter, not best.pt
+    assert set(results_table.LORA_WORDS["en"]) == set(results_table.LORA_WORDS["zh-CN"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
