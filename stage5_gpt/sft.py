@@ -1,7 +1,7 @@
 """Supervised fine-tuning (SFT): teach a pre-trained GPT to answer instructions, through the chat template.
 
     python stage5_gpt/sft.py                                   # instructs BASE_CHECKPOINT, the course_mix GPT
-    python stage5_gpt/sft.py --mix en_fr=1,de_en=1,sst2=0.1,general=5 --time-budget 60
+    python stage5_gpt/sft.py --lr 1e-3 --mix en_fr=1,de_en=1,sst2=0.1,general=3 --epochs 10 --time-budget 60   # the reference run
     python stage5_gpt/sft.py --quick                           # a smoke run on small slices
     python stage5_gpt/sft.py --out-dir runs/stage5_gpt/sft --resume
 
@@ -58,7 +58,7 @@ from stage5_gpt.reference_runs import BASE_CHECKPOINT, REFERENCE_RUNS
 from stage5_gpt.train import lr_at  # warmup, then a cosine over the steps or the clock
 
 STAGE, SCRIPT = "stage5_gpt", "stage5_gpt/sft.py"
-DEFAULT_MIX = "en_fr=1,de_en=1,sst2=0.1,general=5"
+DEFAULT_MIX = "en_fr=1,de_en=1,sst2=0.1,general=3"
 QUICK_EXAMPLES = {"train": 300, "val": 20, "test": 10}   # --quick: the first examples of each task
 RESUMABLE = ("resume", "max_steps", "device", "out_dir", "data_dir", "result", "time_budget", "score_tasks")
 
