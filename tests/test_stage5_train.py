@@ -291,9 +291,9 @@ def test_quick_defaults_give_way_to_typed_flags_even_abbreviated():
 
 
 def test_reference_runs_parse_and_write_under_runs():
-    from stage5_gpt import benchmark, finetune, tokenizer
+    from stage5_gpt import benchmark, finetune, sft, tokenizer
     scripts = {"stage5_gpt/train.py": train, "stage5_gpt/finetune.py": finetune, "stage5_gpt/tokenizer.py": tokenizer,
-               "stage5_gpt/benchmark.py": benchmark}
+               "stage5_gpt/benchmark.py": benchmark, "stage5_gpt/sft.py": sft}
     published = {p.stem for p in (REPO_ROOT / STAGE / "results").glob("*.json")}
     assert published == set(REFERENCE_RUNS)  # every published file is a declared run, and the other way round
     for name, argv in REFERENCE_RUNS.items():
@@ -311,6 +311,19 @@ def test_reference_runs_parse_and_write_under_runs():
             assert {k: v for k, v in resolved_config(args).items() if k in hparams} == \
                 {k: v for k, v in hparams.items() if k in resolved_config(args)}, name
     assert train.parse_args(REFERENCE_RUNS["wikitext2"][1:]).out_dir + "/best.pt" == GPT_CHECKPOINT
+
+
+def test_the_published_instructed_gpt_beats_what_costs_nothing():
+    """The SFT reference run against baselines that need no learning, on the same test splits: copying the source
+    sentence (BLEU), the majority class (SST-2), the base model before SFT with the same template (answer loss). A
+    model that only learnt the format, or answers every review "positive", fails here."""
+    m = json.loads((REPO_ROOT / STAGE / "results" / "sft.json").read_text())["metrics"]
+    for task, lc in (("en_fr", ""), ("de_en", "lc_")):
+        for decoding in ("greedy", "beam5"):
+            assert m[f"{task}_bleu_{lc}{decoding}"] > m[f"{task}_bleu_{lc}copy_source"] + 10, (task, decoding)
+    assert m["sst2_accuracy"] > m["sst2_majority"] and m["sst2_unparsed"] < 0.05
+    assert m["general_answer_loss"] < m["general_answer_loss_base"]
+    assert min(m[f"{t}_ended"] for t in ("en_fr", "de_en", "sst2", "general")) > 0.9
 
 
 def test_a_run_records_its_reference_name_only_when_it_is_one(data_dir, tmp_path):
