@@ -37,6 +37,10 @@ REFERENCE_RUNS = {
     "course_mix": ["stage5_gpt/train.py", "--dataset", "course_mix", "--vocab-size", "8000", "--block-size", "256",
                    "--pos", "rope", "--norm", "rmsnorm", "--mlp", "swiglu", "--no-bias", "--epochs", "1",
                    "--eval-interval", "500", "--time-budget", "60"],
+    # the instructed GPT (SFT_CHECKPOINT below): the base model above, fine-tuned for an hour on the mix of tasks,
+    # translation, sentiment and general instructions, in the chat template
+    "sft": ["stage5_gpt/sft.py", "--lr", "1e-3", "--mix", "en_fr=1,de_en=1,sst2=0.1,general=3", "--epochs", "10",
+            "--time-budget", "60"],
 }
 
 # The hyperparameter searches behind Stage 5's settings, declared the same way: a search's name -> its command (after
