@@ -303,11 +303,11 @@ def test_the_lora_table_puts_full_fine_tuning_and_lora_beside_the_model_they_sta
     (results / "sft_en_de_lora.json").write_text(json.dumps({
         "metrics": {"en_de_bleu_greedy": 20.0, "en_de_bleu_beam5": 21.0, "en_fr_bleu_greedy": 29.0,
                     "sst2_accuracy": 0.79},
-        "hparams": {"lora_rank": 8}, "footprint": footprint, "seconds_per_step": 0.1234}))
+        "hparams": {"lora_rank": 8, "lr": 0.002}, "footprint": footprint, "seconds_per_step": 0.1234}))
     rows = results_table.lora_table(tmp_path).splitlines()[2:]
     assert len(rows) == 2   # full fine-tuning is not published: no row, no number
     assert rows[0].startswith("| [the instructed GPT, before](results/sft.json) | 1.25 | 30.50 / 31.50 | 0.8000 | —")
-    assert "[LoRA, rank 8](results/sft_en_de_lora.json) | 20.00 / 21.00 | 29.00 | 0.7900" in rows[1]
+    assert "[LoRA, rank 8, lr 0.002](results/sft_en_de_lora.json) | 20.00 / 21.00 | 29.00 | 0.7900" in rows[1]
     assert "5.0% of 1,000,000" in rows[1] and "| 3.0 MB | 0.123 | 0.5 MB |" in rows[1]   # the adapter, not best.pt
     assert set(results_table.LORA_WORDS["en"]) == set(results_table.LORA_WORDS["zh-CN"])
 
