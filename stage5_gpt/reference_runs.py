@@ -80,5 +80,11 @@ SFT_CHECKPOINT = "runs/stage5_gpt/sft/best.pt"
 # matrices beside its frozen weights (sft.py --lora-rank writes adapter.pt beside best.pt). The demo's chat tab switches
 # it on and off.
 LORA_ADAPTER = "runs/stage5_gpt/sft_en_de_lora/adapter.pt"
-LORA_COMMAND = ["stage5_gpt/sft.py", "--checkpoint", SFT_CHECKPOINT, "--mix", "en_de=1", "--lora-rank", "8",
-                "--score-tasks", "en_de", "en_fr", "sst2", "--out-dir", "runs/stage5_gpt/sft_en_de_lora"]
+# Two ways to teach the instructed GPT English -> German, for the same 15 minutes: LoRA (rank 8; its adapters start at
+# zero and take a larger learning rate) and full fine-tuning (SFT's rate). Each scores the new task and the old tasks
+# whose forgetting it measures.
+ADAPT_EN_DE = ["stage5_gpt/sft.py", "--checkpoint", SFT_CHECKPOINT, "--mix", "en_de=1", "--epochs", "10",
+               "--time-budget", "15", "--score-tasks", "en_de", "en_fr", "sst2"]
+LORA_COMMAND = [*ADAPT_EN_DE, "--lora-rank", "8", "--lr", "2e-3", "--out-dir", "runs/stage5_gpt/sft_en_de_lora"]
+REFERENCE_RUNS["sft_en_de_lora"] = LORA_COMMAND
+REFERENCE_RUNS["sft_en_de_full"] = [*ADAPT_EN_DE, "--lr", "1e-3", "--out-dir", "runs/stage5_gpt/sft_en_de_full"]
