@@ -50,7 +50,7 @@ from scripts.common import (UserError, add_common_args, autocast_for, catch_stop
 from stage5_gpt.chat_template import END
 from stage5_gpt.data import length_batches
 from stage5_gpt.evaluate_chat import answer_loss, encode_example, load_chat_model, pad_batch, score
-from stage5_gpt.instructions import TASKS, load_examples, mixture, parse_mix
+from stage5_gpt.instructions import TASKS, TRANSLATIONS, load_examples, mixture, parse_mix
 from stage5_gpt.lora import (LoRAConfig, add_lora, count_parameters, lora_layers, merged_state_dict,
                              save_adapter)
 from stage5_gpt.model import GPT, GPTConfig
@@ -233,7 +233,10 @@ def final_report(args, out_dir: Path, tok, data: dict, pre: dict, state: dict, f
     metrics, samples = score(model, tok, data["test"], args.beam_size, base, log=log.info)
     result_path = Path(args.result) if args.result else out_dir / "result.json"
     run = reference_run_name(REFERENCE_RUNS, SCRIPT, parse_args, args)
-    headline = "en_fr_bleu_beam{}".format(args.beam_size) if args.beam_size > 1 else "en_fr_bleu_greedy"
+    # the headline: BLEU on the first translation task this run trained (an adaptation's is its new task, never an
+    # old one it may have forgotten)
+    trained = next((t for t in args.mix if args.mix[t] > 0 and t in TRANSLATIONS), "en_fr")
+    headline = f"{trained}_bleu_beam{args.beam_size}" if args.beam_size > 1 else f"{trained}_bleu_greedy"
     write_result(result_path, stage=STAGE, dataset="instructions", split="test", metrics=metrics,
                  headline=headline if headline in metrics else None, train_seconds=state["train_seconds"],
                  device=device, params=model.num_params(), command=state["commands"], run=run,

@@ -274,6 +274,7 @@ def test_sft_lowers_the_answer_loss_and_records_every_task(mix_dir, base, tmp_pa
                 "sst2_accuracy", "sst2_majority", "general_ended"):
         assert key in m
     assert r["split"] == "test" and set(r["samples"]) == set(instructions.TASKS)
+    assert r["headline_metric"].startswith("en_fr_bleu")
     ckpt = load_checkpoint(tmp_path / "sft" / "best.pt", stage="stage5_gpt", kind="language_model")
     assert ckpt["task"] == "sft" and (tmp_path / "sft" / "tokenizer.json").is_file()
 
@@ -333,6 +334,7 @@ def test_sft_with_lora_trains_adapters_only_and_writes_a_plain_gpt_and_a_small_a
     assert 0 < f["trainable"] < f["frozen"] / 5 and f["adapter_bytes"] < f["best_bytes"] / 3
     assert f["optimizer_state_bytes"] == 2 * f["gradient_bytes"]     # AdamW: two moments per trained number
     assert "en_de_bleu_greedy" in r["metrics"] and "en_fr_bleu_greedy" in r["metrics"]   # new task and old ones
+    assert r["headline_metric"].startswith("en_de_bleu")   # the task it adapted to, not an old one it may forget
     model, tok, _ = evaluate_chat.load_chat_model(out / "best.pt", "cpu")             # a plain GPT: adapters merged
     from stage5_gpt import lora
     base_model = evaluate_chat.load_chat_model(base, "cpu")[0]
