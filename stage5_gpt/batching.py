@@ -66,6 +66,8 @@ def check_request(model: GPT, req: Request) -> None:
     if len(req.prompt) + req.max_new_tokens > model.cfg.block_size:
         raise UserError(f"the prompt ({len(req.prompt)} tokens) and max_new_tokens ({req.max_new_tokens}) exceed the "
                         f"model's context of {model.cfg.block_size} tokens")
+    if not -2**63 <= req.seed < 2**64:                 # what torch.Generator.manual_seed takes
+        raise UserError(f"seed must lie in [-2**63, 2**64), got {req.seed}")
 
 
 def next_token(req: Request, logits: torch.Tensor, history: list[int], generator: torch.Generator) -> int:

@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -116,7 +117,12 @@ class Engine:
                     if not self.batcher.busy:
                         self.wake.clear()
                         continue
-                    self.batcher.step()
+                    try:
+                        self.batcher.step()
+                    except Exception:     # a bug must not stop the engine: end what is in flight, keep serving
+                        traceback.print_exc()
+                        for handle, _, _ in self.listeners.values():
+                            self.batcher.cancel(handle, "error")
                     for key, entry in list(self.listeners.items()):
                         handle, on_update, sent = entry
                         if len(handle.tokens) > sent or handle.done:
@@ -145,7 +151,7 @@ class CommonFields(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-2**63, lt=2**64)   # what torch.Generator.manual_seed takes
     n: int = Field(default=1, ge=1, le=1)
 
 
@@ -171,11 +177,22 @@ class Server:
         self.engine = Engine(model, max_batch, queue_size)
 
     # ---- turning a request into tokens, and tokens into text
+    @staticmethod
+    def check_text(text: str, param: str) -> None:
+        """JSON may carry half of a UTF-16 surrogate pair ("\\ud800"), which is no character: no tokenizer can read it."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise APIError(400, f"{param}: the text holds {text[e.start:e.end]!a}, half of a surrogate pair, not a "
+                                f"character", "invalid_text", param) from None
+
     def prompt_of(self, body) -> list[int]:
         if isinstance(body, ChatRequest):
             if not self.chat:
                 raise APIError(400, f"the model {self.name!r} has no chat template; use /v1/completions", "no_chat")
             messages = [m.model_dump() for m in body.messages]
+            for i, m in enumerate(messages):
+                self.check_text(m["content"], f"messages.{i}.content")
             if any(m["role"] == "system" for m in messages):
                 raise APIError(400, "this model's chat template has no system role: put the instructions in the "
                                     "user message", "unsupported_role", "messages")
@@ -187,6 +204,7 @@ class Server:
                 raise APIError(400, str(e), "invalid_messages", "messages") from None
         if not body.prompt:
             raise APIError(400, "the prompt is empty", "empty_prompt", "prompt")
+        self.check_text(body.prompt, "prompt")
         return self.tok.encode(body.prompt)
 
     def request_of(self, body) -> tuple[Request, list[str]]:
@@ -206,6 +224,8 @@ class Server:
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise APIError(400, "stop takes up to 4 non-empty strings", "invalid_stop", "stop")
+        for s in stops:
+            self.check_text(s, "stop")
         req = Request(ids, max_tokens, body.temperature, None, body.top_p if body.top_p < 1 else None,
                       stop_ids=self.stop_ids, seed=body.seed if body.seed is not None else int(time.time_ns() % 2**31))
         return req, stops
@@ -233,6 +253,9 @@ class Server:
                 if len(safe) > len(shown):
                     yield safe[len(shown):], None, len(tokens)
                     shown = safe
+                if done and reason == "error":
+                    raise APIError(500, "the model failed on this request (the server log says why); the server "
+                                        "goes on serving", "server_error", kind="server_error")
                 if done:
                     yield "", "length" if reason == "length" else "stop", len(tokens)
                     return
@@ -310,19 +333,22 @@ class Server:
 
         async def events():
             first = True
-            async for piece, finish, n in self.pieces(req, stops):
-                if chat:
-                    delta = ({"role": "assistant", "content": piece} if first else {"content": piece}) \
-                        if not finish else {}
-                    choice = {"index": 0, "delta": delta, "finish_reason": finish}
-                else:
-                    choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
-                first = False
-                chunk = {"id": rid, "object": f"{kind}.chunk" if chat else kind, "created": created,
-                         "model": self.name, "choices": [choice]}
-                if finish and include_usage:
-                    chunk["usage"] = usage(n)
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            try:
+                async for piece, finish, n in self.pieces(req, stops):
+                    if chat:
+                        delta = ({"role": "assistant", "content": piece} if first else {"content": piece}) \
+                            if not finish else {}
+                        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+                    else:
+                        choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
+                    first = False
+                    chunk = {"id": rid, "object": f"{kind}.chunk" if chat else kind, "created": created,
+                             "model": self.name, "choices": [choice]}
+                    if finish and include_usage:
+                        chunk["usage"] = usage(n)
+                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            except APIError as e:   # the status line has gone: the error travels as an event, as OpenAI's do
+                yield f"data: {e.response().body.decode()}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -18,9 +18,9 @@ import torch
 pytest.importorskip("fastapi", reason="the server needs FastAPI: pip install -r requirements-serve.txt")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import REPO_ROOT  # noqa: E402
+from conftest import REPO_ROOT, assert_one_line_error, cli  # noqa: E402
 from scripts.common import save_checkpoint  # noqa: E402
-from stage5_gpt import batching, serve  # noqa: E402
+from stage5_gpt import batching, loadtest, serve  # noqa: E402
 from stage5_gpt.chat_template import SPECIAL_TOKENS, prompt_ids  # noqa: E402
 from stage5_gpt.data import tokenizer_fingerprint  # noqa: E402
 from stage5_gpt.model import GPT, GPTConfig  # noqa: E402
@@ -123,6 +123,55 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(checkpoint)
         assert client.post("/v1/chat/completions", json=chat("still here?", max_tokens=3)).status_code == 200
 
 
+# What an attacker (or a buggy client) sends: each must get a 4xx in OpenAI's error shape, never a 500.
+JUNK = {
+    "a seed beyond what a random generator takes": json.dumps(chat("hi", seed=10**30)),
+    "max_tokens of 31 digits": json.dumps(chat("hi", max_tokens=10**30)),
+    "max_tokens of 1e400": '{"model": "tiny_chat", "prompt": "a", "max_tokens": 1e400}',
+    "temperature NaN": '{"model": "tiny_chat", "prompt": "a", "temperature": NaN}',
+    "top_p Infinity": '{"model": "tiny_chat", "prompt": "a", "top_p": Infinity}',
+    "half a surrogate pair in a message": '{"model": "tiny_chat", "messages": [{"role": "user", "content": "a\\ud800"}]}',
+    "half a surrogate pair in a stop string": '{"model": "tiny_chat", "prompt": "a", "stop": ["\\udc00"]}',
+    "bytes that are not UTF-8": b"\xff\xfe\xfd",
+    "JSON nested 100,000 deep": "[" * 100_000,
+    "a list for a body": "[1, 2]",
+    "a number for a model": '{"model": 5, "prompt": "a"}',
+    "a list for a message's content": '{"model": "tiny_chat", "messages": [{"role": "user", "content": ["a"]}]}',
+    "a string for stream_options": json.dumps(chat("hi", stream=True, stream_options="yes")),
+    "two choices": json.dumps(chat("hi", n=2)),
+}
+
+
+@pytest.mark.parametrize("what", list(JUNK))
+def test_junk_gets_a_4xx_and_the_server_keeps_serving(checkpoint, what):
+    client, _ = make_client(checkpoint)
+    body = JUNK[what]
+    path = "/v1/chat/completions" if b"messages" in (body if isinstance(body, bytes) else body.encode()) \
+        else "/v1/completions"
+    with client:
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, r.text
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert client.post("/v1/completions", json={"model": "tiny_chat", "prompt": "a dog",
+                                                    "max_tokens": 2}).status_code == 200
+
+
+def test_a_failing_model_step_ends_its_requests_with_500_and_the_engine_goes_on(checkpoint, capsys):
+    client, server = make_client(checkpoint)
+    batcher, step, failures = server.engine.batcher, server.engine.batcher.step, [1, 1]
+    batcher.step = lambda: step() if not failures else (failures.pop(), 1 / 0)
+    with client:
+        error_of(client.post("/v1/completions", json={"model": "tiny_chat", "prompt": "a", "max_tokens": 4}), 500,
+                 "server_error")
+        with client.stream("POST", "/v1/completions", json={"model": "tiny_chat", "prompt": "a", "max_tokens": 4,
+                                                           "stream": True}) as r:
+            lines = [line for line in r.iter_lines() if line]
+        assert json.loads(lines[0][len("data: "):])["error"]["code"] == "server_error" and lines[-1] == "data: [DONE]"
+        assert client.post("/v1/completions", json={"model": "tiny_chat", "prompt": "a",
+                                                    "max_tokens": 4}).status_code == 200
+    assert "ZeroDivisionError" in capsys.readouterr().err      # the server's log says why
+
+
 def test_the_api_key_is_required_when_set(checkpoint):
     client, _ = make_client(checkpoint, api_key="s3cret")
     with client:
@@ -163,29 +212,137 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(checkpoint):
         assert client.post("/v1/completions", json={"model": "tiny_chat", "prompt": "A", "max_tokens": 2}).status_code == 200
 
 
-@pytest.mark.slow
-def test_a_real_server_process_answers_on_localhost(checkpoint):
+@pytest.fixture(scope="module")
+def live(checkpoint):
+    """A real server process (uvicorn) on a free port of 127.0.0.1, with an API key; yields (base URL, process)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    log = open(checkpoint.parent / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "stage5_gpt/serve.py", "--checkpoint", str(checkpoint), "--port",
-                             str(port), "--device", "cpu"], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+                             str(port), "--device", "cpu", "--max-batch", "8"], cwd=REPO_ROOT, stdout=log, stderr=log,
                             env={**os.environ, "MY_LLM_API_KEY": "k", "OMP_NUM_THREADS": "1"})
+    base, deadline = f"http://127.0.0.1:{port}/v1", time.monotonic() + 60
     try:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        data = json.dumps(chat("A dog runs.", max_tokens=5)).encode()
-        deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, proc.stderr.read()
+            assert proc.poll() is None, log.seek(0) or log.read()
             try:
-                req = urllib.request.Request(url, data, {"Content-Type": "application/json", "Authorization": "Bearer k"})
-                with urllib.request.urlopen(req, timeout=5) as response:
-                    body = json.loads(response.read())
-                break
+                with urllib.request.urlopen(urllib.request.Request(base + "/models",
+                                                                   headers={"Authorization": "Bearer k"}), timeout=5):
+                    break
             except OSError:
-                assert time.monotonic() < deadline, "no answer within 60 s"
-                time.sleep(0.5)
-        assert body["choices"][0]["message"]["role"] == "assistant"
+                assert time.monotonic() < deadline, "the server did not answer within 60 s"
+                time.sleep(0.3)
+        yield base, proc, log
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
+
+
+def greedy_text(server: serve.Server, ids: list[int], max_tokens: int) -> str:
+    alone = batching.generate_one(server.model, batching.Request(ids, max_tokens, stop_ids=server.stop_ids))
+    return server.tok.decode([t for t in alone.tokens if t not in server.stop_ids])
+
+
+@pytest.mark.slow
+def test_a_real_server_process_answers_the_official_openai_client(checkpoint, live):
+    openai = pytest.importorskip("openai", reason="the official client: pip install -r requirements-serve.txt")
+    base, proc, _ = live
+    _, server = make_client(checkpoint)
+    client = openai.OpenAI(base_url=base, api_key="k", max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list()] == ["tiny_chat"]
+    messages = [{"role": "user", "content": "A dog runs."}]
+    expected = greedy_text(server, prompt_ids(server.tok, messages), 12)
+    answer = client.chat.completions.create(model="tiny_chat", messages=messages, max_tokens=12, temperature=0)
+    assert answer.choices[0].message.content == expected and answer.usage.prompt_tokens > 0
+    stream = client.chat.completions.create(model="tiny_chat", messages=messages, max_tokens=12, temperature=0,
+                                            stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == expected
+    text = client.completions.create(model="tiny_chat", prompt="The cat", max_tokens=10, temperature=0)
+    assert text.choices[0].text == greedy_text(server, server.tok.encode("The cat"), 10)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-9", messages=messages)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+
+
+@pytest.mark.slow
+def test_eight_streaming_clients_at_once_each_get_their_own_answer(checkpoint, live):
+    openai = pytest.importorskip("openai", reason="the official client: pip install -r requirements-serve.txt")
+    from concurrent.futures import ThreadPoolExecutor
+    base, _, _ = live
+    _, server = make_client(checkpoint)
+    prompts = [f"{animal} {verb}" for animal in ("A dog", "The cat") for verb in ("runs", "sleeps", "on", "sur")]
+
+    def ask(prompt: str) -> str:
+        client = openai.OpenAI(base_url=base, api_key="k", max_retries=0, timeout=120)
+        stream = client.completions.create(model="tiny_chat", prompt=prompt, max_tokens=24, temperature=0, stream=True)
+        return "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, prompts))
+    assert answers == [greedy_text(server, server.tok.encode(p), 24) for p in prompts]
+
+
+@pytest.mark.slow
+def test_clients_that_hang_up_leave_the_real_server_serving(live):
+    base, proc, log = live
+    host, port = base.split("//")[1].split("/")[0].split(":")
+    request = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer k\r\n"
+               f"Content-Type: application/json\r\n").encode()
+    body = json.dumps({"model": "tiny_chat", "prompt": "A dog", "max_tokens": 40, "stream": True}).encode()
+    for cut in (request[:20],                                                  # in the middle of the headers
+                request + b"Content-Length: 500\r\n\r\n" + body[:10],      # in the middle of the body
+                request + f"Content-Length: {len(body)}\r\n\r\n".encode() + body):  # mid-stream, after a read
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(cut)
+            if cut.endswith(body):
+                assert sock.recv(64).startswith(b"HTTP/1.1 200")
+    time.sleep(0.5)
+    req = urllib.request.Request(base + "/chat/completions", json.dumps(chat("still here?", max_tokens=3)).encode(),
+                                 {"Content-Type": "application/json", "Authorization": "Bearer k"})
+    with urllib.request.urlopen(req, timeout=30) as response:
+        assert json.loads(response.read())["choices"][0]["message"]["role"] == "assistant"
+    assert proc.poll() is None
+    log.seek(0)
+    assert "Traceback" not in log.read()
+
+
+@pytest.mark.slow
+def test_the_load_test_measures_one_client_then_many_and_counts_failures(tmp_path, tiny_mt_data_dir, capsys):
+    folder = tmp_path / "roomy_chat"                  # room for a Multi30k sentence in the chat template
+    folder.mkdir()
+    tok = BPETokenizer.train(TEXT, 320, SPECIAL_TOKENS)
+    tok.save(folder / "tokenizer.json")
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=len(tok), block_size=256, n_layer=2, n_head=2, n_embd=32, pos="rope")
+    save_checkpoint({"stage": "stage5_gpt", "kind": "language_model", "dataset": "course_mix", "config": cfg.to_dict(),
+                     "model": GPT(cfg).state_dict(), "state": {"step": 0}, "args": {},
+                     "data": {"tokenizer": "tokenizer.json", "fingerprint": tokenizer_fingerprint(folder / "tokenizer.json")}},
+                    folder / "best.pt")
+    out = tmp_path / "loadtest.json"
+    common = ["--clients", "4", "--rounds", "2", "--solo-requests", "2", "--max-tokens", "8", "--max-batch", "4",
+              "--data-dir", str(tiny_mt_data_dir), "--json", str(out)]
+    loadtest.main(["--checkpoint", str(folder / "best.pt"), *common])
+    figures = json.loads(out.read_text())
+    assert figures["endpoint"] == "chat" and figures["failed_requests"] == 0
+    many = figures["concurrent"]
+    assert many["requests"] == 8 and many["tokens"] > 0 and 0 < many["ttft_p50_s"] <= many["ttft_p95_s"]
+    assert figures["throughput_ratio"] == round(many["tokens_per_second"] / figures["solo"]["tokens_per_second"], 2)
+    code, err = cli(loadtest.main, ["--checkpoint", str(checkpoint_of_context_24(tmp_path)), *common], capsys)
+    assert_one_line_error(code, err, "10 of 10 requests failed .*context")
+
+
+def checkpoint_of_context_24(tmp_path):
+    """A model whose context (24 tokens) no translation request fits: every request of a load test fails."""
+    folder = tmp_path / "tiny_chat"
+    folder.mkdir()
+    tok = BPETokenizer.train(TEXT, 320, SPECIAL_TOKENS)
+    tok.save(folder / "tokenizer.json")
+    cfg = GPTConfig(vocab_size=len(tok), block_size=24, n_layer=1, n_head=2, n_embd=16)
+    save_checkpoint({"stage": "stage5_gpt", "kind": "language_model", "dataset": "course_mix", "config": cfg.to_dict(),
+                     "model": GPT(cfg).state_dict(), "state": {"step": 0}, "args": {},
+                     "data": {"tokenizer": "tokenizer.json", "fingerprint": tokenizer_fingerprint(folder / "tokenizer.json")}},
+                    folder / "best.pt")
+    return folder / "best.pt"
