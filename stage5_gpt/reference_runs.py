@@ -32,6 +32,8 @@ REFERENCE_RUNS = {
     "sst2_scratch": ["stage5_gpt/finetune.py", "--from-scratch"],
     "tokenizer_wikitext2": ["stage5_gpt/tokenizer.py", "--dataset", "wikitext2", "--compare-hf"],
     "benchmark": ["stage5_gpt/benchmark.py"],
+    # every parallel scheme of section 25 on 2 processes against one process, step by step (a side file and its plot)
+    "parallel_equality": ["stage5_gpt/parallel_equality.py"],
     # the base model that sft.py instructs (BASE_CHECKPOINT below): the course's own text, at most one pass in an
     # hour of float32 training; its tokenizer carries the chat template's tokens
     "course_mix": ["stage5_gpt/train.py", "--dataset", "course_mix", "--vocab-size", "8000", "--block-size", "256",
