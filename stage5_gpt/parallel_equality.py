@@ -14,8 +14,8 @@ training loss compared.
 The figures (one process's losses, each scheme's, the largest relative difference) go to --json, and a plot beside it:
 the curves on top of each other, and below them how far apart they are, next to one process with another seed: what a
 different computation looks like. train.py keeps a loss to 5 decimals in its
-history, so "equal" here means equal to those 5 decimals (a relative difference of about 1e-5 at these losses); the
-tests (tests/test_stage5_parallel.py) hold each scheme to that on every run.
+history, so a difference below one unit of the 5th decimal (3e-6 relative at these losses) reads as 0 and one unit as
+about 3e-6: the bound is a relative 1e-5, the one tests/test_stage5_parallel.py holds every scheme to on every run.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def plot(path: Path, one: list[float], runs: dict[str, list[float]], other_seed:
                         **({"color": "grey", "ls": ":"} if name == "another seed" else {}))
     bottom.axhline(1e-5, color="black", lw=0.8, ls="--")
     bottom.text(1, 1.4e-5, "1e-5 relative (the tests' bound)", fontsize=8)
-    bottom.text(1, 1.5e-7, "0: equal to the 5 decimals kept", fontsize=8, va="bottom")
+    bottom.text(1, 1.5e-7, "drawn here: 0, equal to the 5 decimals kept", fontsize=8, va="bottom")
     bottom.set_ylim(0.5e-7, 1)
     bottom.set_ylabel("|loss - one process's| / loss")
     bottom.set_xlabel("optimizer step")
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
         "dataset": "tiny_shakespeare", "steps": args.steps, "processes": 2, "one_process": one, "schemes": runs,
         "max_relative_difference": {k: float(f"{v:.2e}") for k, v in worst.items()},
         "one_process_another_seed": other_seed,
-        "equal_to_5_decimals": {k: all(round(a, 5) == round(b, 5) for a, b in zip(runs[k], one)) for k in runs},
+        "within_1e-5_relative": {k: v <= 1e-5 for k, v in worst.items()},   # the issue's and the tests' bound
         "seconds": times, "wall_seconds": round(time.perf_counter() - t0, 1), "model_flags": MODEL, "config": resolved_config(args), "threads_per_process": 1,
         "torch": torch.__version__,
         "command": portable(reference_command(REFERENCE_RUNS[run]) if run
