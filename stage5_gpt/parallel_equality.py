@@ -132,7 +132,7 @@ def main(argv=None) -> None:
         "dataset": "tiny_shakespeare", "steps": args.steps, "processes": 2, "one_process": one, "schemes": runs,
         "max_relative_difference": {k: float(f"{v:.2e}") for k, v in worst.items()},
         "one_process_another_seed": other_seed,
-        "within_1e-5_relative": {k: v <= 1e-5 for k, v in worst.items()},   # the issue's and the tests' bound
+        "within_1e-5_relative": {k: v <= 1e-5 for k, v in worst.items()},   # the bound the tests hold it to
         "seconds": times, "wall_seconds": round(time.perf_counter() - t0, 1), "model_flags": MODEL, "config": resolved_config(args), "threads_per_process": 1,
         "torch": torch.__version__,
         "command": portable(reference_command(REFERENCE_RUNS[run]) if run
