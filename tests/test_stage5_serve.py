@@ -29,20 +29,25 @@ from stage5_gpt.tokenizer import BPETokenizer  # noqa: E402
 TEXT = "A dog runs on the beach. Un chien court sur la plage. The cat sleeps. " * 30
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny chat-ready GPT in train.py's checkpoint format, its tokenizer beside it."""
-    folder = tmp_path_factory.mktemp("served") / "tiny_chat"
-    folder.mkdir()
+def tiny_chat_checkpoint(folder, block_size: int = 64, **config):
+    """A tiny chat-ready GPT (random weights) in train.py's checkpoint format, its tokenizer beside it; the folder's
+    name is the model's id."""
+    folder.mkdir(parents=True)
     tok = BPETokenizer.train(TEXT, 320, SPECIAL_TOKENS)
     tok.save(folder / "tokenizer.json")
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=len(tok), block_size=64, n_layer=2, n_head=2, n_embd=32, pos="rope")
+    cfg = GPTConfig(vocab_size=len(tok), block_size=block_size, **{"n_layer": 2, "n_head": 2, "n_embd": 32,
+                                                                   "pos": "rope", **config})
     save_checkpoint({"stage": "stage5_gpt", "kind": "language_model", "dataset": "course_mix", "config": cfg.to_dict(),
                      "model": GPT(cfg).state_dict(), "state": {"step": 0}, "args": {},
                      "data": {"tokenizer": "tokenizer.json", "fingerprint": tokenizer_fingerprint(folder / "tokenizer.json")}},
                     folder / "best.pt")
     return folder / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_chat_checkpoint(tmp_path_factory.mktemp("served") / "tiny_chat")
 
 
 def make_client(checkpoint, **limits) -> tuple[TestClient, serve.Server]:
@@ -311,38 +316,17 @@ def test_clients_that_hang_up_leave_the_real_server_serving(live):
 
 @pytest.mark.slow
 def test_the_load_test_measures_one_client_then_many_and_counts_failures(tmp_path, tiny_mt_data_dir, capsys):
-    folder = tmp_path / "roomy_chat"                  # room for a Multi30k sentence in the chat template
-    folder.mkdir()
-    tok = BPETokenizer.train(TEXT, 320, SPECIAL_TOKENS)
-    tok.save(folder / "tokenizer.json")
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=len(tok), block_size=256, n_layer=2, n_head=2, n_embd=32, pos="rope")
-    save_checkpoint({"stage": "stage5_gpt", "kind": "language_model", "dataset": "course_mix", "config": cfg.to_dict(),
-                     "model": GPT(cfg).state_dict(), "state": {"step": 0}, "args": {},
-                     "data": {"tokenizer": "tokenizer.json", "fingerprint": tokenizer_fingerprint(folder / "tokenizer.json")}},
-                    folder / "best.pt")
+    roomy = tiny_chat_checkpoint(tmp_path / "roomy_chat", 256)    # room for a Multi30k sentence in the template
+    short = tiny_chat_checkpoint(tmp_path / "short_chat", 24)     # no translation request fits its context
     out = tmp_path / "loadtest.json"
     common = ["--clients", "4", "--rounds", "2", "--solo-requests", "2", "--max-tokens", "8", "--max-batch", "4",
               "--data-dir", str(tiny_mt_data_dir), "--json", str(out)]
-    loadtest.main(["--checkpoint", str(folder / "best.pt"), *common])
+    loadtest.main(["--checkpoint", str(roomy), *common])
     figures = json.loads(out.read_text())
     assert figures["endpoint"] == "chat" and figures["failed_requests"] == 0
     many = figures["concurrent"]
     assert many["requests"] == 8 and many["tokens"] > 0 and 0 < many["ttft_p50_s"] <= many["ttft_p95_s"]
     assert figures["throughput_ratio"] == round(many["tokens_per_second"] / figures["solo"]["tokens_per_second"], 2)
-    code, err = cli(loadtest.main, ["--checkpoint", str(checkpoint_of_context_24(tmp_path)), *common], capsys)
+    code, err = cli(loadtest.main, ["--checkpoint", str(short), *common], capsys)
     assert_one_line_error(code, err, "10 of 10 requests failed .*context")
 
-
-def checkpoint_of_context_24(tmp_path):
-    """A model whose context (24 tokens) no translation request fits: every request of a load test fails."""
-    folder = tmp_path / "tiny_chat"
-    folder.mkdir()
-    tok = BPETokenizer.train(TEXT, 320, SPECIAL_TOKENS)
-    tok.save(folder / "tokenizer.json")
-    cfg = GPTConfig(vocab_size=len(tok), block_size=24, n_layer=1, n_head=2, n_embd=16)
-    save_checkpoint({"stage": "stage5_gpt", "kind": "language_model", "dataset": "course_mix", "config": cfg.to_dict(),
-                     "model": GPT(cfg).state_dict(), "state": {"step": 0}, "args": {},
-                     "data": {"tokenizer": "tokenizer.json", "fingerprint": tokenizer_fingerprint(folder / "tokenizer.json")}},
-                    folder / "best.pt")
-    return folder / "best.pt"
