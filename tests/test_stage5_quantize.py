@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from conftest import assert_one_line_error, cli, write_tiny_lm_data
 from scripts.common import UserError
-from stage5_gpt import quantize, train
+from stage5_gpt import quantize, quantize_int4, train
 from stage5_gpt.model import GPT, GPTConfig
 
 
@@ -98,3 +98,70 @@ def test_the_report_compares_the_models_on_real_text(lm, tmp_path, capsys):
 def train_free(ckpt):
     from stage5_gpt.evaluate import load_model
     return load_model(ckpt, torch.device("cpu"))[0]
+
+
+# ----------------------------------------------------------------------------- int4, group-wise (quantize_int4.py)
+
+def test_nibbles_pack_two_to_a_byte_and_unpack_exactly():
+    q = torch.randint(-8, 8, (5, 64), dtype=torch.int8)
+    packed = quantize_int4.pack_nibbles(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 32)
+    assert torch.equal(quantize_int4.unpack_nibbles(packed), q)
+    assert int(quantize_int4.pack_nibbles(torch.tensor([[-8, 7]], dtype=torch.int8))[0, 0]) == 0xF0   # low 0, high 15
+
+
+def test_each_group_is_rounded_within_half_its_own_step_and_an_outlier_coarsens_only_its_group():
+    torch.manual_seed(0)
+    w = torch.randn(4, 128) * 0.02
+    w[1, 5] = 3.0                                                     # one large weight in row 1, group 0
+    q, scale = quantize_int4.quantize_groups(w, 32)
+    assert q.dtype == torch.int8 and int(q.min()) >= -8 and int(q.max()) <= 7 and scale.shape == (4, 4)
+    back = quantize_int4.dequantize_groups(q, scale)
+    assert ((w - back).abs() <= scale.repeat_interleave(32, dim=1) / 2 + 1e-7).all()
+    assert scale[1, 0] > 50 * scale[1, 1]                             # only group 0 of row 1 got the coarse step
+    assert torch.count_nonzero(back[1, 32:]) > 0.8 * 96               # the rest of the row keeps its small weights
+    q_row, s_row = quantize_int4.quantize_groups(w, 128)              # one scale for the whole row, for contrast
+    assert torch.count_nonzero(quantize_int4.dequantize_groups(q_row, s_row)[1]) <= 2
+
+
+def test_pytorchs_int4_kernel_equals_the_spelled_out_arithmetic():
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 48)
+    x = torch.randn(3, 5, 128)
+    fused = quantize_int4.Int4Linear.from_linear(linear, 32)
+    plain = quantize_int4.Int4Linear.from_linear(linear, 32, "dequantize")
+    assert torch.allclose(fused(x), plain(x), atol=1e-4)
+    assert torch.allclose(plain(x), nn.functional.linear(x, fused.weight(), linear.bias), atol=1e-5)
+    assert (fused(x) - linear(x)).abs().max() < 0.25 * linear(x).abs().max()
+
+
+def test_an_int4_gpt_keeps_its_tie_is_an_eighth_of_the_bytes_and_refuses_what_does_not_fit():
+    model, qmodel = tiny_gpt(), quantize_int4.quantize_model_int4(tiny_gpt(), 32)
+    x = torch.randint(0, 96, (2, 16))
+    a, b = model(x)[0], qmodel(x)[0]
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.6
+    assert isinstance(qmodel.wte, quantize_int4.Int4Embedding) and qmodel.wte.tied[0] is qmodel.lm_head
+    assert quantize.model_bytes(qmodel) < 0.3 * quantize.model_bytes(model)
+    int8_bytes = quantize.model_bytes(quantize.quantize_model(tiny_gpt()))
+    assert quantize.model_bytes(qmodel) < int8_bytes
+    with pytest.raises(UserError, match="already quantized"):
+        quantize_int4.quantize_model_int4(qmodel)
+    with pytest.raises(UserError, match="does not divide"):
+        quantize_int4.quantize_model_int4(tiny_gpt(), 64)            # the model is 32 wide
+
+
+def test_the_int4_report_compares_float_int8_and_int4_on_real_text(lm, tmp_path, capsys):
+    data, ckpt = lm
+    quantize_int4.main(["--checkpoint", str(ckpt), "--data-dir", str(data), "--group-size", "32", "--new-tokens", "8",
+                        "--result", str(tmp_path / "q4.json")])
+    models = json.loads((tmp_path / "q4.json").read_text())["models"]
+    assert set(models) == {"float32", "int8, per row (quantize.py)", "int4, groups of 32",
+                           "int4, groups of 32, dequantize"}
+    assert models["int4, groups of 32"]["bytes"] < models["int8, per row (quantize.py)"]["bytes"] \
+        < models["float32"]["bytes"]
+    assert abs(models["int4, groups of 32"]["ppl"] / models["float32"]["ppl"] - 1) < 0.2
+    assert models["int4, groups of 32"]["ppl"] == pytest.approx(models["int4, groups of 32, dequantize"]["ppl"],
+                                                               rel=1e-3)
+    code, err = cli(quantize_int4.main, ["--checkpoint", str(ckpt), "--data-dir", str(data), "--group-size", "64"],
+                    capsys)
+    assert_one_line_error(code, err, "does not divide")

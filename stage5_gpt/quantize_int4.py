@@ -1,0 +1,206 @@
+"""INT4 weight quantization, group-wise: the second lesson after int8 (quantize.py), where one scale per row stops
+being enough.
+
+    qmodel = quantize_model_int4(model, group_size=64)       # nn.Linear -> Int4Linear, the tied embedding follows
+    python stage5_gpt/quantize_int4.py --checkpoint runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt
+
+Four bits give 16 levels. Symmetric quantization keeps a scale s and integers q = round(w / s) in [-8, 7], so w moves by
+at most s / 2, and s = max|w| / 7 for the weights sharing it. With 127 levels (int8) one scale per row was fine; with 7,
+a row's one large weight would leave every small weight of that row at 0 or +-s. So each row is cut into groups of
+--group-size consecutive weights (32 to 256 are common), and every group gets its own scale: a large weight now coarsens
+only its own group. The price is the scales: one float per group. In float32 a group of 64 adds 4 bytes to its 32 bytes
+of packed weights, 0.5 + 0.0625 = 0.5625 bytes per weight, about a seventh of float32's 4 (bf16 scales, as
+production formats keep them, would halve that overhead).
+
+Two 4-bit numbers share a byte: `pack_nibbles` stores q + 8 (0..15) of even columns in the low half and of odd columns
+in the high half, and `unpack_nibbles` undoes it exactly. `Int4Linear` computes y = x (q * s)^T + b: kernel "dequantize"
+spells it out (unpack, times each group's scale, an ordinary matmul), kernel "fused" hands the weights, converted once
+into the layout PyTorch's CPU kernel wants (torch._convert_weight_to_int4pack_for_cpu), to that kernel
+(torch._weight_int4pack_mm_for_cpu, gpt-fast's and torchao's CPU int4 path), which reads the 4-bit weights as they are.
+The test checks the two against each other. The tied embedding reads its rows from the output layer's packed weights.
+
+This script's report puts float32, int8 (quantize.py) and int4 side by side on real text: perplexity, the logits'
+change, bytes, decoding speed at batch 1, and greedy text. It writes no int4 checkpoint: save and load are int8's
+lesson, and the int4 model is remade from the float one in a second.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python stage5_gpt/quantize_int4.py`: put the repo root on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scripts.common import UserError, get_device, load_checkpoint, portable, positive_int, resolve_data_dir, run_cli, \
+    write_json
+from stage5_gpt.corpus import dataset_info, load_text
+from stage5_gpt.data import encode_split
+from stage5_gpt.evaluate import load_model, score_split
+from stage5_gpt.model import GPT
+from stage5_gpt.quantize import KERNELS, decode_speed, logit_errors, model_bytes, quantize_model
+
+GROUP_SIZES = (32, 64, 128, 256)
+
+
+def quantize_groups(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float matrix (out, in) -> (q int8 (out, in) in [-8, 7], scale float32 (out, in / group_size))."""
+    out_f, in_f = w.shape
+    groups = w.detach().float().reshape(out_f, in_f // group_size, group_size)     # (out, G, group)
+    scale = (groups.abs().amax(dim=-1) / 7).clamp(min=1e-12)                       # (out, G): max|w| maps to 7
+    q = torch.round(groups / scale[..., None]).clamp(-8, 7).to(torch.int8)
+    return q.reshape(out_f, in_f), scale
+
+
+def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """(..., in) integers and (..., G) scales -> (..., in) floats: each group of in / G times its own scale."""
+    group_size = q.shape[-1] // scale.shape[-1]
+    return (q.to(dtype).unflatten(-1, (scale.shape[-1], group_size)) * scale[..., None].to(dtype)).flatten(-2)
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """int8 in [-8, 7] (..., in), in even -> uint8 (..., in / 2): column 2j in the low 4 bits, 2j + 1 in the high 4."""
+    u = (q.to(torch.int16) + 8).to(torch.uint8)                                    # 0..15
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of pack_nibbles: uint8 (..., in / 2) -> int8 (..., in) in [-8, 7]."""
+    low, high = (packed & 0x0F).to(torch.int8) - 8, (packed >> 4).to(torch.int8) - 8
+    return torch.stack([low, high], dim=-1).flatten(-2)
+
+
+class Int4Linear(nn.Module):
+    """A linear layer with 4-bit weights, two to a byte, and one float scale per group of group_size inputs."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str = "fused"):
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        # PyTorch's CPU kernel takes a multiple of 16 outputs; another layer (a vocabulary of 300) is spelled out
+        self.group_size = self.in_features // scale.shape[1]
+        self.kernel = "dequantize" if kernel == "fused" and self.out_features % 16 else kernel
+        self.register_buffer("weight_int4", pack_nibbles(q))     # (out, in / 2) uint8: an eighth of float32's bytes
+        self.register_buffer("scale", scale)                     # (out, in / group_size) float32
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        if self.kernel == "fused":   # PyTorch's own tiled layout of the same numbers, made once (not saved: derived)
+            self.register_buffer("fused_weight", torch._convert_weight_to_int4pack_for_cpu(
+                (q.to(torch.int32) + 8).contiguous(), 1), persistent=False)
+            # the kernel computes (q + 8 - 8) * scale + zero per group: zero 0, since ours are symmetric
+            self.register_buffer("scales_and_zeros", torch.stack([scale.t(), torch.zeros_like(scale.t())], -1)
+                                 .contiguous(), persistent=False)                 # (G, out, 2)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int, kernel: str = "fused") -> "Int4Linear":
+        return cls(*quantize_groups(linear.weight, group_size), linear.bias, kernel)
+
+    def weight(self, dtype=torch.float32) -> torch.Tensor:
+        return dequantize_groups(unpack_nibbles(self.weight_int4), self.scale, dtype)      # (out, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "dequantize":             # the arithmetic, spelled out
+            y = F.linear(x, self.weight(x.dtype))
+        else:
+            flat = x.reshape(-1, self.in_features).contiguous()                  # (N, in)
+            y = torch._weight_int4pack_mm_for_cpu(flat, self.fused_weight, self.group_size,
+                                                 self.scales_and_zeros.to(x.dtype))
+            y = y.reshape(*x.shape[:-1], self.out_features)                      # (..., out)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class Int4Embedding(nn.Module):
+    """An embedding whose rows live in the output layer's packed 4-bit weights and group scales (tied)."""
+
+    def __init__(self, tied: Int4Linear):
+        super().__init__()
+        self.tied = [tied]                          # a list: not a submodule, so its buffers are saved once
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        head = self.tied[0]
+        return dequantize_groups(unpack_nibbles(head.weight_int4[idx]), head.scale[idx])     # (B, T, C)
+
+
+def quantize_model_int4(model: GPT, group_size: int = 64, kernel: str = "fused") -> GPT:
+    """Every nn.Linear of `model` -> Int4Linear (in place), the tied embedding reading the output layer's weights."""
+    if getattr(model, "quantized", None):
+        raise UserError(f"this model is already quantized ({model.quantized}): quantize the float checkpoint instead")
+    if kernel not in KERNELS:
+        raise UserError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, m in linears:
+        if m.in_features % group_size:
+            raise UserError(f"--group-size {group_size} does not divide {name}'s {m.in_features} inputs: use a "
+                            f"group size that divides every layer's width ({', '.join(map(str, GROUP_SIZES))})")
+    tied = model.lm_head.weight is model.wte.weight
+    for name, m in linears:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Int4Linear.from_linear(m, group_size, kernel))
+    if tied:
+        model.wte = Int4Embedding(model.lm_head)
+    model.quantized = f"int4, symmetric, groups of {group_size}"
+    return model.eval()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Quantize a GPT's weights to 4 bits per group and compare it with float32 "
+                                            "and int8 (Stage 5).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default="runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt",
+                   help="a float GPT checkpoint (train.py's or sft.py's best.pt)")
+    p.add_argument("--group-size", type=int, nargs="+", default=[32, 64], choices=GROUP_SIZES,
+                   help="the group sizes to compare")
+    p.add_argument("--split", default="val", help="the split whose perplexity is compared")
+    p.add_argument("--max-tokens", type=positive_int, default=200_000, help="score at most this many tokens of it")
+    p.add_argument("--new-tokens", type=positive_int, default=128, help="tokens per decoding-speed measurement")
+    p.add_argument("--prompt", default="The history of", help="the prompt of the text shown side by side")
+    p.add_argument("--data-dir", default=None, help="default: $MY_LLM_DATA, else ~/.cache/my_llm/data")
+    p.add_argument("--result", default=None, help="a result JSON with every figure (default: none)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = get_device("cpu")
+    if load_checkpoint(args.checkpoint, stage="stage5_gpt", kind="language_model").get("quantized"):
+        raise UserError(f"{args.checkpoint} is already quantized: give the float checkpoint")
+    fresh = lambda: load_model(args.checkpoint, device)[0]  # noqa: E731   (each quantizer takes a model of its own)
+    model, tok, ckpt = load_model(args.checkpoint, device)
+    info = dataset_info(ckpt["dataset"])
+    if args.split not in info["splits"]:
+        raise UserError(f"{ckpt['dataset']} has no split {args.split!r}; it has {', '.join(info['splits'])}")
+    ids = np.array(encode_split(tok, load_text(ckpt["dataset"], resolve_data_dir(args.data_dir), args.split)),
+                   dtype=np.int64)[:args.max_tokens + 1]
+    models = {"float32": model, "int8, per row (quantize.py)": quantize_model(fresh())}
+    for g in args.group_size:
+        models[f"int4, groups of {g}"] = quantize_model_int4(fresh(), g)
+    spelled = [n for n, m in models[f"int4, groups of {g}"].named_modules()
+               if isinstance(m, Int4Linear) and m.kernel == "dequantize"]
+    if spelled:
+        print(f"PyTorch's int4 kernel takes a multiple of 16 outputs: {', '.join(spelled)} computed spelled out")
+    models[f"int4, groups of {args.group_size[-1]}, dequantize"] = quantize_model_int4(fresh(), args.group_size[-1],
+                                                                                         "dequantize")
+    prompt = tok.encode(args.prompt) or [0]
+    rows = {}
+    for name, m in models.items():
+        loss, n = score_split(m, ids, device)
+        text = tok.decode(m.generate(torch.tensor([prompt]), 40, temperature=0)[0, len(prompt):].tolist())
+        rows[name] = {"ppl": round(math.exp(loss), 3), "tokens_scored": n, "bytes": model_bytes(m),
+                      "logit_error": logit_errors(model, m, ids) if m is not model else None,
+                      "decode_tokens_per_second": decode_speed(m, prompt, args.new_tokens), "greedy_text": text}
+        top1 = rows[name]["logit_error"]["top1_agreement"] if rows[name]["logit_error"] else 1.0
+        print(f"{name:34s} ppl {rows[name]['ppl']:9.3f} | {rows[name]['bytes'] / 2**20:7.2f} MiB | top-1 same "
+              f"{top1:.3f} | {rows[name]['decode_tokens_per_second']:7.1f} tokens/s | {text[:50]!r}")
+    if args.result:
+        write_json(args.result, {"checkpoint": portable(str(args.checkpoint)), "dataset": ckpt["dataset"],
+                                 "split": args.split, "threads": torch.get_num_threads(), "models": rows,
+                                 "command": "python stage5_gpt/quantize_int4.py " + " ".join(argv or sys.argv[1:])})
+
+
+if __name__ == "__main__":
+    run_cli(main)
