@@ -52,6 +52,8 @@ from stage4_transformer.data import tokenize as s4_tokenize
 from stage5_gpt import chat as s5_chat, evaluate as s5_evaluate, evaluate_chat as s5_evaluate_chat, generate as s5_generate
 from stage5_gpt.chat_template import prompt_ids as s5_prompt_ids
 from stage5_gpt.lora import load_adapter as s5_load_adapter, lora_layers as s5_lora_layers
+from stage5_gpt.quantize import model_bytes as s5_model_bytes, quantize_model as s5_quantize_int8
+from stage5_gpt.quantize_int4 import quantize_model_int4 as s5_quantize_int4
 from stage5_gpt.reference_runs import LORA_ADAPTER, LORA_COMMAND, REFERENCE_RUNS as S5_REFERENCE_RUNS, SFT_CHECKPOINT
 from stage6_bert import fill_mask as s6_fill_mask, predict as s6_predict
 from stage6_bert.reference_runs import MINILM_SST2_CHECKPOINT
@@ -138,15 +140,16 @@ def missing_checkpoint(key: str) -> str:
             f"This tab finds it on the next submit, without a restart.")
 
 
-def load(key: str, loader):
-    """The model behind a tab, loaded by loader(path, device) on first use and kept. A missing checkpoint is looked for
-    again on every call, so a model trained while the demo runs is picked up."""
+def load(key: str, loader, variant: str = ""):
+    """The model behind a tab, loaded by loader(path, device) on first use and kept (one per variant: float32 and
+    int8 weights of the same checkpoint, say). A missing checkpoint is looked for again on every call, so a model
+    trained while the demo runs is picked up."""
     path = SETTINGS["checkpoints"][key]
-    if (key, path) not in _loaded:
+    if (key, path, variant) not in _loaded:
         if missing_checkpoint(key):
             raise UserError(missing_checkpoint(key))
-        _loaded[key, path] = loader(path, SETTINGS["device"])
-    return _loaded[key, path]
+        _loaded[key, path, variant] = loader(path, SETTINGS["device"])
+    return _loaded[key, path, variant]
 
 
 def guarded(n_outputs: int):
@@ -258,12 +261,39 @@ def stages34_translate(text: str):
     return stage3_translate(text) + stage4_translate(text)
 
 
+S5_WEIGHTS = ("float32", "int8", "int4")
+
+
+def load_stage5(weights: str):
+    """The Stage 5 GPT, its tokenizer and its weights' bytes: float32 as trained, or quantized in memory when first
+    asked for (int8 per row, stage5_gpt/quantize.py; int4 in groups of 64 or 32 inputs, quantize_int4.py)."""
+    if weights not in S5_WEIGHTS:
+        raise UserError(f"weights must be one of {', '.join(S5_WEIGHTS)}")
+    if weights != "float32" and SETTINGS["device"].type != "cpu":
+        raise UserError("the int8 and int4 kernels used here are the CPU's: start the demo with --device cpu")
+
+    def loader(path, device):
+        model, tok = s5_evaluate.load_model(path, device)[:2]
+        if weights == "int8":
+            model = s5_quantize_int8(model)
+        elif weights == "int4":
+            widths = sorted({m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)})
+            group = next((g for g in (64, 32) if all(w % g == 0 for w in widths)), None)
+            if group is None:
+                raise UserError(f"int4 weights come in groups of 32 or 64 inputs, and this model's layers take "
+                                f"{widths}: choose float32 or int8")
+            model = s5_quantize_int4(model, group)
+        return model, tok, s5_model_bytes(model)
+    return load("stage5", loader, weights)
+
+
 @guarded(2)
-def stage5_generate(prompt: str, temperature: float, top_k: float, top_p: float, max_new: float):
+def stage5_generate(prompt: str, temperature: float, top_k: float, top_p: float, max_new: float,
+                    weights: str = "float32"):
     """Yields (the prompt and the continuation so far, message): Gradio shows each as it comes. top_k 0 and top_p 1
-    mean no cut; temperature 0 is greedy."""
+    mean no cut; temperature 0 is greedy. `weights` picks float32, int8 or int4 weights of the same model."""
     prompt = check_text(prompt, MAX_CHARS["stage5"])
-    model, tok = load("stage5", lambda path, device: s5_evaluate.load_model(path, device)[:2])
+    model, tok, size = load_stage5(weights)
     ids = s5_generate.encode_prompt(tok, prompt)  # a character tokenizer names the characters it does not know
     t0, text, n = time.perf_counter(), "", 0
     for text, n in s5_generate.stream_text(model, tok, ids, int(max_new), SETTINGS["device"], float(temperature),
@@ -273,7 +303,8 @@ def stage5_generate(prompt: str, temperature: float, top_k: float, top_p: float,
     seconds = time.perf_counter() - t0
     note = f" (the prompt has {len(ids)} tokens; the model reads the last {model.cfg.block_size})" \
         if len(ids) > model.cfg.block_size else ""
-    yield prompt + text, f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.0f} tokens/s, KV cache){note}"
+    yield prompt + text, (f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.0f} tokens/s, KV cache; "
+                          f"{weights} weights, {size / 2**20:.2f} MiB){note}")
 
 
 @guarded(2)
@@ -428,9 +459,11 @@ def build_app():
                 s5_topk = slider("s5-top-k", "top-k (0 = off)", 0, 200, 40, 1)
                 s5_topp = slider("s5-top-p", "top-p (1 = off)", 0.05, 1.0, 0.95, 0.05)
                 s5_len = slider("s5-length", "new tokens", 1, 300, 80, 1)
+            s5_weights = gr.Radio(list(S5_WEIGHTS), value="float32", elem_id="s5-weights",
+                                  label="weights (int8 and int4: the same model quantized, section 22 of the docs)")
             s5_go = gr.Button("Generate", variant="primary", elem_id="s5-submit")
             s5_out, s5_msg = gr.Textbox(label="Text", lines=8, elem_id="s5-output"), gr.Markdown(elem_id="s5-message")
-            s5_go.click(stage5_generate, [s5_in, s5_temp, s5_topk, s5_topp, s5_len], [s5_out, s5_msg])
+            s5_go.click(stage5_generate, [s5_in, s5_temp, s5_topk, s5_topp, s5_len, s5_weights], [s5_out, s5_msg])
         with gr.Tab("Stage 5: chat", elem_id="tab-stage5-chat"):
             gr.Markdown("The GPT instructed with the course's own tasks (translation to French, German to English, "
                         "sentiment, short everyday instructions) answers; the conversation so far is read again "

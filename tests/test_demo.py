@@ -97,6 +97,18 @@ def test_stage5_streams_growing_text(tiny):
     assert [m for _, m in steps[:-1]] == [""] * 12 and re.match(r"12 tokens in [\d.]+ s", steps[-1][1])
 
 
+def test_stage5_generates_with_int8_and_int4_weights_of_the_same_model(tiny, tmp_path):
+    from test_stage5_serve import tiny_chat_checkpoint
+    int8 = list(demo.stage5_generate("The history", 0, 0, 1.0, 6, "int8"))[-1]
+    assert int8[0].startswith("The history") and re.match(r"6 tokens in .*; int8 weights, [\d.]+ MiB", int8[1])
+    assert demo.load_stage5("int8")[2] < demo.load_stage5("float32")[2]
+    assert "weights come in groups of 32 or 64 inputs" in list(demo.stage5_generate("The history", 0, 0, 1.0, 6, "int4"))[-1][1]
+    demo.configure("cpu", stage5=tiny_chat_checkpoint(tmp_path / "wide"))        # 32 wide: groups of 32 fit
+    int4 = list(demo.stage5_generate("The history", 0, 0, 1.0, 6, "int4"))[-1]
+    assert re.match(r"6 tokens in .*; int4 weights", int4[1])
+    assert demo.load_stage5("int4")[2] < demo.load_stage5("int8")[2] < demo.load_stage5("float32")[2]
+
+
 def test_stage6_fills_mask_with_k_guesses_each(tiny):
     table, message = demo.stage6_fill("the movie was [MASK] , [MASK] .", 4)
     assert message == "" and table.startswith("**Best guess:** the movie was ")
