@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as `python scripts/demo_screenshots.py`: pu
 from scripts.common import UserError, positive_float, run_cli
 
 # One entry per tab (or per use of a tab: "name" tells two apart): the tab's label, its screenshot, what to type where,
-# the boxes to tick, the buttons to press, and the outputs that must show an answer (a box's text, an image, or a component's text that differs from before the click), each with the
+# the boxes to tick, the radio options to choose, the buttons to press, and the outputs that must show an answer (a box's text, an image, or a component's text that differs from before the click), each with the
 # message box beside it: a message that a checkpoint does not exist also ends the wait for that output.
 TABS = [
     {"tab": "Stage 1: classify", "file": "demo_stage1.png",
@@ -35,6 +35,9 @@ TABS = [
     {"tab": "Stage 5: generate", "file": "demo_stage5.png", "type": {"s5-input": "The history of the city"},
      "click": ["s5-submit"], "wait": {"s5-output": "s5-message", "s5-message": "s5-message"}},  # the message comes
     # when the stream has ended
+    {"tab": "Stage 5: generate", "name": "Stage 5: generate, int8 weights", "file": "demo_stage5_int8.png",
+     "type": {"s5-input": "The history of the city"}, "choose": {"s5-weights": "int8"},
+     "click": ["s5-submit"], "wait": {"s5-output": "s5-message", "s5-message": "s5-message"}},
     {"tab": "Stage 5: chat", "file": "demo_stage5_chat.png",
      "type": {"s5c-input": "Translate this English sentence into French:\nA man is riding a bike."},
      "click": ["s5c-submit"], "wait": {"s5c-output": "s5c-message", "s5c-message": "s5c-message"}},
@@ -79,6 +82,8 @@ def answer(page, tab: dict, timeout_s: float = 60) -> float:
         page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
     for elem_id in tab.get("check", []):
         page.locator(f"#{elem_id} input").first.check()
+    for elem_id, option in tab.get("choose", {}).items():              # a radio button, by its label
+        page.locator(f"#{elem_id}").get_by_label(option, exact=True).check()
     before = {elem_id: shown(page, elem_id) for elem_id in tab["wait"]}
     t0 = time.perf_counter()
     for elem_id in tab["click"]:
