@@ -68,8 +68,10 @@ REFERENCE_RUNS = {
     "glue_mrpc_minilm_tuned_seed3": [*MRPC_TUNED, "--seed", "3",
                                      "--out-dir", "runs/stage6_bert/glue_mrpc_minilm_tuned_seed3"],
     "glue_rte_minilm_tuned": [*RTE_TUNED, "--out-dir", "runs/stage6_bert/glue_rte_minilm_tuned"],
-    "glue_rte_minilm_tuned_seed2": [*RTE_TUNED, "--seed", "2", "--out-dir", "runs/stage6_bert/glue_rte_minilm_tuned_seed2"],
-    "glue_rte_minilm_tuned_seed3": [*RTE_TUNED, "--seed", "3", "--out-dir", "runs/stage6_bert/glue_rte_minilm_tuned_seed3"],
+    "glue_rte_minilm_tuned_seed2": [*RTE_TUNED, "--seed", "2",
+                                    "--out-dir", "runs/stage6_bert/glue_rte_minilm_tuned_seed2"],
+    "glue_rte_minilm_tuned_seed3": [*RTE_TUNED, "--seed", "3",
+                                    "--out-dir", "runs/stage6_bert/glue_rte_minilm_tuned_seed3"],
 }
 
 # The searches behind the real weights' recipes, declared the same way: a search's name -> its command (after
@@ -107,7 +109,8 @@ SWEEP_CHECKS = {
     "glue_rte_minilm_grid": {"hand recipe (lr 5e-5, mean pooling)":
                                  ["glue_rte_minilm", "glue_rte_minilm_seed2", "glue_rte_minilm_seed3"],
                              "search winner (lr 1e-4, mean pooling)":
-                                 ["glue_rte_minilm_tuned", "glue_rte_minilm_tuned_seed2", "glue_rte_minilm_tuned_seed3"]},
+                                 ["glue_rte_minilm_tuned", "glue_rte_minilm_tuned_seed2",
+                                  "glue_rte_minilm_tuned_seed3"]},
 }
 
 # The folder the "pretrain" run writes (pretrain.py's default --out-dir, runs/stage6_bert/<run name>), + best.pt.
