@@ -79,6 +79,10 @@ REFERENCE_SWEEPS = {
                               "--objective", "val.f1", "--direction", "maximize", "--sampler", "grid",
                               "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
                               "--", "--task", "mrpc", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
+    "glue_rte_minilm_grid": ["scripts/sweep.py", "stage6_bert/finetune.py", "--name", "glue_rte_minilm_grid",
+                             "--objective", "val.accuracy", "--direction", "maximize", "--sampler", "grid",
+                             "--param", "lr=choice:5e-5,1e-4,2e-4", "--param", "pooling=choice:cls,mean",
+                             "--", "--task", "rte", "--pretrained", "all-MiniLM-L6-v2", "--epochs", "5"],
 }
 
 # How a search is checked: its winner and the recipe it set out to beat, each trained again with three seeds and scored
