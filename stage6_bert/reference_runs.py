@@ -21,6 +21,9 @@ COLA_TUNED = ["stage6_bert/finetune.py", "--task", "cola", "--pretrained", "all-
 # ... MRPC's: lr 2e-4 with mean pooling
 MRPC_TUNED = ["stage6_bert/finetune.py", "--task", "mrpc", "--pretrained", "all-MiniLM-L6-v2", "--pooling", "mean",
               "--lr", "2e-4", "--epochs", "5"]
+# ... RTE's: lr 1e-4 with mean pooling
+RTE_TUNED = ["stage6_bert/finetune.py", "--task", "rte", "--pretrained", "all-MiniLM-L6-v2", "--pooling", "mean",
+             "--lr", "1e-4", "--epochs", "5"]
 
 REFERENCE_RUNS = {
     "pretrain": ["stage6_bert/pretrain.py", "--layers", "4", "--hidden", "128", "--heads", "2", "--max-len", "64",
@@ -64,6 +67,9 @@ REFERENCE_RUNS = {
                                      "--out-dir", "runs/stage6_bert/glue_mrpc_minilm_tuned_seed2"],
     "glue_mrpc_minilm_tuned_seed3": [*MRPC_TUNED, "--seed", "3",
                                      "--out-dir", "runs/stage6_bert/glue_mrpc_minilm_tuned_seed3"],
+    "glue_rte_minilm_tuned": [*RTE_TUNED, "--out-dir", "runs/stage6_bert/glue_rte_minilm_tuned"],
+    "glue_rte_minilm_tuned_seed2": [*RTE_TUNED, "--seed", "2", "--out-dir", "runs/stage6_bert/glue_rte_minilm_tuned_seed2"],
+    "glue_rte_minilm_tuned_seed3": [*RTE_TUNED, "--seed", "3", "--out-dir", "runs/stage6_bert/glue_rte_minilm_tuned_seed3"],
 }
 
 # The searches behind the real weights' recipes, declared the same way: a search's name -> its command (after
@@ -98,6 +104,10 @@ SWEEP_CHECKS = {
                               "search winner (lr 2e-4, mean pooling)":
                                   ["glue_mrpc_minilm_tuned", "glue_mrpc_minilm_tuned_seed2",
                                    "glue_mrpc_minilm_tuned_seed3"]},
+    "glue_rte_minilm_grid": {"hand recipe (lr 5e-5, mean pooling)":
+                                 ["glue_rte_minilm", "glue_rte_minilm_seed2", "glue_rte_minilm_seed3"],
+                             "search winner (lr 1e-4, mean pooling)":
+                                 ["glue_rte_minilm_tuned", "glue_rte_minilm_tuned_seed2", "glue_rte_minilm_tuned_seed3"]},
 }
 
 # The folder the "pretrain" run writes (pretrain.py's default --out-dir, runs/stage6_bert/<run name>), + best.pt.
