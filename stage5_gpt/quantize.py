@@ -1,6 +1,6 @@
 """INT8 weight quantization from scratch: every weight matrix of a GPT stored as 8-bit integers and one float per row.
 
-    qmodel = quantize_model(model)                     # nn.Linear -> Int8Linear, the tied embedding -> Int8Embedding
+    qmodel = quantize_model(model)                     # nn.Linear -> Int8Linear, the tied embedding -> TiedEmbedding
     save_quantized(qmodel, tok_file, "int8.pt"); load_quantized("int8.pt")
     python stage5_gpt/quantize.py --checkpoint runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt
 
@@ -15,7 +15,7 @@ coarsely, which is why each row gets its own scale instead of one for the whole 
   (torch._weight_int8pack_mm, the one gpt-fast and torchao use on CPUs), which reads the int8 bytes directly: decoding
   one token at a time is limited by how fast the weights stream from memory, so a quarter of the bytes can mean more
   tokens per second.
-- The tied embedding (one matrix reads tokens and scores them) stays tied: `Int8Embedding` looks its rows up in the same
+- The tied embedding (one matrix reads tokens and scores them) stays tied: `TiedEmbedding` looks its rows up in the same
   int8 matrix and scales as the output layer uses.
 - Norms, biases and the rotary tables stay float: they are tiny, and the norms' gains are where errors would spread.
 
@@ -65,7 +65,21 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -
     return q.to(dtype) * scale[:, None].to(dtype)
 
 
-class Int8Linear(nn.Module):
+class QuantizedLinear(nn.Module):
+    """What the int8 layer below and the int4 one (quantize_int4.py) share: y = x W^T + b with W kept quantized. Each
+    says how its weights read back as floats (`dequantized`: every row, or the rows an embedding looks up) and how
+    PyTorch's kernel multiplies by them as they are (`fused_matmul`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "dequantize":             # the arithmetic, spelled out
+            y = F.linear(x, self.dequantized(dtype=x.dtype))
+        else:                                       # PyTorch's kernel reads the quantized weight as it is
+            flat = x.reshape(-1, self.in_features).contiguous()                           # (N, in)
+            y = self.fused_matmul(flat).reshape(*x.shape[:-1], self.out_features)          # (..., out)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class Int8Linear(QuantizedLinear):
     """A linear layer with int8 weights and one float scale per output: y = x (q * s)^T + b."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str = "fused"):
@@ -79,45 +93,54 @@ class Int8Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, kernel: str = "fused") -> "Int8Linear":
         return cls(*quantize_rows(linear.weight), linear.bias, kernel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "dequantize":             # the arithmetic, spelled out
-            y = F.linear(x, dequantize_rows(self.weight_int8, self.scale, x.dtype))
-        else:                                       # PyTorch's kernel reads the int8 weight as it is
-            flat = x.reshape(-1, self.in_features).contiguous()                  # (N, in)
-            y = torch._weight_int8pack_mm(flat, self.weight_int8, self.scale.to(x.dtype))
-            y = y.reshape(*x.shape[:-1], self.out_features)                      # (..., out)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+    def dequantized(self, rows=slice(None), dtype=torch.float32) -> torch.Tensor:
+        """q * s for the weight's rows (all, or those `rows` picks): (out, in), or (..., in) for a tensor of ids."""
+        return self.weight_int8[rows].to(dtype) * self.scale[rows][..., None].to(dtype)
+
+    def fused_matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(flat, self.weight_int8, self.scale.to(flat.dtype))
 
 
-class Int8Embedding(nn.Module):
-    """An embedding whose rows live in an Int8Linear's int8 matrix and scales (the output layer's, when tied)."""
+class TiedEmbedding(nn.Module):
+    """An embedding whose rows are the output layer's quantized rows (GPT ties the two matrices, section 7): looked up,
+    then read back as floats."""
 
-    def __init__(self, tied: Int8Linear):
+    def __init__(self, tied: QuantizedLinear):
         super().__init__()
         self.tied = [tied]                          # a list: not a submodule, so its buffers are saved once
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        head = self.tied[0]
-        return head.weight_int8[idx].float() * head.scale[idx][..., None]      # (B, T, C)
+        return self.tied[0].dequantized(idx)        # (B, T, C)
 
 
-def quantize_model(model: GPT, kernel: str = "fused") -> GPT:
-    """Replace every nn.Linear of `model` by an Int8Linear (in place), and the tied embedding by an Int8Embedding
-    reading the output layer's int8 rows. Returns the model, now in eval mode (it is for inference)."""
+def check_quantizable(model: GPT, kernel: str) -> None:
     if getattr(model, "quantized", None):
         raise UserError(f"this model is already quantized ({model.quantized}): quantize the float checkpoint instead")
     if kernel not in KERNELS:
         raise UserError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+
+
+def swap_linears(model: GPT, quantized_linear, quantized_embedding, scheme: str) -> GPT:
+    """Replace every nn.Linear of `model` by quantized_linear(it) (in place), and a tied embedding by
+    quantized_embedding(the new output layer), which reads its rows from that layer's quantized weights. Returns the
+    model, marked with its scheme and in eval mode (it is for inference)."""
     tied = model.lm_head.weight is model.wte.weight
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, Int8Linear.from_linear(module, kernel))
+            setattr(parent, child, quantized_linear(module))
     if tied:
-        model.wte = Int8Embedding(model.lm_head)
-    model.quantized = SCHEME
+        model.wte = quantized_embedding(model.lm_head)
+    model.quantized = scheme
     return model.eval()
+
+
+def quantize_model(model: GPT, kernel: str = "fused") -> GPT:
+    """Every nn.Linear of `model` -> Int8Linear (in place), the tied embedding -> a TiedEmbedding reading the output
+    layer's int8 rows."""
+    check_quantizable(model, kernel)
+    return swap_linears(model, lambda linear: Int8Linear.from_linear(linear, kernel), TiedEmbedding, SCHEME)
 
 
 def model_bytes(model: nn.Module) -> int:

@@ -36,7 +36,6 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/quantize_int4.py`: pu
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from scripts.common import UserError, get_device, load_checkpoint, portable, positive_int, resolve_data_dir, run_cli, \
     write_json
@@ -44,7 +43,8 @@ from stage5_gpt.corpus import dataset_info, load_text
 from stage5_gpt.data import encode_split
 from stage5_gpt.evaluate import load_model, score_split
 from stage5_gpt.model import GPT
-from stage5_gpt.quantize import KERNELS, decode_speed, logit_errors, model_bytes, quantize_model
+from stage5_gpt.quantize import (QuantizedLinear, TiedEmbedding, check_quantizable, decode_speed, logit_errors,
+                                 model_bytes, quantize_model, swap_linears)
 
 GROUP_SIZES = (32, 64, 128, 256)
 
@@ -76,7 +76,7 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).flatten(-2)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(QuantizedLinear):
     """A linear layer with 4-bit weights, two to a byte, and one float scale per group of group_size inputs."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str = "fused"):
@@ -99,52 +99,24 @@ class Int4Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, group_size: int, kernel: str = "fused") -> "Int4Linear":
         return cls(*quantize_groups(linear.weight, group_size), linear.bias, kernel)
 
-    def weight(self, dtype=torch.float32) -> torch.Tensor:
-        return dequantize_groups(unpack_nibbles(self.weight_int4), self.scale, dtype)      # (out, in)
+    def dequantized(self, rows=slice(None), dtype=torch.float32) -> torch.Tensor:
+        """q * s for the weight's rows (all, or those `rows` picks), unpacked: (out, in), or (..., in) for ids."""
+        return dequantize_groups(unpack_nibbles(self.weight_int4[rows]), self.scale[rows], dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "dequantize":             # the arithmetic, spelled out
-            y = F.linear(x, self.weight(x.dtype))
-        else:
-            flat = x.reshape(-1, self.in_features).contiguous()                  # (N, in)
-            y = torch._weight_int4pack_mm_for_cpu(flat, self.fused_weight, self.group_size,
-                                                 self.scales_and_zeros.to(x.dtype))
-            y = y.reshape(*x.shape[:-1], self.out_features)                      # (..., out)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
-
-
-class Int4Embedding(nn.Module):
-    """An embedding whose rows live in the output layer's packed 4-bit weights and group scales (tied)."""
-
-    def __init__(self, tied: Int4Linear):
-        super().__init__()
-        self.tied = [tied]                          # a list: not a submodule, so its buffers are saved once
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        head = self.tied[0]
-        return dequantize_groups(unpack_nibbles(head.weight_int4[idx]), head.scale[idx])     # (B, T, C)
+    def fused_matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int4pack_mm_for_cpu(flat, self.fused_weight, self.group_size,
+                                                 self.scales_and_zeros.to(flat.dtype))
 
 
 def quantize_model_int4(model: GPT, group_size: int = 64, kernel: str = "fused") -> GPT:
     """Every nn.Linear of `model` -> Int4Linear (in place), the tied embedding reading the output layer's weights."""
-    if getattr(model, "quantized", None):
-        raise UserError(f"this model is already quantized ({model.quantized}): quantize the float checkpoint instead")
-    if kernel not in KERNELS:
-        raise UserError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for name, m in linears:
-        if m.in_features % group_size:
+    check_quantizable(model, kernel)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and m.in_features % group_size:
             raise UserError(f"--group-size {group_size} does not divide {name}'s {m.in_features} inputs: use a "
                             f"group size that divides every layer's width ({', '.join(map(str, GROUP_SIZES))})")
-    tied = model.lm_head.weight is model.wte.weight
-    for name, m in linears:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int4Linear.from_linear(m, group_size, kernel))
-    if tied:
-        model.wte = Int4Embedding(model.lm_head)
-    model.quantized = f"int4, symmetric, groups of {group_size}"
-    return model.eval()
+    return swap_linears(model, lambda linear: Int4Linear.from_linear(linear, group_size, kernel), TiedEmbedding,
+                        f"int4, symmetric, groups of {group_size}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
