@@ -227,18 +227,55 @@ def decode_speed(model: GPT, prompt: list[int], n: int, rounds: int = 3) -> floa
     return round(best, 1)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Quantize a GPT's weights to int8 and measure what changed (Stage 5).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+# ----------------------------------------------------------------------------- the report (also quantize_int4.py's)
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt",
                    help="a float GPT checkpoint (train.py's or sft.py's best.pt)")
-    p.add_argument("--out", default=None, help="write the int8 model here (default: int8.pt beside the checkpoint)")
     p.add_argument("--split", default="val", help="the split whose perplexity is compared")
     p.add_argument("--max-tokens", type=positive_int, default=200_000, help="score at most this many tokens of it")
     p.add_argument("--new-tokens", type=positive_int, default=128, help="tokens per decoding-speed measurement")
     p.add_argument("--prompt", default="The history of", help="the prompt of the text shown side by side")
     p.add_argument("--data-dir", default=None, help="default: $MY_LLM_DATA, else ~/.cache/my_llm/data")
     p.add_argument("--result", default=None, help="a result JSON with every figure (default: none)")
+
+
+def float_model_and_text(args: argparse.Namespace, device) -> tuple[GPT, object, dict, np.ndarray]:
+    """The float model of --checkpoint (refused if already quantized), its tokenizer and checkpoint, and the token ids
+    of the split it is scored on."""
+    src = load_checkpoint(args.checkpoint, stage=STAGE, kind="language_model")
+    if src.get("quantized"):
+        raise UserError(f"{args.checkpoint} is already quantized ({src['quantized']}): give the float checkpoint")
+    model, tok, ckpt = load_model(args.checkpoint, device)
+    info = dataset_info(ckpt["dataset"])
+    if args.split not in info["splits"]:
+        raise UserError(f"{ckpt['dataset']} has no split {args.split!r}; it has {', '.join(info['splits'])}")
+    ids = np.array(encode_split(tok, load_text(ckpt["dataset"], resolve_data_dir(args.data_dir), args.split)),
+                   dtype=np.int64)[:args.max_tokens + 1]
+    return model, tok, ckpt, ids
+
+
+def compare(models: dict[str, GPT], tok, ids: np.ndarray, args: argparse.Namespace, device) -> dict:
+    """Each model on the same text: perplexity, bytes, decoding speed at batch 1, greedy text, and how often its most
+    likely next token is the first model's (the float one); a line printed per model."""
+    reference, prompt, rows = next(iter(models.values())), tok.encode(args.prompt) or [0], {}
+    for name, m in models.items():
+        loss, n = score_split(m, ids, device)
+        text = tok.decode(m.generate(torch.tensor([prompt]), 40, temperature=0)[0, len(prompt):].tolist())
+        top1 = logit_errors(reference, m, ids)["top1_agreement"] if m is not reference else 1.0
+        rows[name] = {"ppl": round(math.exp(loss), 3), "tokens_scored": n, "bytes": model_bytes(m),
+                      "top1_agreement": top1, "decode_tokens_per_second": decode_speed(m, prompt, args.new_tokens),
+                      "greedy_text": text}
+        print(f"{name:34s} ppl {rows[name]['ppl']:9.3f} | {rows[name]['bytes'] / 2**20:7.2f} MiB | top-1 same "
+              f"{top1:.3f} | {rows[name]['decode_tokens_per_second']:7.1f} tokens/s | {text[:50]!r}")
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Quantize a GPT's weights to int8 and measure what changed (Stage 5).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_report_args(p)
+    p.add_argument("--out", default=None, help="write the int8 model here (default: int8.pt beside the checkpoint)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     return p.parse_args(argv)
 
@@ -248,32 +285,16 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = get_device("cpu")
-    src = load_checkpoint(args.checkpoint, stage=STAGE, kind="language_model")
-    if src.get("quantized"):
-        raise UserError(f"{args.checkpoint} is already quantized ({src['quantized']}): give the float checkpoint")
-    model, tok, ckpt = load_model(args.checkpoint, device)
+    model, tok, ckpt, ids = float_model_and_text(args, device)
     tok_file = Path(args.checkpoint).parent / ckpt["data"]["tokenizer"]
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("int8.pt")
     qmodel = quantize_model(load_model(args.checkpoint, device)[0])
     save_quantized(qmodel, tok_file, out, {"path": portable(str(args.checkpoint)), "dataset": ckpt.get("dataset"),
                                           "state": ckpt.get("state", {})})
-    info = dataset_info(ckpt["dataset"])
-    if args.split not in info["splits"]:
-        raise UserError(f"{ckpt['dataset']} has no split {args.split!r}; it has {', '.join(info['splits'])}")
-    ids = np.array(encode_split(tok, load_text(ckpt["dataset"], resolve_data_dir(args.data_dir), args.split)),
-                   dtype=np.int64)[:args.max_tokens + 1]
     models = {"float32": model, "int8 (ours, fused kernel)": qmodel,
               "int8 (ours, dequantize)": quantize_model(load_model(args.checkpoint, device)[0], "dequantize"),
               "int8 (torch.ao dynamic)": torch_dynamic_int8(model)}
-    prompt = tok.encode(args.prompt) or [0]
-    rows = {}
-    for name, m in models.items():
-        loss, n = score_split(m, ids, device)
-        text = tok.decode(m.generate(torch.tensor([prompt]), 40, temperature=0)[0, len(prompt):].tolist())
-        rows[name] = {"ppl": round(math.exp(loss), 3), "tokens_scored": n, "bytes": model_bytes(m),
-                      "decode_tokens_per_second": decode_speed(m, prompt, args.new_tokens), "greedy_text": text}
-        print(f"{name:28s} ppl {rows[name]['ppl']:9.3f} | {rows[name]['bytes'] / 2**20:7.2f} MiB | "
-              f"{rows[name]['decode_tokens_per_second']:7.1f} tokens/s | {text[:60]!r}")
+    rows = compare(models, tok, ids, args, device)
     result = {"checkpoint": portable(str(args.checkpoint)), "int8_checkpoint": portable(str(out)),
               "dataset": ckpt["dataset"], "split": args.split, "scheme": SCHEME, "threads": torch.get_num_threads(),
               "weight_error": weight_errors(model, qmodel), "logit_error": logit_errors(model, qmodel, ids),

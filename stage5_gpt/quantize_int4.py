@@ -26,25 +26,20 @@ lesson, and the int4 model is remade from the float one in a second.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python stage5_gpt/quantize_int4.py`: put the repo root on the path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from scripts.common import UserError, get_device, load_checkpoint, portable, positive_int, resolve_data_dir, run_cli, \
-    write_json
-from stage5_gpt.corpus import dataset_info, load_text
-from stage5_gpt.data import encode_split
-from stage5_gpt.evaluate import load_model, score_split
+from scripts.common import UserError, get_device, portable, run_cli, write_json
+from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT
-from stage5_gpt.quantize import (QuantizedLinear, TiedEmbedding, check_quantizable, decode_speed, logit_errors,
-                                 model_bytes, quantize_model, swap_linears)
+from stage5_gpt.quantize import (QuantizedLinear, TiedEmbedding, add_report_args, check_quantizable, compare,
+                                 float_model_and_text, quantize_model, swap_linears)
 
 GROUP_SIZES = (32, 64, 128, 256)
 
@@ -123,31 +118,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Quantize a GPT's weights to 4 bits per group and compare it with float32 "
                                             "and int8 (Stage 5).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/best.pt",
-                   help="a float GPT checkpoint (train.py's or sft.py's best.pt)")
+    add_report_args(p)
     p.add_argument("--group-size", type=int, nargs="+", default=[32, 64], choices=GROUP_SIZES,
                    help="the group sizes to compare")
-    p.add_argument("--split", default="val", help="the split whose perplexity is compared")
-    p.add_argument("--max-tokens", type=positive_int, default=200_000, help="score at most this many tokens of it")
-    p.add_argument("--new-tokens", type=positive_int, default=128, help="tokens per decoding-speed measurement")
-    p.add_argument("--prompt", default="The history of", help="the prompt of the text shown side by side")
-    p.add_argument("--data-dir", default=None, help="default: $MY_LLM_DATA, else ~/.cache/my_llm/data")
-    p.add_argument("--result", default=None, help="a result JSON with every figure (default: none)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = get_device("cpu")
-    if load_checkpoint(args.checkpoint, stage="stage5_gpt", kind="language_model").get("quantized"):
-        raise UserError(f"{args.checkpoint} is already quantized: give the float checkpoint")
+    model, tok, ckpt, ids = float_model_and_text(args, device)
     fresh = lambda: load_model(args.checkpoint, device)[0]  # noqa: E731   (each quantizer takes a model of its own)
-    model, tok, ckpt = load_model(args.checkpoint, device)
-    info = dataset_info(ckpt["dataset"])
-    if args.split not in info["splits"]:
-        raise UserError(f"{ckpt['dataset']} has no split {args.split!r}; it has {', '.join(info['splits'])}")
-    ids = np.array(encode_split(tok, load_text(ckpt["dataset"], resolve_data_dir(args.data_dir), args.split)),
-                   dtype=np.int64)[:args.max_tokens + 1]
     models = {"float32": model, "int8, per row (quantize.py)": quantize_model(fresh())}
     for g in args.group_size:
         models[f"int4, groups of {g}"] = quantize_model_int4(fresh(), g)
@@ -155,19 +136,8 @@ def main(argv=None) -> None:
                if isinstance(m, Int4Linear) and m.kernel == "dequantize"]
     if spelled:
         print(f"PyTorch's int4 kernel takes a multiple of 16 outputs: {', '.join(spelled)} computed spelled out")
-    models[f"int4, groups of {args.group_size[-1]}, dequantize"] = quantize_model_int4(fresh(), args.group_size[-1],
-                                                                                         "dequantize")
-    prompt = tok.encode(args.prompt) or [0]
-    rows = {}
-    for name, m in models.items():
-        loss, n = score_split(m, ids, device)
-        text = tok.decode(m.generate(torch.tensor([prompt]), 40, temperature=0)[0, len(prompt):].tolist())
-        rows[name] = {"ppl": round(math.exp(loss), 3), "tokens_scored": n, "bytes": model_bytes(m),
-                      "logit_error": logit_errors(model, m, ids) if m is not model else None,
-                      "decode_tokens_per_second": decode_speed(m, prompt, args.new_tokens), "greedy_text": text}
-        top1 = rows[name]["logit_error"]["top1_agreement"] if rows[name]["logit_error"] else 1.0
-        print(f"{name:34s} ppl {rows[name]['ppl']:9.3f} | {rows[name]['bytes'] / 2**20:7.2f} MiB | top-1 same "
-              f"{top1:.3f} | {rows[name]['decode_tokens_per_second']:7.1f} tokens/s | {text[:50]!r}")
+    models[f"int4, groups of {g}, dequantize"] = quantize_model_int4(fresh(), g, "dequantize")
+    rows = compare(models, tok, ids, args, device)
     if args.result:
         write_json(args.result, {"checkpoint": portable(str(args.checkpoint)), "dataset": ckpt["dataset"],
                                  "split": args.split, "threads": torch.get_num_threads(), "models": rows,
