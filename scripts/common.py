@@ -479,6 +479,17 @@ def setup_distributed(device_name: str, batch_size: int, accum_steps: int = 1,
     return rank, world, device
 
 
+def end_distributed(world: int) -> None:
+    """Under torchrun, at the end of a run that every process finished: wait until all have arrived, then close the
+    process groups. The barrier keeps one process from tearing down its connections while another still finishes
+    its last collective (a checkpoint's gather); without torchrun, nothing."""
+    import torch.distributed as dist
+
+    if world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def wait_for_rank0() -> None:
     """Under torchrun: every process waits here until rank 0 has arrived too (it prepares the data first)."""
     import torch.distributed as dist

@@ -38,10 +38,10 @@ from torch.distributed.fsdp import FSDPModule
 from tqdm import tqdm
 
 from scripts.common import (UserError, add_common_args, add_dist_timeout_arg, autocast_for, catch_stop_signals,
-                            get_logger, load_checkpoint, merge_resumed_args, note_command, parse_with_quick_defaults,
-                            plot_curves, portable, positive_float, positive_int, probability, reference_run_name,
-                            resolve_data_dir, resolved_config, restore_training, rng_state, run_cli, RunTracker,
-                            save_checkpoint, set_seed, setup_distributed, wait_for_rank0, write_result)
+                            end_distributed, get_logger, load_checkpoint, merge_resumed_args, note_command,
+                            parse_with_quick_defaults, plot_curves, portable, positive_float, positive_int, probability,
+                            reference_run_name, resolve_data_dir, resolved_config, restore_training, rng_state, run_cli,
+                            RunTracker, save_checkpoint, set_seed, setup_distributed, wait_for_rank0, write_result)
 from stage5_gpt.corpus import DATASETS
 from stage5_gpt.data import eval_windows, get_batch, load_split, load_tokenizer, prepare
 from stage5_gpt.model import GPT, GPTConfig
@@ -481,8 +481,7 @@ def main(argv=None) -> None:
         save(out_dir / "last.pt", optimizer_io, scaler)
         log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
                  f"{state['commands'][0]} --resume")   # the same flags: the same run folder, the same run name
-    if world > 1:
-        dist.destroy_process_group()
+    end_distributed(world)
     if stop["by"] not in (None, "max_steps"):
         sys.exit(130)
     if master and not stop["by"]:

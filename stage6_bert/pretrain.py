@@ -48,10 +48,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.common import (UserError, add_common_args, add_dist_timeout_arg, autocast_for, catch_stop_signals,
-                            get_logger, load_checkpoint, merge_resumed_args, note_command, parse_with_quick_defaults,
-                            plot_curves, portable, positive_float, positive_int, probability, reference_run_name,
-                            resolve_data_dir, resolved_config, restore_training, rng_state, run_cli, RunTracker,
-                            save_checkpoint, set_seed, setup_distributed, wait_for_rank0, write_result)
+                            end_distributed, get_logger, load_checkpoint, merge_resumed_args, note_command,
+                            parse_with_quick_defaults, plot_curves, portable, positive_float, positive_int, probability,
+                            reference_run_name, resolve_data_dir, resolved_config, restore_training, rng_state, run_cli,
+                            RunTracker, save_checkpoint, set_seed, setup_distributed, wait_for_rank0, write_result)
 from stage6_bert.data import (NO_LABEL, MixedExamples, PackedWindows, SentencePairs, collate, fixed_batches,
                               mask_batch, prepare, split_documents)
 from stage6_bert.model import BertConfig, BertPretrain, configure_optimizer
@@ -500,8 +500,7 @@ def main(argv=None) -> None:
                      optimizer, scaler)
         log.info(f"stopped by {stop['by']} at step {state['step']}; saved {out_dir / 'last.pt'}. Continue with: "
                  f"python {SCRIPT} --out-dir {out_dir} --resume")
-    if world > 1:
-        dist.destroy_process_group()
+    end_distributed(world)
     if stop["by"] and stop["by"] != "max_steps":
         sys.exit(130)
     if master and not stop["by"]:

@@ -160,6 +160,47 @@ def run_script(script: str, *args, data_dir: Path, module: bool = False, stdin: 
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process started by `pid`, at any depth (Linux /proc): torchrun puts its workers in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def run_to_end(cmd: list[str], *, timeout: float, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True, timeout=timeout) for the multi-process tests, with one
+    difference: processes that do not end in time are stopped with SIGABRT under PYTHONFAULTHANDLER, so every one of
+    them prints its threads' Python stacks, and the test fails showing where each process stood, not a bare timeout."""
+    env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*reversed(_descendants(proc.pid)), proc.pid]:   # the workers first, then torchrun
+            try:
+                os.kill(pid, signal.SIGABRT)
+            except ProcessLookupError:
+                pass
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, cmd[:6]))} ... did not end within {timeout} s; the stacks of its processes "
+                    f"when stopped:\n{err[-8000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @pytest.fixture(autouse=True)
 def restore_signal_handlers():
     """Give pytest its own SIGINT and SIGTERM handlers back, whatever a test or a train.main did to them."""

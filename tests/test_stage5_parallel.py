@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, assert_one_line_error, cli, write_tiny_lm_data
+from conftest import REPO_ROOT, assert_one_line_error, cli, run_to_end, write_tiny_lm_data
 from scripts.common import load_checkpoint
 from stage5_gpt import train
 from stage5_gpt.model import GPT, GPTConfig
@@ -53,9 +53,8 @@ def held(text: str) -> list[dict[str, float]]:
 
 def torchrun(argv: list[str], data_dir) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MY_LLM_DATA": str(data_dir)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           f"{STAGE}/train.py", *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       f"{STAGE}/train.py", *argv], cwd=REPO_ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -114,9 +113,8 @@ def test_tensor_parallel_equals_one_process_and_pytorchs_own():
     """tests/parallel_checks.py under torchrun: 20 clipped AdamW steps of a tensor-parallel GPT (GELU and SwiGLU)
     give the losses of the whole model to 1e-5, and the MLP's split equals torch.distributed.tensor.parallel's."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "tests/parallel_checks.py", "tensor"], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       "tests/parallel_checks.py", "tensor"], cwd=REPO_ROOT, env=env, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count("= one process over 20 steps") == 4 and "torch.distributed.tensor.parallel" in proc.stdout
     *ranks, whole = held(proc.stdout)      # each rank holds about half of every kind of byte
@@ -129,9 +127,8 @@ def test_pipeline_schedules_equal_one_process():
     20 clipped AdamW steps: the losses of the whole model to 1e-5 (the tied embedding on both ends kept equal); and
     our 1F1B step gives the loss and gradients of torch.distributed.pipelining's Schedule1F1B on the same stages."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "tests/parallel_checks.py", "pipeline"], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       "tests/parallel_checks.py", "pipeline"], cwd=REPO_ROOT, env=env, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count("= one process over 20 steps") == 4
     assert proc.stdout.count("= torch.distributed.pipelining Schedule1F1B (loss and gradients)") == 2

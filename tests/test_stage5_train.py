@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, assert_one_line_error, cli, run_script, signal_mid_training, write_tiny_lm_data
+from conftest import (REPO_ROOT, assert_one_line_error, cli, run_script, run_to_end, signal_mid_training,
+                      write_tiny_lm_data)
 import scripts.common
 from scripts.common import load_checkpoint, resolved_config
 from stage5_gpt import train
@@ -176,9 +177,9 @@ def test_two_processes_match_one(data_dir, tmp_path):
     args = ["--epochs", "1", "--max-steps", "5", "--eval-interval", "5"]
     train.main(train_args(data_dir, one, *args))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MY_LLM_DATA": str(data_dir)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           f"{STAGE}/train.py", *train_args(data_dir, two, *args)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       f"{STAGE}/train.py", *train_args(data_dir, two, *args)],
+                      cwd=REPO_ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses_one = [v for _, v in history(one)["train_loss"]]
     losses_two = [v for _, v in history(two)["train_loss"]]

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (REPO_ROOT, TINY_WIKI, assert_one_line_error, cli, run_script, signal_mid_training)
+from conftest import (REPO_ROOT, TINY_WIKI, assert_one_line_error, cli, run_script, run_to_end,
+                      signal_mid_training)
 from scripts import common
 from scripts.common import UserError, load_checkpoint
 from stage6_bert import data, documents, pretrain
@@ -458,9 +459,9 @@ def test_two_processes_match_one(corpus_file, tmp_path):
     args = ["--epochs", "2", "--max-steps", "5", "--eval-interval", "5", "--dropout", "0", "--device", "cpu"]
     pretrain.main(pretrain_args(corpus_file, one, *args))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           f"{STAGE}/pretrain.py", *pretrain_args(corpus_file, two, *args)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       f"{STAGE}/pretrain.py", *pretrain_args(corpus_file, two, *args)],
+                      cwd=REPO_ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses_one = [v for _, v in history(one)["train_loss"]]
     losses_two = [v for _, v in history(two)["train_loss"]]

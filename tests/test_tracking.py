@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_to_end
 from scripts.common import REPO_ROOT, RunTracker, load_checkpoint
 from stage2_rnn_lstm import classify as classify2
 from stage4_transformer import classify as classify4
@@ -216,10 +216,9 @@ def test_a_resume_from_an_older_checkpoint_leaves_the_curves_of_an_uninterrupted
 def test_under_torchrun_only_rank_0_writes(name, script, d, tmp_path):
     """Two processes, one set of curves: a single event file, and each step and validation logged once."""
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
-                           *train_argv(name, d, out, "--max-steps", "4", "--device", "cpu")],  # validates at step 4
-                          cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_to_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
+                       *train_argv(name, d, out, "--max-steps", "4", "--device", "cpu")],  # validates at step 4
+                      cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(event_files(out)) == 1
     assert [line["step"] for line in jsonl(out)] == [4]
