@@ -33,7 +33,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/batching.py`: put the
 
 import torch
 
-from scripts.common import UserError, get_device, portable, positive_int, run_cli, write_json
+from scripts.common import (UserError, command_line, get_device, git_commit, portable, positive_int, reference_command,
+                            reference_run_name, resolved_config, run_cli, write_json)
 from stage5_gpt.model import GPT, KVCache, sample_next
 
 
@@ -278,22 +279,56 @@ def throughput(model: GPT, prompts: list[list[int]], concurrency: int, max_batch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from stage5_gpt.reference_runs import SFT_CHECKPOINT
     p = argparse.ArgumentParser(description="Continuous batching: generation throughput against the number of "
                                             "concurrent requests (Stage 5).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a GPT checkpoint (train.py's or sft.py's best.pt)")
+    p.add_argument("--checkpoint", default=SFT_CHECKPOINT, help="a GPT checkpoint (train.py's or sft.py's best.pt)")
     p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--requests", type=positive_int, default=64, help="requests per measurement")
     p.add_argument("--new-tokens", type=positive_int, default=32, help="tokens each request generates")
     p.add_argument("--prompt-tokens", type=positive_int, default=16, help="tokens per prompt")
-    p.add_argument("--result", default=None, help="write the figures to this JSON")
+    p.add_argument("--result", default="runs/stage5_gpt/batching_throughput.json",
+                   help="where the figures go (a JSON, its plot beside it)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     return p.parse_args(argv)
 
 
+def plot(path: Path, rows: list[dict], title: str) -> None:
+    """Tokens per second (left) and each request's mean latency (right) against the requests in flight."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    c = [r["concurrency"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    left.plot(c, [r["tokens_per_second"] for r in rows], marker="o", label="continuous batching")
+    left.plot(c, [rows[0]["tokens_per_second"] * k / c[0] for k in c], ls=":", color="grey",
+              label="if B rows cost what one does")
+    left.set_ylim(0, 1.15 * max(r["tokens_per_second"] for r in rows))
+    left.set_ylabel("generated tokens per second, all requests")
+    right.plot(c, [r["mean_latency_s"] for r in rows], marker="o", color="tab:red")
+    right.set_ylabel("mean seconds per request")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(c, [str(k) for k in c])
+        ax.set_xlabel("requests in flight (rows decoded together)")
+    left.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
+    import datetime as dt
+    import platform
+
     from stage5_gpt.evaluate import load_model
+    from stage5_gpt.reference_runs import REFERENCE_RUNS
     args = parse_args(argv)
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"no checkpoint at {args.checkpoint}: train one first (stage5_gpt/sft.py writes the default), "
+                        f"or name one with --checkpoint")
     device = get_device(args.device)
     model, _, _ = load_model(args.checkpoint, device)
     if args.prompt_tokens + args.new_tokens > model.cfg.block_size:
@@ -306,10 +341,22 @@ def main(argv=None) -> None:
         rows.append(throughput(model, prompts, c, max_batch=c, new_tokens=args.new_tokens))
         print(f"{c:3d} concurrent: {rows[-1]['tokens_per_second']:8.1f} tokens/s, mean latency "
               f"{rows[-1]['mean_latency_s']:.2f} s")
-    if args.result:
-        write_json(args.result, {"checkpoint": portable(str(args.checkpoint)), "threads": torch.get_num_threads(),
-                                 "new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens, "rows": rows,
-                                 "command": "python stage5_gpt/batching.py " + " ".join(argv or sys.argv[1:])})
+    alone = next((r for r in rows if r["concurrency"] == 1), None)   # the baseline: one request at a time
+    ratios = {str(r["concurrency"]): round(r["tokens_per_second"] / alone["tokens_per_second"], 2)
+              for r in rows} if alone else None
+    out = Path(args.result)
+    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/batching.py", parse_args, args)
+    write_json(out, {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
+        "checkpoint": portable(str(args.checkpoint)), "parameters": model.num_params(), "rows": rows,
+        "throughput_vs_one_at_a_time": ratios, "new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens,
+        "config": resolved_config(args), "threads": torch.get_num_threads(), "device": str(device),
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
+                            else command_line("stage5_gpt/batching.py", argv)),
+        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    plot(out.with_suffix(".png"), rows, f"Continuous batching of {model.num_params() / 1e6:.1f} M-parameter GPT "
+                                        f"({args.prompt_tokens}-token prompts, {args.new_tokens} new tokens each)")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

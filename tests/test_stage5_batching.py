@@ -88,3 +88,4 @@ def test_throughput_serves_every_request_at_each_concurrency(model):
     for c in (1, 3):
         row = batching.throughput(model, prompts, c, max_batch=c, new_tokens=5)
         assert row["requests"] == 6 and row["tokens_per_second"] > 0 and row["mean_latency_s"] > 0
+

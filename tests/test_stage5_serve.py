@@ -330,3 +330,17 @@ def test_the_load_test_measures_one_client_then_many_and_counts_failures(tmp_pat
     code, err = cli(loadtest.main, ["--checkpoint", str(short), *common], capsys)
     assert_one_line_error(code, err, "10 of 10 requests failed .*context")
 
+
+def test_the_throughput_command_writes_its_figures_against_one_at_a_time(tmp_path, capsys):
+    """python stage5_gpt/batching.py: tokens per second at each concurrency, their ratio to one request at a time
+    (the baseline), the command and the commit in a JSON, its plot beside it; a missing checkpoint is one line."""
+    ckpt = tiny_chat_checkpoint(tmp_path / "tiny")
+    out = tmp_path / "throughput.json"
+    batching.main(["--checkpoint", str(ckpt), "--concurrency", "1", "4", "--requests", "8", "--new-tokens", "4",
+                   "--prompt-tokens", "3", "--result", str(out)])
+    r = json.loads(out.read_text())
+    assert [row["concurrency"] for row in r["rows"]] == [1, 4] and r["throughput_vs_one_at_a_time"]["1"] == 1.0
+    assert r["command"].startswith("python stage5_gpt/batching.py --checkpoint") and "run" not in r
+    assert r["git_commit"] and out.with_suffix(".png").stat().st_size > 0
+    code, err = cli(batching.main, ["--checkpoint", str(tmp_path / "none.pt")], capsys)
+    assert_one_line_error(code, err, "no checkpoint")

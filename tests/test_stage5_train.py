@@ -292,10 +292,11 @@ def test_quick_defaults_give_way_to_typed_flags_even_abbreviated():
 
 
 def test_reference_runs_parse_and_write_under_runs():
-    from stage5_gpt import benchmark, finetune, parallel_equality, sft, tokenizer
+    from stage5_gpt import batching, benchmark, finetune, loadtest, parallel_equality, sft, tokenizer
     scripts = {"stage5_gpt/train.py": train, "stage5_gpt/finetune.py": finetune, "stage5_gpt/tokenizer.py": tokenizer,
                "stage5_gpt/benchmark.py": benchmark, "stage5_gpt/sft.py": sft,
-               "stage5_gpt/parallel_equality.py": parallel_equality}
+               "stage5_gpt/parallel_equality.py": parallel_equality, "stage5_gpt/loadtest.py": loadtest,
+               "stage5_gpt/batching.py": batching}
     published = {p.stem for p in (REPO_ROOT / STAGE / "results").glob("*.json")}
     assert published == set(REFERENCE_RUNS)  # every published file is a declared run, and the other way round
     for name, argv in REFERENCE_RUNS.items():
@@ -304,7 +305,7 @@ def test_reference_runs_parse_and_write_under_runs():
             assert flag not in argv, (name, flag)
         if "--out-dir" in argv:   # only where two runs would share a default folder (seeds, the sweep's winner)
             assert argv[argv.index("--out-dir") + 1] == f"runs/stage5_gpt/{name}", name
-        for where in ("out_dir", "json"):
+        for where in ("out_dir", "json", "result"):
             assert str(getattr(args, where, None) or "runs/").startswith("runs/"), (name, where)
         recorded = json.loads((REPO_ROOT / STAGE / "results" / f"{name}.json").read_text())
         assert recorded["run"] == name and recorded["command"] == "python " + " ".join(argv)
