@@ -226,3 +226,27 @@ def test_the_published_schemes_gave_one_processs_losses_on_real_text():
     for scheme, losses in r["schemes"].items():
         assert losses == pytest.approx(one, rel=1e-5), scheme
     assert r["one_process_another_seed"] != pytest.approx(one, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_the_bubble_is_measured_per_schedule_and_micro_batch_count(tmp_path, capsys):
+    """stage5_gpt/pipeline_bubble.py starts itself under torchrun: for GPipe and 1F1B and each m, every stage's idle
+    share (a fraction, above zero: the pipeline fills and drains) next to (p - 1) / (m + p - 1), the step time and the
+    one-process baseline, in a JSON with its command, and a plot; an m that does not divide the batch is one line."""
+    import json
+
+    from stage5_gpt import pipeline_bubble
+    out = tmp_path / "bubble.json"
+    pipeline_bubble.main(["--micro", "1", "2", "--steps", "1", "--warmup", "0", "--n-embd", "32", "--block-size", "16",
+                          "--batch-size", "4", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert [(row["schedule"], row["micro"]) for row in r["rows"]] == [("gpipe", 1), ("gpipe", 2), ("1f1b", 1),
+                                                                       ("1f1b", 2)]
+    for row in r["rows"]:
+        assert row["theory"] == pytest.approx(1 / (row["micro"] + 1), abs=1e-4) and len(row["idle_per_stage"]) == 2
+        assert all(0 < v < 1 for v in row["idle_per_stage"]) and row["step_seconds"] > 0
+    assert r["one_process_step_seconds"] > 0 and r["processes"] == 2 and "run" not in r
+    assert r["command"].startswith("python stage5_gpt/pipeline_bubble.py --micro 1 2")
+    assert out.with_suffix(".png").stat().st_size > 0
+    code, err = cli(pipeline_bubble.main, ["--micro", "3", "--batch-size", "4"], capsys)
+    assert code == 2 and "--micro 3 does not divide --batch-size 4" in err
