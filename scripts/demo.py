@@ -54,6 +54,8 @@ from stage5_gpt.chat_template import prompt_ids as s5_prompt_ids
 from stage5_gpt.lora import load_adapter as s5_load_adapter, lora_layers as s5_lora_layers
 from stage5_gpt.quantize import model_bytes as s5_model_bytes, quantize_model as s5_quantize_int8
 from stage5_gpt.quantize_int4 import quantize_model_int4 as s5_quantize_int4
+from stage5_gpt.data import tokenizer_fingerprint as s5_tokenizer_fingerprint
+from stage5_gpt.speculative import speculative_generate as s5_speculative_generate
 from stage5_gpt.reference_runs import LORA_ADAPTER, LORA_COMMAND, REFERENCE_RUNS as S5_REFERENCE_RUNS, SFT_CHECKPOINT
 from stage6_bert import fill_mask as s6_fill_mask, predict as s6_predict
 from stage6_bert.reference_runs import MINILM_SST2_CHECKPOINT
@@ -101,12 +103,23 @@ CHAT_COMMANDS = [reference_command(S5_REFERENCE_RUNS["course_mix"]), "python sta
 ADAPTER = "stage5_chat_adapter"
 ADAPTER_COMMAND = "python " + " ".join(LORA_COMMAND)
 
+# Stage 5's generate tab can decode speculatively (docs section 22): a smaller GPT with the same tokenizer proposes
+# tokens, the GPT checks them. No declared run makes a draft; any train.py checkpoint trained with the GPT's own
+# tokenizer (--tokenizer) will do, and S5_DRAFT_COMMAND is one.
+S5_DRAFT = "stage5_draft"
+S5_DRAFT_CHECKPOINT = "runs/stage5_gpt/draft/best.pt"
+S5_DRAFT_COMMAND = (f"python stage5_gpt/train.py --dataset wikitext2 --tokenizer "
+                    f"{default_checkpoint('stage5').parent.as_posix()}/tokenizer.json --n-layer 2 --n-embd 64 "
+                    f"--out-dir runs/stage5_gpt/draft")
+S5_DRAFT_K = 4     # tokens the draft proposes per round
+
 MAX_CHARS = {"stage1": 5000, "stage2": 1000, "stage34": s3_translate.MAX_CHARS, "stage5": 2000, "stage6": 500}
 SST2_LABELS = ("negative", "positive")  # GLUE SST-2: label 0 is negative, 1 positive
 SETTINGS = {"device": torch.device("cpu"),
             "checkpoints": {key: default_checkpoint(key) for key in MODELS} | {REAL_SST2: Path(MINILM_SST2_CHECKPOINT),
                                                                                CHAT: Path(SFT_CHECKPOINT),
-                                                                               ADAPTER: Path(LORA_ADAPTER)}}
+                                                                               ADAPTER: Path(LORA_ADAPTER),
+                                                                               S5_DRAFT: Path(S5_DRAFT_CHECKPOINT)}}
 _loaded: dict = {}  # (model, checkpoint path) -> what its loader returned
 log = logging.getLogger("demo")
 
@@ -132,6 +145,10 @@ def missing_checkpoint(key: str) -> str:
     if key == ADAPTER:
         return (f"No English -> German adapter yet: `{path}` does not exist. Train it from the repository root with "
                 f"`{ADAPTER_COMMAND}` (after the instructed GPT). The switch finds it on the next message.")
+    if key == S5_DRAFT:
+        return (f"No draft model for speculative decoding: `{path}` does not exist. Train a small GPT with the same "
+                f"tokenizer, for instance `{S5_DRAFT_COMMAND}` (after the Stage 5 GPT), or start the demo with "
+                f"--stage5-draft-checkpoint. The switch finds it on the next submit.")
     name = MODELS[key][0]
     steps = ", then ".join(f"`{c}`" for c in commands(key))
     real = (f" Or fine-tune real pre-trained weights, which this box prefers: `{REAL_SST2_COMMAND}` writes "
@@ -287,23 +304,46 @@ def load_stage5(weights: str):
     return load("stage5", loader, weights)
 
 
+def load_stage5_draft():
+    """The draft GPT of speculative decoding, refused unless its tokenizer is the Stage 5 GPT's (the same ids)."""
+    if missing := missing_checkpoint(S5_DRAFT):
+        raise UserError(missing)
+    draft, fingerprint = load(S5_DRAFT, lambda path, device: (lambda m, t, c: (m, c["data"]["fingerprint"]))(
+        *s5_evaluate.load_model(path, device)))
+    if fingerprint != s5_tokenizer_fingerprint(SETTINGS["checkpoints"]["stage5"].parent / "tokenizer.json"):
+        raise UserError(f"the draft {SETTINGS['checkpoints'][S5_DRAFT]} has another tokenizer than the Stage 5 GPT: "
+                        f"speculative decoding needs the same token ids in both")
+    return draft
+
+
 @guarded(2)
 def stage5_generate(prompt: str, temperature: float, top_k: float, top_p: float, max_new: float,
-                    weights: str = "float32"):
+                    weights: str = "float32", speculative: bool = False):
     """Yields (the prompt and the continuation so far, message): Gradio shows each as it comes. top_k 0 and top_p 1
-    mean no cut; temperature 0 is greedy. `weights` picks float32, int8 or int4 weights of the same model."""
+    mean no cut; temperature 0 is greedy. `weights` picks float32, int8 or int4 weights of the same model;
+    `speculative` lets a draft GPT propose S5_DRAFT_K tokens a round (the text comes out whole, once checked)."""
     prompt = check_text(prompt, MAX_CHARS["stage5"])
     model, tok, size = load_stage5(weights)
     ids = s5_generate.encode_prompt(tok, prompt)  # a character tokenizer names the characters it does not know
-    t0, text, n = time.perf_counter(), "", 0
-    for text, n in s5_generate.stream_text(model, tok, ids, int(max_new), SETTINGS["device"], float(temperature),
-                                           int(top_k) or None, float(top_p) if top_p < 1 else None,
-                                           seed=random.randrange(2**31)):
-        yield prompt + text, ""
+    t0, text, n, how = time.perf_counter(), "", 0, "KV cache"
+    if speculative:
+        draft = load_stage5_draft()
+        window = min(model.cfg.block_size, draft.cfg.block_size) - 1     # room for at least one new token
+        generator = torch.Generator(device=SETTINGS["device"]).manual_seed(random.randrange(2**31))
+        new, stats = s5_speculative_generate(model, draft, ids[-window:], int(max_new), S5_DRAFT_K, float(temperature),
+                                             int(top_k) or None, float(top_p) if top_p < 1 else None, generator)
+        text, n = tok.decode(new), len(new)
+        how = (f"speculative decoding, the draft proposing {S5_DRAFT_K} a round: "
+               f"{stats['acceptance_rate']:.0%} of its tokens accepted, {stats['target_passes']} passes of this GPT")
+    else:
+        for text, n in s5_generate.stream_text(model, tok, ids, int(max_new), SETTINGS["device"], float(temperature),
+                                               int(top_k) or None, float(top_p) if top_p < 1 else None,
+                                               seed=random.randrange(2**31)):
+            yield prompt + text, ""
     seconds = time.perf_counter() - t0
     note = f" (the prompt has {len(ids)} tokens; the model reads the last {model.cfg.block_size})" \
         if len(ids) > model.cfg.block_size else ""
-    yield prompt + text, (f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.0f} tokens/s, KV cache; "
+    yield prompt + text, (f"{n} tokens in {seconds:.2f} s ({n / max(seconds, 1e-9):.0f} tokens/s, {how}; "
                           f"{weights} weights, {size / 2**20:.2f} MiB){note}")
 
 
@@ -461,9 +501,13 @@ def build_app():
                 s5_len = slider("s5-length", "new tokens", 1, 300, 80, 1)
             s5_weights = gr.Radio(list(S5_WEIGHTS), value="float32", elem_id="s5-weights",
                                   label="weights (int8 and int4: the same model quantized, section 22 of the docs)")
+            s5_spec = gr.Checkbox(value=False, elem_id="s5-speculative",
+                                  label=f"speculative decoding: a smaller GPT with the same tokenizer proposes "
+                                        f"{S5_DRAFT_K} tokens, this one checks them in one pass (section 22)")
             s5_go = gr.Button("Generate", variant="primary", elem_id="s5-submit")
             s5_out, s5_msg = gr.Textbox(label="Text", lines=8, elem_id="s5-output"), gr.Markdown(elem_id="s5-message")
-            s5_go.click(stage5_generate, [s5_in, s5_temp, s5_topk, s5_topp, s5_len, s5_weights], [s5_out, s5_msg])
+            s5_go.click(stage5_generate, [s5_in, s5_temp, s5_topk, s5_topp, s5_len, s5_weights, s5_spec],
+                        [s5_out, s5_msg])
         with gr.Tab("Stage 5: chat", elem_id="tab-stage5-chat"):
             gr.Markdown("The GPT instructed with the course's own tasks (translation to French, German to English, "
                         "sentiment, short everyday instructions) answers; the conversation so far is read again "
@@ -527,6 +571,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"the instructed GPT of the chat tab, made by: {CHAT_COMMANDS[0]}, then {CHAT_COMMANDS[1]}")
     p.add_argument("--stage5-chat-adapter-checkpoint", dest=ADAPTER, default=LORA_ADAPTER, metavar="PATH",
                    help=f"the LoRA adapter the chat tab can switch on, made by: {ADAPTER_COMMAND}")
+    p.add_argument("--stage5-draft-checkpoint", dest=S5_DRAFT, default=S5_DRAFT_CHECKPOINT, metavar="PATH",
+                   help=f"a smaller GPT with the Stage 5 GPT's tokenizer, the draft of speculative decoding in the "
+                        f"generate tab, made by, for instance: {S5_DRAFT_COMMAND}")
     p.add_argument("--stage6-sst2-real-checkpoint", dest=REAL_SST2, default=MINILM_SST2_CHECKPOINT, metavar="PATH",
                    help=f"real pre-trained weights fine-tuned on SST-2, which the sentiment box prefers when the file "
                         f"exists, made by: {REAL_SST2_COMMAND}")
@@ -536,7 +583,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     defaults = {key: str(default_checkpoint(key)) for key in MODELS} | {REAL_SST2: MINILM_SST2_CHECKPOINT,
-                                                                        CHAT: SFT_CHECKPOINT, ADAPTER: LORA_ADAPTER}
+                                                                        CHAT: SFT_CHECKPOINT, ADAPTER: LORA_ADAPTER,
+                                                                        S5_DRAFT: S5_DRAFT_CHECKPOINT}
     for key, default in defaults.items():  # a path given by hand must exist; a default one may come later
         if getattr(args, key) != default and not Path(getattr(args, key)).is_file():
             raise UserError(f"--{key.replace('_', '-')}-checkpoint {getattr(args, key)}: no such file")

@@ -25,6 +25,7 @@ draft agrees with the target (the acceptance rate) and on how much cheaper the d
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -39,12 +40,18 @@ from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT, KVCache, next_token_probs
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where a model's tensors are (a quantized model's embedding keeps its weights as buffers, not parameters)."""
+    return next(itertools.chain(model.parameters(), model.buffers())).device
+
+
 class Cached:
     """A model with its KV cache and how many of the text's tokens the cache holds: `logits_after(ids)` feeds the
     tokens it has not seen yet and returns the logits after each of them; `rollback(n)` forgets all but the first n."""
 
     def __init__(self, model: GPT):
         self.model, self.cache = model, KVCache(model.cfg.n_layer, model.cfg.block_size)
+        self.device = device_of(model)
 
     @property
     def seen(self) -> int:
@@ -52,7 +59,7 @@ class Cached:
 
     def logits_after(self, ids: list[int]) -> torch.Tensor:
         """The logits following each new token of ids (those from position `seen` on) -> (n_new, V)."""
-        new = torch.tensor([ids[self.seen:]], device=self.model.wte.weight.device)     # (1, n_new)
+        new = torch.tensor([ids[self.seen:]], device=self.device)                      # (1, n_new)
         return self.model.lm_head(self.model.hidden_states(new, self.cache))[0].float()
 
     def rollback(self, n: int) -> None:
@@ -132,7 +139,7 @@ def speculative_generate(target: GPT, draft: GPT, prompt: list[int], max_new_tok
 @torch.no_grad()
 def plain_generate(model: GPT, prompt: list[int], max_new_tokens: int) -> list[int]:
     """The target alone, greedy, with its KV cache: what speculative decoding must reproduce, and its speed rival."""
-    idx = torch.tensor([prompt], device=model.wte.weight.device)
+    idx = torch.tensor([prompt], device=device_of(model))
     n = min(max_new_tokens, model.cfg.block_size - len(prompt))
     return [int(x[0]) for x in model.generate_stream(idx, n, temperature=0)]
 
@@ -140,7 +147,7 @@ def plain_generate(model: GPT, prompt: list[int], max_new_tokens: int) -> list[i
 @torch.no_grad()
 def plain_sampled(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float, generator) -> list[int]:
     """The model alone, sampling (the tests' reference for what a distribution looks like without checking)."""
-    idx = torch.tensor([prompt], device=model.wte.weight.device)
+    idx = torch.tensor([prompt], device=device_of(model))
     return [int(x[0]) for x in model.generate_stream(idx, max_new_tokens, temperature=temperature,
                                                       generator=generator)]
 

@@ -40,7 +40,7 @@ def tiny(checkpoints):
     yield checkpoints
     demo.configure("cpu", **{key: demo.default_checkpoint(key) for key in demo.MODELS},
                    **{demo.REAL_SST2: Path(MINILM_SST2_CHECKPOINT), demo.CHAT: Path(demo.SFT_CHECKPOINT),
-                      demo.ADAPTER: Path(demo.LORA_ADAPTER)})
+                      demo.ADAPTER: Path(demo.LORA_ADAPTER), demo.S5_DRAFT: Path(demo.S5_DRAFT_CHECKPOINT)})
 
 
 # every tab, called with one text: the tab's outputs (a streamed tab: its last outputs)
@@ -107,6 +107,25 @@ def test_stage5_generates_with_int8_and_int4_weights_of_the_same_model(tiny, tmp
     int4 = list(demo.stage5_generate("The history", 0, 0, 1.0, 6, "int4"))[-1]
     assert re.match(r"6 tokens in .*; int4 weights", int4[1])
     assert demo.load_stage5("int4")[2] < demo.load_stage5("int8")[2] < demo.load_stage5("float32")[2]
+
+
+def test_stage5_decodes_speculatively_with_a_draft_of_the_same_tokenizer(tiny, tmp_path):
+    """The switch: without a draft, a message saying how to make one; a draft with another tokenizer, refused; with
+    the GPT itself as its own draft, greedy text identical to plain decoding and every proposal accepted."""
+    from test_stage5_serve import tiny_chat_checkpoint
+    demo.configure("cpu", **{demo.S5_DRAFT: tmp_path / "none" / "best.pt"})
+    assert "No draft model for speculative decoding" in list(demo.stage5_generate("The", 0, 0, 1.0, 6, "float32",
+                                                                                   True))[-1][1]
+    demo.configure("cpu", **{demo.S5_DRAFT: tiny_chat_checkpoint(tmp_path / "other")})
+    assert "has another tokenizer" in list(demo.stage5_generate("The", 0, 0, 1.0, 6, "float32", True))[-1][1]
+    demo.configure("cpu", **{demo.S5_DRAFT: tiny["stage5"]})
+    plain = list(demo.stage5_generate("The history", 0, 0, 1.0, 10))[-1]
+    fast = list(demo.stage5_generate("The history", 0, 0, 1.0, 10, "float32", True))
+    assert len(fast) == 1 and fast[0][0] == plain[0]
+    assert re.match(r"10 tokens in .*speculative decoding, the draft proposing 4 a round: 100% of its tokens "
+                    r"accepted", fast[0][1])
+    sampled = list(demo.stage5_generate("The history", 0.8, 20, 0.9, 10, "int8", True))[-1]
+    assert sampled[0].startswith("The history") and "int8 weights" in sampled[1]
 
 
 def test_stage6_fills_mask_with_k_guesses_each(tiny):
