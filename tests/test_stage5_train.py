@@ -292,11 +292,11 @@ def test_quick_defaults_give_way_to_typed_flags_even_abbreviated():
 
 
 def test_reference_runs_parse_and_write_under_runs():
-    from stage5_gpt import batching, benchmark, finetune, loadtest, parallel_equality, sft, tokenizer
+    from stage5_gpt import batching, benchmark, finetune, loadtest, parallel_equality, pipeline_bubble, sft, tokenizer
     scripts = {"stage5_gpt/train.py": train, "stage5_gpt/finetune.py": finetune, "stage5_gpt/tokenizer.py": tokenizer,
                "stage5_gpt/benchmark.py": benchmark, "stage5_gpt/sft.py": sft,
                "stage5_gpt/parallel_equality.py": parallel_equality, "stage5_gpt/loadtest.py": loadtest,
-               "stage5_gpt/batching.py": batching}
+               "stage5_gpt/batching.py": batching, "stage5_gpt/pipeline_bubble.py": pipeline_bubble}
     published = {p.stem for p in (REPO_ROOT / STAGE / "results").glob("*.json")}
     assert published == set(REFERENCE_RUNS)  # every published file is a declared run, and the other way round
     for name, argv in REFERENCE_RUNS.items():
