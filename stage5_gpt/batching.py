@@ -59,6 +59,9 @@ class Handle:
     finish_reason: str | None = None            # "stop" (a stop token) or "length" (max_new_tokens)
 
 
+SEEDS = (-2**63, 2**64)    # what torch.Generator.manual_seed takes: from the first, up to but not including the second
+
+
 def check_request(model: GPT, req: Request) -> None:
     if not req.prompt:
         raise UserError("a request needs a prompt of at least one token")
@@ -67,7 +70,7 @@ def check_request(model: GPT, req: Request) -> None:
     if len(req.prompt) + req.max_new_tokens > model.cfg.block_size:
         raise UserError(f"the prompt ({len(req.prompt)} tokens) and max_new_tokens ({req.max_new_tokens}) exceed the "
                         f"model's context of {model.cfg.block_size} tokens")
-    if not -2**63 <= req.seed < 2**64:                 # what torch.Generator.manual_seed takes
+    if not SEEDS[0] <= req.seed < SEEDS[1]:
         raise UserError(f"seed must lie in [-2**63, 2**64), got {req.seed}")
 
 

@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/serve.py`: put the re
 import torch
 
 from scripts.common import UserError, get_device, positive_int, run_cli
-from stage5_gpt.batching import ContinuousBatcher, Handle, Request
+from stage5_gpt.batching import SEEDS, ContinuousBatcher, Handle, Request
 from stage5_gpt.chat_template import SPECIAL_TOKENS, check_template, prompt_ids
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.reference_runs import SFT_CHECKPOINT
@@ -151,7 +151,7 @@ class CommonFields(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict | None = None
-    seed: int | None = Field(default=None, ge=-2**63, lt=2**64)   # what torch.Generator.manual_seed takes
+    seed: int | None = Field(default=None, ge=SEEDS[0], lt=SEEDS[1])   # what torch.Generator.manual_seed takes
     n: int = Field(default=1, ge=1, le=1)
 
 
