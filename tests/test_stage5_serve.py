@@ -344,3 +344,24 @@ def test_the_throughput_command_writes_its_figures_against_one_at_a_time(tmp_pat
     assert r["git_commit"] and out.with_suffix(".png").stat().st_size > 0
     code, err = cli(batching.main, ["--checkpoint", str(tmp_path / "none.pt")], capsys)
     assert_one_line_error(code, err, "no checkpoint")
+
+
+def test_the_published_serving_figures_beat_one_request_at_a_time():
+    """stage5_gpt/results/batching_throughput.json and loadtest.json, measured on the instructed GPT: decoding many
+    requests together gives more tokens per second than one at a time (the baseline), and under 64 streaming
+    clients at once the server failed no request and served more tokens per second than to one client alone."""
+    batch = json.loads((REPO_ROOT / "stage5_gpt" / "results" / "batching_throughput.json").read_text())
+    rows = {row["concurrency"]: row for row in batch["rows"]}
+    assert sorted(rows) == [1, 2, 4, 8, 16, 32, 64] and batch["checkpoint"] == "runs/stage5_gpt/sft/best.pt"
+    assert max(row["tokens_per_second"] for row in rows.values()) > 2 * rows[1]["tokens_per_second"]
+    load = json.loads((REPO_ROOT / "stage5_gpt" / "results" / "loadtest.json").read_text())
+    assert load["failed_requests"] == 0 and load["concurrent"]["clients"] == 64 and load["endpoint"] == "chat"
+    assert load["throughput_ratio"] > 1 and load["concurrent"]["requests"] == 128
+    # the figures docs section 24 and the READMEs quote are these files'
+    doc = (REPO_ROOT / "docs" / "stage5_gpt.md").read_text(encoding="utf-8")
+    for figure in (f"{rows[1]['tokens_per_second']:.1f}", f"{rows[64]['tokens_per_second']:,.1f}",
+                   f"{load['solo']['tokens_per_second']:.1f}", f"{load['concurrent']['tokens_per_second']:.1f}",
+                   f"{load['throughput_ratio']:.2f} times", f"{load['concurrent']['ttft_p95_s']:.3f} s"):
+        assert figure in doc, figure
+    for readme in ("README.md", "README.zh-CN.md"):
+        assert f"{load['throughput_ratio']:.2f}" in (REPO_ROOT / readme).read_text(encoding="utf-8"), readme
