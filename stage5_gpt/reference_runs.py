@@ -88,6 +88,10 @@ LORA_ADAPTER = "runs/stage5_gpt/sft_en_de_lora/adapter.pt"
 ADAPT_EN_DE = ["stage5_gpt/sft.py", "--checkpoint", SFT_CHECKPOINT, "--mix", "en_de=1", "--epochs", "10",
                "--time-budget", "15", "--score-tasks", "en_de", "en_fr", "sst2"]
 LORA_COMMAND = [*ADAPT_EN_DE, "--lora-rank", "8", "--lr", "2e-3", "--out-dir", "runs/stage5_gpt/sft_en_de_lora"]
+# serving the instructed GPT (docs §24): continuous batching's tokens/s against the requests in flight, then serve.py
+# under a load test, one streaming client alone and then 64 at once
+REFERENCE_RUNS["batching_throughput"] = ["stage5_gpt/batching.py"]
+REFERENCE_RUNS["loadtest"] = ["stage5_gpt/loadtest.py"]
 REFERENCE_RUNS["sft_en_de_lora"] = LORA_COMMAND
 REFERENCE_RUNS["sft_en_de_full"] = [*ADAPT_EN_DE, "--lr", "1e-3", "--out-dir", "runs/stage5_gpt/sft_en_de_full"]
 # LoRA again at five times the learning rate: at 2e-3 its English -> German loss fell far more slowly than full
