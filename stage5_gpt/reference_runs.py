@@ -34,6 +34,8 @@ REFERENCE_RUNS = {
     "benchmark": ["stage5_gpt/benchmark.py"],
     # every parallel scheme of section 25 on 2 processes against one process, step by step (a side file and its plot)
     "parallel_equality": ["stage5_gpt/parallel_equality.py"],
+    # the pipeline's bubble (section 25): how long each of 2 stages waits, GPipe and 1F1B, against (p - 1) / (m + p - 1)
+    "pipeline_bubble": ["stage5_gpt/pipeline_bubble.py"],
     # the base model that sft.py instructs (BASE_CHECKPOINT below): the course's own text, at most one pass in an
     # hour of float32 training; its tokenizer carries the chat template's tokens
     "course_mix": ["stage5_gpt/train.py", "--dataset", "course_mix", "--vocab-size", "8000", "--block-size", "256",
