@@ -308,8 +308,12 @@ def load_stage5_draft():
     """The draft GPT of speculative decoding, refused unless its tokenizer is the Stage 5 GPT's (the same ids)."""
     if missing := missing_checkpoint(S5_DRAFT):
         raise UserError(missing)
-    draft, fingerprint = load(S5_DRAFT, lambda path, device: (lambda m, t, c: (m, c["data"]["fingerprint"]))(
-        *s5_evaluate.load_model(path, device)))
+
+    def loader(path, device):   # -> (the draft, the fingerprint of the tokenizer it was trained with)
+        draft, _, ckpt = s5_evaluate.load_model(path, device)
+        return draft, ckpt["data"]["fingerprint"]
+
+    draft, fingerprint = load(S5_DRAFT, loader)
     if fingerprint != s5_tokenizer_fingerprint(SETTINGS["checkpoints"]["stage5"].parent / "tokenizer.json"):
         raise UserError(f"the draft {SETTINGS['checkpoints'][S5_DRAFT]} has another tokenizer than the Stage 5 GPT: "
                         f"speculative decoding needs the same token ids in both")

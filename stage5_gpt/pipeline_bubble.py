@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/pipeline_bubble.py`: 
 import torch
 import torch.distributed as dist
 
-from scripts.common import (REPO_ROOT, UserError, command_line, git_commit, portable, positive_int, reference_command,
-                            reference_run_name, resolved_config, run_cli, write_json)
+from scripts.common import (REPO_ROOT, UserError, command_line, end_distributed, git_commit, portable, positive_int,
+                            reference_command, reference_run_name, resolved_config, run_cli, write_json)
 from stage5_gpt.model import GPT, GPTConfig
 from stage5_gpt.parallel import PipelineStage, pipeline_step
 from stage5_gpt.reference_runs import REFERENCE_RUNS
@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if bad := [m for m in args.micro if args.batch_size % m]:
         p.error(f"--micro {bad[0]} does not divide --batch-size {args.batch_size}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be 0 or more, got {args.warmup}")
     return args
 
 
@@ -176,8 +178,7 @@ def worker(args, argv) -> None:
         write_json(out, result)
         plot(out.with_suffix(".png"), result)
         print(f"one process: {one:.3f} s per step; wrote {out} and {out.with_suffix('.png')}")
-    dist.barrier()
-    dist.destroy_process_group()
+    end_distributed(world)
 
 
 def main(argv=None) -> None:
