@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/evaluate.py`: put the
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from scripts.common import UserError, get_device, load_checkpoint, positive_int, resolve_data_dir, run_cli
 from stage5_gpt.corpus import dataset_info, load_text
@@ -47,10 +48,12 @@ def load_model(checkpoint: str | Path, device: torch.device):
 
 @torch.no_grad()
 def score_split(model: GPT, ids: np.ndarray, device, batch_size: int = 32) -> tuple[float, int]:
-    """(mean loss per token, tokens predicted) over a whole split."""
+    """(mean loss per token, tokens predicted) over a whole split. The loss is computed in float32 whatever the
+    model's own precision (a bf16 model's logits are scored, not rounded to bf16 first)."""
     total, count = 0.0, 0
     for x, y in eval_windows(ids, model.cfg.block_size, batch_size):
-        _, loss = model(x.to(device), y.to(device))
+        logits, _ = model(x.to(device))                                           # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten())
         total, count = total + loss.item() * y.numel(), count + y.numel()
     return total / count, count
 

@@ -1,7 +1,7 @@
 """How close one process comes to this machine's limit: the model FLOPs utilisation (MFU) of a training step.
 
-    python stage5_gpt/mfu.py                  # the WikiText-2 reference size -> runs/stage5_gpt/mfu.json
-    python stage5_gpt/mfu.py --compile        # the same step under torch.compile
+    python stage5_gpt/mfu.py                  # the WikiText-2 reference size -> runs/stage5_gpt/mfu.json (+ .png)
+    python stage5_gpt/mfu.py --compile        # the same step under torch.compile too, beside the eager one
 
 The limit: the best throughput this machine reaches on a square matrix product (sizes 1024 to 4096), in float32, and
 in bf16 where the CPU computes it natively (AVX512-BF16 or AMX) or on a GPU. The step: forward, loss, backward,
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import platform
 import sys
 import time
 from pathlib import Path
@@ -27,9 +28,10 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/mfu.py`: put the repo
 import torch
 
 from scripts.common import (command_line, cpu_has_native_bf16, get_device, git_commit, portable, positive_int,
-                            run_cli, set_seed, write_json)
+                            reference_command, reference_run_name, resolved_config, run_cli, set_seed, write_json)
 from stage5_gpt.benchmark import time_training
 from stage5_gpt.model import GPT, GPTConfig
+from stage5_gpt.reference_runs import REFERENCE_RUNS
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, sizes: list[int], repeats: int = 3) -> tuple[float, int]:
@@ -71,15 +73,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--norm", default="rmsnorm", choices=["layernorm", "rmsnorm"])
     p.add_argument("--mlp", default="swiglu", choices=["gelu", "swiglu"])
     p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--compile", action="store_true", help="time the step of the torch.compile'd model")
+    p.add_argument("--compile", action="store_true", help="also time the step of the torch.compile'd model")
     p.add_argument("--steps", type=positive_int, default=10, help="timed training steps per round")
     p.add_argument("--rounds", type=positive_int, default=3, help="rounds; each precision keeps its best")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (torch.compile compiles in them)")
     p.add_argument("--sizes", type=positive_int, nargs="+", default=[1024, 2048, 3072, 4096],
                    help="square matmul sizes the peak is measured on")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--json", default="runs/stage5_gpt/mfu.json", help="where the figures go")
+    p.add_argument("--json", default="runs/stage5_gpt/mfu.json",
+                   help="where the figures go (and their plot, as .png; publish the reference run's with "
+                        "`python scripts/publish.py <this file>`)")
     return p.parse_args(argv)
+
+
+def plot(path: Path, result: dict) -> None:
+    """Each precision's measured matmul peak as a grey bar, and beside it what each training step reaches of it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    names = [r["name"] for r in rows]
+    ax.bar(names, [r["peak_gflops"] for r in rows], color="0.85", label="matmul peak (same precision)")
+    bars = ax.bar(names, [r["step_gflops"] for r in rows], width=0.5, color="tab:blue", label="training step")
+    for bar, r in zip(bars, rows):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{100 * r['mfu']:.0f} %", ha="center",
+                va="bottom", fontsize=9)
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"MFU of a {result['params'] / 1e6:.1f} M-parameter GPT training step "
+                 f"({result['threads']} threads, {result['device']})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -94,30 +121,39 @@ def main(argv=None) -> None:
     g = torch.Generator().manual_seed(0)
     data = torch.randint(args.vocab_size, (args.batch_size, args.block_size + 1), generator=g).to(device)
     x, y = data[:, :-1], data[:, 1:]                                                  # (B, T) each
-    step_model = torch.compile(model) if args.compile else model
     precisions = {"float32": (torch.float32, None)}
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
         precisions["bf16"] = (torch.bfloat16, torch.autocast(device.type, dtype=torch.bfloat16))
+    steps = [("eager", model)] + ([("compiled", torch.compile(model))] if args.compile else [])
     print(f"model: {model.num_params():,} parameters, {per_token / 1e6:.1f} MFLOPs per token "
           f"(6N + 12·L·T·d), batch {args.batch_size} x {args.block_size}, {device}, {torch.get_num_threads()} threads")
-    figures = {}
+    figures, rows = {}, []
     for name, (dtype, autocast) in precisions.items():
         peak, n = matmul_peak(dtype, device, args.sizes)
-        seconds = min(time_training(step_model, x, y, args.steps, args.warmup, device, autocast)
-                      for _ in range(args.rounds))
-        tokens_per_second = args.steps * x.numel() / seconds
-        mfu = per_token * tokens_per_second / peak
-        figures[name] = {"peak_gflops": round(peak / 1e9, 1), "peak_at_n": n,
-                         "train_tokens_per_second": round(tokens_per_second), "mfu": round(mfu, 4)}
-        print(f"{name:8s} peak {peak / 1e9:8.1f} GFLOP/s (n={n}) | step {tokens_per_second:9,.0f} tokens/s "
-              f"= {per_token * tokens_per_second / 1e9:7.1f} GFLOP/s | MFU {100 * mfu:.1f} %")
-    write_json(args.json, {"stage": "stage5_gpt", "flops_per_token": per_token, "params": model.num_params(),
-                           "precisions": figures, "compile": args.compile, "device": str(device),
-                           "threads": torch.get_num_threads(), "torch": torch.__version__,
-                           "config": vars(args) | {"json": portable(args.json)},
-                           "command": portable(command_line("stage5_gpt/mfu.py", argv)), "git_commit": git_commit(),
-                           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    print(f"wrote {args.json}")
+        for how, step_model in steps:
+            seconds = min(time_training(step_model, x, y, args.steps, args.warmup, device, autocast)
+                          for _ in range(args.rounds))
+            tokens_per_second = args.steps * x.numel() / seconds
+            mfu = per_token * tokens_per_second / peak
+            key = name if how == "eager" else f"{name} compiled"
+            figures[key] = {"peak_gflops": round(peak / 1e9, 1), "peak_at_n": n,
+                            "train_tokens_per_second": round(tokens_per_second), "mfu": round(mfu, 4)}
+            rows.append({"name": key, "peak_gflops": round(peak / 1e9, 1),
+                         "step_gflops": round(per_token * tokens_per_second / 1e9, 1), "mfu": round(mfu, 4)})
+            print(f"{key:17s} peak {peak / 1e9:8.1f} GFLOP/s (n={n}) | step {tokens_per_second:9,.0f} tokens/s "
+                  f"= {per_token * tokens_per_second / 1e9:7.1f} GFLOP/s | MFU {100 * mfu:.1f} %")
+    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/mfu.py", parse_args, args)
+    result = {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
+        "flops_per_token": per_token, "params": model.num_params(), "precisions": figures, "rows": rows,
+        "compile": args.compile, "device": str(device), "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "cpu_native_bf16": cpu_has_native_bf16(),
+        "torch": torch.__version__, "config": resolved_config(args),
+        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
+                            else command_line("stage5_gpt/mfu.py", argv)),
+        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    write_json(args.json, result)
+    plot(Path(args.json).with_suffix(".png"), result)
+    print(f"wrote {args.json} and {Path(args.json).with_suffix('.png')}")
 
 
 if __name__ == "__main__":

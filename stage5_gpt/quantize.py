@@ -27,8 +27,11 @@ activations) is measured beside it as the production twin.
 from __future__ import annotations
 
 import argparse
+import copy
+import datetime as dt
 import io
 import math
+import platform
 import shutil
 import sys
 import time
@@ -42,12 +45,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scripts.common import (UserError, get_device, load_checkpoint, portable, positive_int, resolve_data_dir, run_cli,
-                            save_checkpoint, write_json)
+from scripts.common import (UserError, command_line, cpu_has_native_bf16, get_device, git_commit, load_checkpoint,
+                            portable, positive_int, reference_command, reference_run_name, resolve_data_dir,
+                            resolved_config, run_cli, save_checkpoint, write_json)
 from stage5_gpt.corpus import dataset_info, load_text
 from stage5_gpt.data import encode_split, load_tokenizer, tokenizer_fingerprint
 from stage5_gpt.evaluate import load_model, score_split
 from stage5_gpt.model import GPT, GPTConfig
+from stage5_gpt.reference_runs import REFERENCE_RUNS
 
 STAGE = "stage5_gpt"
 SCHEME = "int8, symmetric, per output channel"
@@ -237,7 +242,9 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=positive_int, default=128, help="tokens per decoding-speed measurement")
     p.add_argument("--prompt", default="The history of", help="the prompt of the text shown side by side")
     p.add_argument("--data-dir", default=None, help="default: $MY_LLM_DATA, else ~/.cache/my_llm/data")
-    p.add_argument("--result", default=None, help="a result JSON with every figure (default: none)")
+    p.add_argument("--result", default=None,
+                   help="the result JSON with every figure, its plot beside it as .png (default: "
+                        "runs/stage5_gpt/<script>.json; publish the reference run's with scripts/publish.py)")
 
 
 def float_model_and_text(args: argparse.Namespace, device) -> tuple[GPT, object, dict, np.ndarray]:
@@ -271,6 +278,50 @@ def compare(models: dict[str, GPT], tok, ids: np.ndarray, args: argparse.Namespa
     return rows
 
 
+def plot_report(path: Path, rows: dict, title: str) -> None:
+    """Two panels per model: decoding tokens/s at batch 1 (how much faster) and perplexity (what it cost)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * len(names) + 1.6), sharey=True)
+    left.barh(names, [rows[n]["decode_tokens_per_second"] for n in names], color="tab:blue")
+    left.set_xlabel("greedy decoding, batch 1 (tokens/s)")
+    right.barh(names, [rows[n]["ppl"] for n in names], color="tab:orange")
+    right.set_xlabel("perplexity (lower is better)")
+    base = rows[names[0]]["ppl"]
+    right.set_xlim(0.9 * min(r["ppl"] for r in rows.values()), 1.05 * max(r["ppl"] for r in rows.values()))
+    right.axvline(base, color="grey", ls=":", lw=1)
+    for ax, key, fmt in ((left, "decode_tokens_per_second", "{:.0f}"), (right, "ppl", "{:.2f}")):
+        for i, n in enumerate(names):
+            ax.text(rows[n][key], i, " " + fmt.format(rows[n][key]), va="center", fontsize=8)
+    left.invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def finish_report(script: str, parse, args: argparse.Namespace, argv, ckpt: dict, result: dict, title: str) -> None:
+    """Add what every result file carries (the run's name when it is a declared reference run, its command, commit,
+    machine, and each model's decoding speed against the first, float32) and write the file with its plot."""
+    first = next(iter(result["models"].values()))["decode_tokens_per_second"]
+    for row in result["models"].values():
+        row["speedup_over_float32"] = round(row["decode_tokens_per_second"] / first, 3)
+    run = reference_run_name(REFERENCE_RUNS, script, parse, args)
+    model = ckpt["config"]
+    result = {"stage": STAGE} | ({"run": run} if run else {}) | result | {
+        "model": model, "params": GPT(GPTConfig(**model)).num_params(), "cpu": platform.processor() or platform.machine(),
+        "cpu_native_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "config": resolved_config(args),
+        "command": portable(reference_command(REFERENCE_RUNS[run]) if run else command_line(script, argv)),
+        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    out = Path(args.result or f"runs/{STAGE}/{Path(script).stem}.json")
+    write_json(out, result)
+    plot_report(out.with_suffix(".png"), result["models"], title)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Quantize a GPT's weights to int8 and measure what changed (Stage 5).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -291,20 +342,23 @@ def main(argv=None) -> None:
     qmodel = quantize_model(load_model(args.checkpoint, device)[0])
     save_quantized(qmodel, tok_file, out, {"path": portable(str(args.checkpoint)), "dataset": ckpt.get("dataset"),
                                           "state": ckpt.get("state", {})})
-    models = {"float32": model, "int8 (ours, fused kernel)": qmodel,
-              "int8 (ours, dequantize)": quantize_model(load_model(args.checkpoint, device)[0], "dequantize"),
-              "int8 (torch.ao dynamic)": torch_dynamic_int8(model)}
+    models = {"float32": model}
+    if cpu_has_native_bf16():   # bf16 weights: half the bytes, and this CPU multiplies them natively
+        models["bf16"] = copy.deepcopy(model).to(torch.bfloat16)
+    models |= {"int8 (ours, fused kernel)": qmodel,
+               "int8 (ours, dequantize)": quantize_model(load_model(args.checkpoint, device)[0], "dequantize"),
+               "int8 (torch.ao dynamic)": torch_dynamic_int8(model)}
     rows = compare(models, tok, ids, args, device)
     result = {"checkpoint": portable(str(args.checkpoint)), "int8_checkpoint": portable(str(out)),
               "dataset": ckpt["dataset"], "split": args.split, "scheme": SCHEME, "threads": torch.get_num_threads(),
               "weight_error": weight_errors(model, qmodel), "logit_error": logit_errors(model, qmodel, ids),
-              "models": rows, "command": "python stage5_gpt/quantize.py " + " ".join(argv or sys.argv[1:])}
+              "models": rows}
     worst = max(result["weight_error"].items(), key=lambda kv: kv[1])
     print(f"weights: worst relative error {worst[1]:.4f} ({worst[0]}) | logits: max |diff| "
           f"{result['logit_error']['max_abs']}, top-1 agreement {result['logit_error']['top1_agreement']:.4f} | "
           f"wrote {out}")
-    if args.result:
-        write_json(args.result, result)
+    finish_report("stage5_gpt/quantize.py", parse_args, args, argv, ckpt, result,
+                  f"{ckpt['dataset']} GPT, {model.num_params() / 1e6:.1f} M parameters: int8 weights against float")
 
 
 if __name__ == "__main__":

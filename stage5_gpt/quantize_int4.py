@@ -35,11 +35,11 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/quantize_int4.py`: pu
 import torch
 import torch.nn as nn
 
-from scripts.common import UserError, get_device, portable, run_cli, write_json
+from scripts.common import UserError, get_device, portable, run_cli
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT
 from stage5_gpt.quantize import (QuantizedLinear, TiedEmbedding, add_report_args, check_quantizable, compare,
-                                 float_model_and_text, quantize_model, swap_linears)
+                                 finish_report, float_model_and_text, quantize_model, swap_linears)
 
 GROUP_SIZES = (32, 64, 128, 256)
 
@@ -138,10 +138,10 @@ def main(argv=None) -> None:
         print(f"PyTorch's int4 kernel takes a multiple of 16 outputs: {', '.join(spelled)} computed spelled out")
     models[f"int4, groups of {g}, dequantize"] = quantize_model_int4(fresh(), g, "dequantize")
     rows = compare(models, tok, ids, args, device)
-    if args.result:
-        write_json(args.result, {"checkpoint": portable(str(args.checkpoint)), "dataset": ckpt["dataset"],
-                                 "split": args.split, "threads": torch.get_num_threads(), "models": rows,
-                                 "command": "python stage5_gpt/quantize_int4.py " + " ".join(argv or sys.argv[1:])})
+    finish_report("stage5_gpt/quantize_int4.py", parse_args, args, argv, ckpt,
+                  {"checkpoint": portable(str(args.checkpoint)), "dataset": ckpt["dataset"], "split": args.split,
+                   "threads": torch.get_num_threads(), "models": rows},
+                  f"{ckpt['dataset']} GPT, {model.num_params() / 1e6:.1f} M parameters: int4 groups against int8")
 
 
 if __name__ == "__main__":

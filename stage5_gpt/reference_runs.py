@@ -100,3 +100,7 @@ REFERENCE_RUNS["sft_en_de_full"] = [*ADAPT_EN_DE, "--lr", "1e-3", "--out-dir", "
 # fine-tuning's
 REFERENCE_RUNS["sft_en_de_lora_lr1e-2"] = [*ADAPT_EN_DE, "--lora-rank", "8", "--lr", "1e-2",
                                            "--out-dir", "runs/stage5_gpt/sft_en_de_lora_lr1e-2"]
+
+# The draft GPT of speculative decoding (speculative.py's and the demo's default --draft): a small GPT trained with the
+# WikiText-2 GPT's own tokenizer, so that both models read and write the same token ids.
+DRAFT_CHECKPOINT = "runs/stage5_gpt/draft/best.pt"

@@ -25,7 +25,10 @@ draft agrees with the target (the acceptance rate) and on how much cheaper the d
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import itertools
+import json
+import platform
 import sys
 import time
 from pathlib import Path
@@ -35,9 +38,11 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/speculative.py`: put 
 
 import torch
 
-from scripts.common import UserError, get_device, portable, positive_int, run_cli, write_json
+from scripts.common import (UserError, command_line, get_device, git_commit, portable, positive_int, reference_command,
+                            reference_run_name, resolved_config, run_cli, write_json)
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT, KVCache, next_token_probs
+from stage5_gpt.reference_runs import DRAFT_CHECKPOINT, GPT_CHECKPOINT, REFERENCE_RUNS
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -161,13 +166,15 @@ def check_pair(target_ckpt: dict, draft_ckpt: dict, target_path, draft_path) -> 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Speculative decoding: a draft GPT proposes, the target checks (Stage 5).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="the target GPT (train.py's best.pt)")
-    p.add_argument("--draft", required=True, help="a smaller GPT with the same tokenizer")
+    p.add_argument("--checkpoint", default=GPT_CHECKPOINT, help="the target GPT (train.py's best.pt)")
+    p.add_argument("--draft", default=DRAFT_CHECKPOINT, help="a smaller GPT with the same tokenizer")
     p.add_argument("--k", type=positive_int, nargs="+", default=[1, 2, 4, 8], help="proposals per round to measure")
     p.add_argument("--prompt", default="The history of")
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--rounds", type=positive_int, default=3, help="timing repeats (the best counts)")
-    p.add_argument("--result", default=None, help="write the figures to this JSON")
+    p.add_argument("--result", default="runs/stage5_gpt/speculative.json",
+                   help="where the figures go, their plot beside them as .png (publish the reference run's with "
+                        "`python scripts/publish.py <this file>`)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     return p.parse_args(argv)
 
@@ -179,6 +186,37 @@ def timed(fn, rounds: int):
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return out, best
+
+
+def val_ppl(checkpoint) -> float | None:
+    """The validation perplexity the checkpoint's own training run recorded (result.json beside it), if it did."""
+    result = Path(checkpoint).parent / "result.json"
+    return json.loads(result.read_text()).get("metrics", {}).get("val_ppl") if result.exists() else None
+
+
+def plot(path: Path, result: dict) -> None:
+    """Tokens/s per k against plain decoding (left) and the share of proposals the target accepted (right)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r for r in result["rows"] if r != "plain"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.bar(["plain"] + ks, [result["rows"][r]["tokens_per_second"] for r in ["plain"] + ks],
+             color=["0.6"] + ["tab:blue"] * len(ks))
+    for i, r in enumerate(ks, start=1):
+        left.text(i, result["rows"][r]["tokens_per_second"], f"{result['rows'][r]['speedup']:.2f}x", ha="center",
+                  va="bottom", fontsize=8)
+    left.set_ylabel("greedy decoding, batch 1 (tokens/s)")
+    right.plot([int(r[2:]) for r in ks], [result["rows"][r]["acceptance_rate"] for r in ks], "o-")
+    right.set_xlabel("k (tokens the draft proposes per round)")
+    right.set_ylabel("share of proposals accepted")
+    right.set_ylim(0, 1)
+    fig.suptitle(f"target {result['target_params'] / 1e6:.2f} M parameters, draft {result['draft_params'] / 1e6:.2f} "
+                 f"M: same text as the target alone", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -199,11 +237,21 @@ def main(argv=None) -> None:
                           "speedup": round(plain_s / s, 3)}
         print(f"k={k}: {rows[f'k={k}']['tokens_per_second']} tokens/s ({rows[f'k={k}']['speedup']}x), acceptance "
               f"{stats['acceptance_rate']:.2f}, {stats['target_passes']} target passes for {len(new)} tokens")
-    if args.result:
-        write_json(args.result, {"target": portable(str(args.checkpoint)), "draft": portable(str(args.draft)),
-                                 "target_params": target.num_params(), "draft_params": draft.num_params(),
-                                 "prompt": args.prompt, "threads": torch.get_num_threads(), "greedy_identical": True,
-                                 "rows": rows, "text": tok.decode(plain)})
+    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/speculative.py", parse_args, args)
+    result = {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
+        "target": portable(str(args.checkpoint)), "draft": portable(str(args.draft)),
+        "target_params": target.num_params(), "draft_params": draft.num_params(),
+        "target_model": target.cfg.to_dict(), "draft_model": draft.cfg.to_dict(),
+        "target_val_ppl": val_ppl(args.checkpoint), "draft_val_ppl": val_ppl(args.draft),
+        "prompt": args.prompt, "threads": torch.get_num_threads(), "greedy_identical": True, "rows": rows,
+        "text": tok.decode(plain), "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "config": resolved_config(args),
+        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
+                            else command_line("stage5_gpt/speculative.py", argv)),
+        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    write_json(args.result, result)
+    plot(Path(args.result).with_suffix(".png"), result)
+    print(f"wrote {args.result} and {Path(args.result).with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -87,3 +87,23 @@ def test_bad_input_is_one_line():
         speculative.speculative_generate(target, target, list(range(32)), 5)
     with pytest.raises(UserError, match="another tokenizer"):
         speculative.check_pair({"data": {"fingerprint": "a"}}, {"data": {"fingerprint": "b"}}, "t.pt", "d.pt")
+
+
+def test_the_script_measures_each_k_on_checkpoints_and_writes_its_figures(tmp_path, capsys):
+    """A trained GPT as its own draft: every proposal accepted, the text the target's own, a result file and plot."""
+    import json
+
+    from conftest import write_tiny_lm_data
+    from stage5_gpt import train
+    data = write_tiny_lm_data(tmp_path / "data")
+    train.main(["--data-dir", str(data), "--out-dir", str(tmp_path / "lm"), "--dataset", "wikitext2", "--vocab-size",
+                "300", "--epochs", "1", "--batch-size", "8", "--block-size", "32", "--n-layer", "1", "--n-head", "2",
+                "--n-embd", "32", "--no-tensorboard"])
+    ckpt, out = tmp_path / "lm" / "best.pt", tmp_path / "spec.json"
+    speculative.main(["--checkpoint", str(ckpt), "--draft", str(ckpt), "--k", "1", "3", "--max-new-tokens", "12",
+                      "--rounds", "1", "--prompt", "the", "--result", str(out)])
+    r = json.loads(out.read_text())
+    assert set(r["rows"]) == {"plain", "k=1", "k=3"} and r["greedy_identical"]
+    assert all(r["rows"][k]["acceptance_rate"] == 1.0 for k in ("k=1", "k=3"))
+    assert r["target_val_ppl"] is not None and r["target_params"] == r["draft_params"]
+    assert "run" not in r and out.with_suffix(".png").exists()
