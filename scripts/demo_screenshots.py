@@ -38,6 +38,10 @@ TABS = [
     {"tab": "Stage 5: generate", "name": "Stage 5: generate, int8 weights", "file": "demo_stage5_int8.png",
      "type": {"s5-input": "The history of the city"}, "choose": {"s5-weights": "int8"},
      "click": ["s5-submit"], "wait": {"s5-output": "s5-message", "s5-message": "s5-message"}},
+    {"tab": "Stage 5: generate", "name": "Stage 5: generate, speculative decoding",
+     "file": "demo_stage5_speculative.png", "type": {"s5-input": "The history of the city"},
+     "check": ["s5-speculative"], "click": ["s5-submit"],
+     "wait": {"s5-output": "s5-message", "s5-message": "s5-message"}},
     {"tab": "Stage 5: chat", "file": "demo_stage5_chat.png",
      "type": {"s5c-input": "Translate this English sentence into French:\nA man is riding a bike."},
      "click": ["s5c-submit"], "wait": {"s5c-output": "s5c-message", "s5c-message": "s5c-message"}},
@@ -101,8 +105,10 @@ def missing_models(page, tab: dict) -> list[str]:
     return [m for m in dict.fromkeys(tab["wait"].values()) if MISSING in (shown(page, m) or "")]
 
 
-def drive(url: str, out_dir: str | Path, chromium: str | None = None, log=print, timeout_s: float = 60) -> dict:
-    """Every tab of the demo at `url`: {tab label: seconds to answer}; a screenshot of each tab in out_dir."""
+def drive(url: str, out_dir: str | Path, chromium: str | None = None, log=print, timeout_s: float = 60,
+          only: list[str] | None = None) -> dict:
+    """Every tab of the demo at `url` (or those whose screenshot `only` names): {tab label: seconds to answer}; a
+    screenshot of each in out_dir."""
     from playwright.sync_api import sync_playwright
 
     chromium = chromium or find_chromium()
@@ -116,7 +122,7 @@ def drive(url: str, out_dir: str | Path, chromium: str | None = None, log=print,
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url, wait_until="networkidle", timeout=timeout_s * 1000)
-            for tab in TABS:
+            for tab in [t for t in TABS if not only or t["file"] in only]:
                 name = tab.get("name", tab["tab"])
                 times[name] = answer(page, tab, timeout_s)
                 missing = missing_models(page, tab)
@@ -137,6 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="docs/images", help="folder for demo_stage*.png")
     p.add_argument("--chromium", default=None, help="the browser to drive (default: the system's chromium)")
     p.add_argument("--timeout", type=positive_float, default=60, help="seconds to wait for a page or an answer")
+    p.add_argument("--only", nargs="+", metavar="FILE", choices=[t["file"] for t in TABS], default=None,
+                   help="only these screenshots (default: every tab's)")
     return p.parse_args(argv)
 
 
@@ -147,12 +155,12 @@ def main(argv=None) -> None:
     except ImportError:
         raise UserError("this needs playwright: pip install -r requirements-demo.txt") from None
     try:
-        drive(args.url, args.out, args.chromium, timeout_s=args.timeout)
+        times = drive(args.url, args.out, args.chromium, timeout_s=args.timeout, only=args.only)
     except UserError:
         raise
     except Exception as e:  # Playwright's errors: no page at the URL, an answer that never came
         raise UserError(f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
-    print(f"wrote {len(TABS)} screenshots to {args.out}")
+    print(f"wrote {len(times)} screenshots to {args.out}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,21 @@ def test_fused_kernel_equals_the_spelled_out_arithmetic_and_is_close_to_float():
     assert (fused(x) - linear(x)).abs().max() < 0.05 * linear(x).abs().max()
 
 
+def test_many_rows_take_the_float_product_and_give_the_same_numbers(monkeypatch):
+    """The weight-only kernel is for decoding (a few rows); a prompt or a scored text goes through one float copy of
+    the weight, which is much faster there. Both paths give the same outputs."""
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    layer = quantize.Int8Linear.from_linear(linear)
+    calls = []
+    kernel = layer.fused_matmul
+    monkeypatch.setattr(layer, "fused_matmul", lambda flat: calls.append(flat.shape[0]) or kernel(flat))
+    few, many = torch.randn(1, quantize.FUSED_MAX_ROWS, 64), torch.randn(2, quantize.FUSED_MAX_ROWS, 64)
+    plain = quantize.Int8Linear.from_linear(linear, "dequantize")
+    assert torch.allclose(layer(few), plain(few), atol=1e-5) and calls == [quantize.FUSED_MAX_ROWS]
+    assert torch.allclose(layer(many), plain(many), atol=1e-5) and calls == [quantize.FUSED_MAX_ROWS]
+
+
 def test_a_quantized_gpt_stays_close_keeps_its_tie_and_saves_exactly(tmp_path):
     model, qmodel = tiny_gpt(), quantize.quantize_model(tiny_gpt())
     x = torch.randint(0, 96, (2, 16))
