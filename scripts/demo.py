@@ -56,7 +56,8 @@ from stage5_gpt.quantize import model_bytes as s5_model_bytes, quantize_model as
 from stage5_gpt.quantize_int4 import quantize_model_int4 as s5_quantize_int4
 from stage5_gpt.data import tokenizer_fingerprint as s5_tokenizer_fingerprint
 from stage5_gpt.speculative import speculative_generate as s5_speculative_generate
-from stage5_gpt.reference_runs import LORA_ADAPTER, LORA_COMMAND, REFERENCE_RUNS as S5_REFERENCE_RUNS, SFT_CHECKPOINT
+from stage5_gpt.reference_runs import (DRAFT_CHECKPOINT, LORA_ADAPTER, LORA_COMMAND, REFERENCE_RUNS as S5_REFERENCE_RUNS,
+                                       SFT_CHECKPOINT)
 from stage6_bert import fill_mask as s6_fill_mask, predict as s6_predict
 from stage6_bert.reference_runs import MINILM_SST2_CHECKPOINT
 
@@ -104,13 +105,11 @@ ADAPTER = "stage5_chat_adapter"
 ADAPTER_COMMAND = "python " + " ".join(LORA_COMMAND)
 
 # Stage 5's generate tab can decode speculatively (docs section 22): a smaller GPT with the same tokenizer proposes
-# tokens, the GPT checks them. No declared run makes a draft; any train.py checkpoint trained with the GPT's own
-# tokenizer (--tokenizer) will do, and S5_DRAFT_COMMAND is one.
+# tokens, the GPT checks them. The declared "draft" run makes one (any train.py checkpoint trained with the GPT's own
+# tokenizer, --tokenizer, would do).
 S5_DRAFT = "stage5_draft"
-S5_DRAFT_CHECKPOINT = "runs/stage5_gpt/draft/best.pt"
-S5_DRAFT_COMMAND = (f"python stage5_gpt/train.py --dataset wikitext2 --tokenizer "
-                    f"{default_checkpoint('stage5').parent.as_posix()}/tokenizer.json --n-layer 2 --n-embd 64 "
-                    f"--out-dir runs/stage5_gpt/draft")
+S5_DRAFT_CHECKPOINT = DRAFT_CHECKPOINT
+S5_DRAFT_COMMAND = "python " + " ".join(S5_REFERENCE_RUNS["draft"])
 S5_DRAFT_K = 4     # tokens the draft proposes per round
 
 MAX_CHARS = {"stage1": 5000, "stage2": 1000, "stage34": s3_translate.MAX_CHARS, "stage5": 2000, "stage6": 500}
