@@ -117,3 +117,13 @@ SWEEP_CHECKS = {
 BERT_CHECKPOINT = "runs/stage6_bert/pretrain/best.pt"
 # Where `finetune.py --task sst2 --pretrained all-MiniLM-L6-v2` writes (its default --out-dir, + best.pt).
 MINILM_SST2_CHECKPOINT = "runs/stage6_bert/glue_sst2_minilm/best.pt"
+
+# Which sentence-pair objective prepares the pair tasks better (docs section 11): two short runs with equal budgets,
+# 128 positions, half the examples two-segment pairs (the other half packed text, as "pretrain"), same model, same
+# tokens per step as "pretrain" (32 x 128 = 64 x 64): next-sentence prediction (BERT) against sentence-order
+# prediction (ALBERT). Their own --out-dir, since the full-length run of the chosen objective takes the default one.
+PAIR_SHORT = ["stage6_bert/pretrain.py", "--layers", "4", "--hidden", "128", "--heads", "2", "--max-len", "128",
+              "--batch-size", "32", "--lr", "2e-3", "--norm", "pre", "--dropout", "0", "--epochs", "10",
+              "--time-budget", "15", "--eval-interval", "500", "--cpu-bf16", "--pair-share", "0.5"]
+REFERENCE_RUNS["pretrain_nsp_short"] = [*PAIR_SHORT, "--nsp", "--out-dir", "runs/stage6_bert/pretrain_nsp_short"]
+REFERENCE_RUNS["pretrain_sop_short"] = [*PAIR_SHORT, "--sop", "--out-dir", "runs/stage6_bert/pretrain_sop_short"]
