@@ -104,3 +104,18 @@ REFERENCE_RUNS["sft_en_de_lora_lr1e-2"] = [*ADAPT_EN_DE, "--lora-rank", "8", "--
 # The draft GPT of speculative decoding (speculative.py's and the demo's default --draft): a small GPT trained with the
 # WikiText-2 GPT's own tokenizer, so that both models read and write the same token ids.
 DRAFT_CHECKPOINT = "runs/stage5_gpt/draft/best.pt"
+
+# Smaller and faster decoding (section 22), all measured on the WikiText-2 GPT above (GPT_CHECKPOINT) and one process:
+# the draft GPT of speculative decoding (DRAFT_CHECKPOINT), trained on the same text with the GPT's own tokenizer;
+# int8 and int4 weights against float32 and bf16; speculative decoding per k; and, with random weights, where each
+# gain starts as the model grows. mfu.py: how much of this CPU's matmul peak the GPT's training step uses (section 25).
+REFERENCE_RUNS["draft"] = ["stage5_gpt/train.py", "--dataset", "wikitext2", "--tokenizer",
+                           "runs/stage5_gpt/wikitext2_rope_rmsnorm_swiglu/tokenizer.json", "--n-layer", "2",
+                           "--n-head", "2", "--n-embd", "64", "--batch-size", "8", "--block-size", "256", "--pos", "rope",
+                           "--norm", "rmsnorm", "--mlp", "swiglu", "--no-bias", "--epochs", "10", "--time-budget", "10",
+                           "--cpu-bf16", "--out-dir", "runs/stage5_gpt/draft"]
+REFERENCE_RUNS["quantize"] = ["stage5_gpt/quantize.py"]
+REFERENCE_RUNS["quantize_int4"] = ["stage5_gpt/quantize_int4.py"]
+REFERENCE_RUNS["speculative"] = ["stage5_gpt/speculative.py"]
+REFERENCE_RUNS["decode_scaling"] = ["stage5_gpt/decode_scaling.py"]
+REFERENCE_RUNS["mfu"] = ["stage5_gpt/mfu.py", "--compile"]
