@@ -39,22 +39,22 @@ from stage5_gpt.reference_runs import REFERENCE_RUNS
 from stage5_gpt.speculative import Cached
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'4x192' -> (4 layers, 192 wide)."""
+def parse_size(text: str) -> list[int]:
+    """'4x192' -> [4 layers, 192 wide] (a list, as the result file records it)."""
     try:
         layers, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"a size is LAYERSxWIDTH, like 4x192; got {text!r}") from None
     if layers < 1 or width < 64 or width % 64:
         raise argparse.ArgumentTypeError(f"{text!r}: at least one layer, and a width that is a multiple of 64")
-    return layers, width
+    return [layers, width]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Decoding speed of float32, bf16 and int8 weights, and the cost ratios "
                                             "of speculative decoding, at growing GPT sizes (Stage 5).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(4, 192), (6, 384), (8, 512), (12, 768)],
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=[[4, 192], [6, 384], [8, 512], [12, 768]],
                    help="LAYERSxWIDTH per model (heads: width / 64; the first is the WikiText-2 reference's shape)")
     p.add_argument("--vocab-size", type=positive_int, default=8000)
     p.add_argument("--draft-layers", type=positive_int, default=2, help="the draft GPT's layers")
@@ -152,7 +152,7 @@ def plot(path: Path, result: dict) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if len(set(args.sizes)) != len(args.sizes):
+    if len({tuple(size) for size in args.sizes}) != len(args.sizes):
         raise UserError("--sizes has a size twice")
     block = args.prompt_tokens + args.new_tokens + args.k + 1
     draft = gpt(args.draft_layers, args.draft_embd, args.vocab_size, args.draft_embd // 32, block)
@@ -164,7 +164,7 @@ def main(argv=None) -> None:
         "rows": rows, "draft_params": draft.num_params(), "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "cpu_native_bf16": cpu_has_native_bf16(),
         "torch": torch.__version__,
-        "config": resolved_config(args) | {"sizes": [f"{a}x{b}" for a, b in args.sizes]},
+        "config": resolved_config(args),
         "command": portable(reference_command(REFERENCE_RUNS[run]) if run
                             else command_line("stage5_gpt/decode_scaling.py", argv)),
         "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

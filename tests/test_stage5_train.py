@@ -292,11 +292,14 @@ def test_quick_defaults_give_way_to_typed_flags_even_abbreviated():
 
 
 def test_reference_runs_parse_and_write_under_runs():
-    from stage5_gpt import batching, benchmark, finetune, loadtest, parallel_equality, pipeline_bubble, sft, tokenizer
+    from stage5_gpt import (batching, benchmark, decode_scaling, finetune, loadtest, mfu, parallel_equality,
+                            pipeline_bubble, quantize, quantize_int4, sft, speculative, tokenizer)
     scripts = {"stage5_gpt/train.py": train, "stage5_gpt/finetune.py": finetune, "stage5_gpt/tokenizer.py": tokenizer,
                "stage5_gpt/benchmark.py": benchmark, "stage5_gpt/sft.py": sft,
                "stage5_gpt/parallel_equality.py": parallel_equality, "stage5_gpt/loadtest.py": loadtest,
-               "stage5_gpt/batching.py": batching, "stage5_gpt/pipeline_bubble.py": pipeline_bubble}
+               "stage5_gpt/batching.py": batching, "stage5_gpt/pipeline_bubble.py": pipeline_bubble,
+               "stage5_gpt/mfu.py": mfu, "stage5_gpt/quantize.py": quantize, "stage5_gpt/quantize_int4.py": quantize_int4,
+               "stage5_gpt/speculative.py": speculative, "stage5_gpt/decode_scaling.py": decode_scaling}
     published = {p.stem for p in (REPO_ROOT / STAGE / "results").glob("*.json")}
     assert published == set(REFERENCE_RUNS)  # every published file is a declared run, and the other way round
     for name, argv in REFERENCE_RUNS.items():
