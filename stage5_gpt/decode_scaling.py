@@ -34,7 +34,7 @@ import torch
 from scripts.common import (UserError, command_line, cpu_has_native_bf16, git_commit, portable, positive_int,
                             reference_command, reference_run_name, resolved_config, run_cli, set_seed, write_json)
 from stage5_gpt.model import GPT, GPTConfig
-from stage5_gpt.quantize import decode_speed, quantize_model, torch_dynamic_int8
+from stage5_gpt.quantize import decode_speeds, quantize_model, torch_dynamic_int8
 from stage5_gpt.reference_runs import REFERENCE_RUNS
 from stage5_gpt.speculative import Cached
 
@@ -99,7 +99,7 @@ def measure(layers: int, width: int, draft: GPT, args: argparse.Namespace) -> di
     variants["int8 (ours, fused kernel)"] = quantize_model(gpt(layers, width, args.vocab_size, max(1, width // 64),
                                                                block))
     variants["int8 (torch.ao dynamic)"] = torch_dynamic_int8(model)
-    speeds = {name: decode_speed(m, prompt, args.new_tokens, args.rounds) for name, m in variants.items()}
+    speeds = decode_speeds(variants, prompt, args.new_tokens, args.rounds)   # the formats take turns
     step = pass_seconds(model, prompt, 1, 5 * args.rounds)                 # one target token
     check = pass_seconds(model, prompt, args.k + 1, 5 * args.rounds)       # k + 1 tokens in one target pass
     draft_step = pass_seconds(draft, prompt, 1, 5 * args.rounds)

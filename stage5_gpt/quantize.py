@@ -226,16 +226,18 @@ def logit_errors(float_model: GPT, qmodel: GPT, ids: np.ndarray, windows: int = 
 
 
 @torch.no_grad()
-def decode_speed(model: GPT, prompt: list[int], n: int, rounds: int = 3) -> float:
-    """Greedy decoding tokens per second at batch 1 with the KV cache (the best of `rounds`)."""
-    best = 0.0
+def decode_speeds(models: dict[str, GPT], prompt: list[int], n: int, rounds: int = 10) -> dict[str, float]:
+    """Each model's greedy decoding tokens/s at batch 1 with the KV cache, the best of `rounds`. The models take turns
+    within each round, so a moment when the CPU is busy with something else slows them all, not one of them."""
+    best = dict.fromkeys(models, 0.0)
     idx = torch.tensor([prompt])
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in model.generate_stream(idx, n, temperature=0):
-            pass
-        best = max(best, n / (time.perf_counter() - t0))
-    return round(best, 1)
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            for _ in model.generate_stream(idx, n, temperature=0):
+                pass
+            best[name] = max(best[name], n / (time.perf_counter() - t0))
+    return {name: round(v, 1) for name, v in best.items()}
 
 
 # ----------------------------------------------------------------------------- the report (also quantize_int4.py's)
@@ -272,12 +274,13 @@ def compare(models: dict[str, GPT], tok, ids: np.ndarray, args: argparse.Namespa
     """Each model on the same text: perplexity, bytes, decoding speed at batch 1, greedy text, and how often its most
     likely next token is the first model's (the float one); a line printed per model."""
     reference, prompt, rows = next(iter(models.values())), tok.encode(args.prompt) or [0], {}
+    speeds = decode_speeds(models, prompt, args.new_tokens)
     for name, m in models.items():
         loss, n = score_split(m, ids, device)
         text = tok.decode(m.generate(torch.tensor([prompt]), 40, temperature=0)[0, len(prompt):].tolist())
         top1 = logit_errors(reference, m, ids)["top1_agreement"] if m is not reference else 1.0
         rows[name] = {"ppl": round(math.exp(loss), 3), "tokens_scored": n, "bytes": model_bytes(m),
-                      "top1_agreement": top1, "decode_tokens_per_second": decode_speed(m, prompt, args.new_tokens),
+                      "top1_agreement": top1, "decode_tokens_per_second": speeds[name],
                       "greedy_text": text}
         print(f"{name:34s} ppl {rows[name]['ppl']:9.3f} | {rows[name]['bytes'] / 2**20:7.2f} MiB | top-1 same "
               f"{top1:.3f} | {rows[name]['decode_tokens_per_second']:7.1f} tokens/s | {text[:50]!r}")
