@@ -579,6 +579,17 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
     return shlex.join(["python", script] + list(sys.argv[1:] if argv is None else argv))
 
 
+def provenance(runs: dict[str, list[str]], script: str, parse_args, args: argparse.Namespace,
+               argv: list[str] | None) -> dict:
+    """What a measurement's result file records about where it came from: the declared run it is ("run", only when
+    its settings resolve to one of `runs`, a stage's REFERENCE_RUNS), the command to paste (the declared one, else
+    the one typed), the commit and the date. A script puts it after its own figures: result = figures | provenance."""
+    run = reference_run_name(runs, script, parse_args, args)
+    return ({"run": run} if run else {}) | {
+        "command": portable(reference_command(runs[run]) if run else command_line(script, argv)),
+        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
 def note_command(state: dict, script: str, argv: list[str] | None = None) -> None:
     """Append this invocation's command line to state["commands"], which every checkpoint carries: a run that was
     stopped and resumed still knows the command that started it (and --resume continues that run exactly)."""

@@ -40,7 +40,7 @@ TABS = [
      "click": ["s5-submit"], "wait": {"s5-output": "s5-message", "s5-message": "s5-message"}},
     {"tab": "Stage 5: generate", "name": "Stage 5: generate, speculative decoding",
      "file": "demo_stage5_speculative.png", "type": {"s5-input": "The history of the city"},
-     "check": ["s5-speculative"], "click": ["s5-submit"],
+     "choose": {"s5-weights": "float32"}, "check": ["s5-speculative"], "click": ["s5-submit"],
      "wait": {"s5-output": "s5-message", "s5-message": "s5-message"}},
     {"tab": "Stage 5: chat", "file": "demo_stage5_chat.png",
      "type": {"s5c-input": "Translate this English sentence into French:\nA man is riding a bike."},

@@ -20,7 +20,6 @@ size:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import platform
 import sys
 import time
@@ -31,8 +30,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/decode_scaling.py`: p
 
 import torch
 
-from scripts.common import (UserError, command_line, cpu_has_native_bf16, git_commit, portable, positive_int,
-                            reference_command, reference_run_name, resolved_config, run_cli, set_seed, write_json)
+from scripts.common import (UserError, cpu_has_native_bf16, positive_int, provenance, resolved_config, run_cli, set_seed,
+                            write_json)
 from stage5_gpt.model import GPT, GPTConfig
 from stage5_gpt.quantize import decode_speeds, quantize_model, torch_dynamic_int8
 from stage5_gpt.reference_runs import REFERENCE_RUNS
@@ -159,15 +158,10 @@ def main(argv=None) -> None:
     print(f"draft: {args.draft_layers} x {args.draft_embd} ({draft.num_params() / 1e6:.2f} M parameters), "
           f"{torch.get_num_threads()} threads, bf16 native: {cpu_has_native_bf16()}")
     rows = [measure(layers, width, draft, args) for layers, width in args.sizes]
-    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/decode_scaling.py", parse_args, args)
-    result = {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
-        "rows": rows, "draft_params": draft.num_params(), "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "cpu_native_bf16": cpu_has_native_bf16(),
-        "torch": torch.__version__,
-        "config": resolved_config(args),
-        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
-                            else command_line("stage5_gpt/decode_scaling.py", argv)),
-        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    result = {"stage": "stage5_gpt", "rows": rows, "draft_params": draft.num_params(),
+              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+              "cpu_native_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "config": resolved_config(args)} \
+        | provenance(REFERENCE_RUNS, "stage5_gpt/decode_scaling.py", parse_args, args, argv)
     write_json(args.json, result)
     plot(Path(args.json).with_suffix(".png"), result)
     print(f"wrote {args.json} and {Path(args.json).with_suffix('.png')}")

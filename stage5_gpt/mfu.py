@@ -16,7 +16,6 @@ own mathematics uses. Everything else, the optimizer, norms, softmax, memory tra
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import platform
 import sys
 import time
@@ -27,8 +26,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/mfu.py`: put the repo
 
 import torch
 
-from scripts.common import (command_line, cpu_has_native_bf16, get_device, git_commit, portable, positive_int,
-                            reference_command, reference_run_name, resolved_config, run_cli, set_seed, write_json)
+from scripts.common import (cpu_has_native_bf16, get_device, positive_int, provenance, resolved_config, run_cli, set_seed,
+                            write_json)
 from stage5_gpt.benchmark import time_training
 from stage5_gpt.model import GPT, GPTConfig
 from stage5_gpt.reference_runs import REFERENCE_RUNS
@@ -142,15 +141,11 @@ def main(argv=None) -> None:
                          "step_gflops": round(per_token * tokens_per_second / 1e9, 1), "mfu": round(mfu, 4)})
             print(f"{key:17s} peak {peak / 1e9:8.1f} GFLOP/s (n={n}) | step {tokens_per_second:9,.0f} tokens/s "
                   f"= {per_token * tokens_per_second / 1e9:7.1f} GFLOP/s | MFU {100 * mfu:.1f} %")
-    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/mfu.py", parse_args, args)
-    result = {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
-        "flops_per_token": per_token, "params": model.num_params(), "precisions": figures, "rows": rows,
-        "compile": args.compile, "device": str(device), "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "cpu_native_bf16": cpu_has_native_bf16(),
-        "torch": torch.__version__, "config": resolved_config(args),
-        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
-                            else command_line("stage5_gpt/mfu.py", argv)),
-        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    result = {"stage": "stage5_gpt", "flops_per_token": per_token, "params": model.num_params(), "precisions": figures,
+              "rows": rows, "compile": args.compile, "device": str(device), "threads": torch.get_num_threads(),
+              "cpu": platform.processor() or platform.machine(), "cpu_native_bf16": cpu_has_native_bf16(),
+              "torch": torch.__version__, "config": resolved_config(args)} \
+        | provenance(REFERENCE_RUNS, "stage5_gpt/mfu.py", parse_args, args, argv)
     write_json(args.json, result)
     plot(Path(args.json).with_suffix(".png"), result)
     print(f"wrote {args.json} and {Path(args.json).with_suffix('.png')}")

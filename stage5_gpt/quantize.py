@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import io
 import math
 import platform
@@ -45,9 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scripts.common import (UserError, command_line, cpu_has_native_bf16, get_device, git_commit, load_checkpoint,
-                            portable, positive_int, reference_command, reference_run_name, resolve_data_dir,
-                            resolved_config, run_cli, save_checkpoint, write_json)
+from scripts.common import (UserError, cpu_has_native_bf16, get_device, load_checkpoint, portable, positive_int,
+                            provenance, resolve_data_dir, resolved_config, run_cli, save_checkpoint, write_json)
 from stage5_gpt.corpus import dataset_info, load_text
 from stage5_gpt.data import encode_split, load_tokenizer, tokenizer_fingerprint
 from stage5_gpt.evaluate import load_model, score_split
@@ -318,13 +316,11 @@ def finish_report(script: str, parse, args: argparse.Namespace, argv, ckpt: dict
     first = next(iter(result["models"].values()))["decode_tokens_per_second"]
     for row in result["models"].values():
         row["speedup_over_float32"] = round(row["decode_tokens_per_second"] / first, 3)
-    run = reference_run_name(REFERENCE_RUNS, script, parse, args)
     model = ckpt["config"]
-    result = {"stage": STAGE} | ({"run": run} if run else {}) | result | {
+    result = {"stage": STAGE} | result | {
         "model": model, "params": GPT(GPTConfig(**model)).num_params(), "cpu": platform.processor() or platform.machine(),
-        "cpu_native_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "config": resolved_config(args),
-        "command": portable(reference_command(REFERENCE_RUNS[run]) if run else command_line(script, argv)),
-        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        "cpu_native_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "config": resolved_config(args)} \
+        | provenance(REFERENCE_RUNS, script, parse, args, argv)
     out = Path(args.result or f"runs/{STAGE}/{Path(script).stem}.json")
     write_json(out, result)
     plot_report(out.with_suffix(".png"), result["models"], title)

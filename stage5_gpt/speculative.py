@@ -25,7 +25,6 @@ draft agrees with the target (the acceptance rate) and on how much cheaper the d
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
 import json
 import platform
@@ -38,8 +37,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/speculative.py`: put 
 
 import torch
 
-from scripts.common import (UserError, command_line, get_device, git_commit, portable, positive_int, reference_command,
-                            reference_run_name, resolved_config, run_cli, write_json)
+from scripts.common import (UserError, get_device, portable, positive_int, provenance, resolved_config, run_cli,
+                            write_json)
 from stage5_gpt.evaluate import load_model
 from stage5_gpt.model import GPT, KVCache, next_token_probs
 from stage5_gpt.reference_runs import DRAFT_CHECKPOINT, GPT_CHECKPOINT, REFERENCE_RUNS
@@ -247,18 +246,13 @@ def main(argv=None) -> None:
         print(f"k={k}: {rows[f'k={k}']['tokens_per_second']} tokens/s ({rows[f'k={k}']['speedup']}x), acceptance "
               f"{rows[f'k={k}']['acceptance_rate']:.2f}, {rows[f'k={k}']['target_passes']} target passes for "
               f"{len(plain)} tokens")
-    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/speculative.py", parse_args, args)
-    result = {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
-        "target": portable(str(args.checkpoint)), "draft": portable(str(args.draft)),
+    result = {"stage": "stage5_gpt", "target": portable(str(args.checkpoint)), "draft": portable(str(args.draft)),
         "target_params": target.num_params(), "draft_params": draft.num_params(),
         "target_model": target.cfg.to_dict(), "draft_model": draft.cfg.to_dict(),
         "target_val_ppl": val_ppl(args.checkpoint), "draft_val_ppl": val_ppl(args.draft),
         "prompt": args.prompt, "threads": torch.get_num_threads(), "greedy_identical": True, "rows": rows,
         "text": tok.decode(plain), "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "config": resolved_config(args),
-        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
-                            else command_line("stage5_gpt/speculative.py", argv)),
-        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        "config": resolved_config(args)} | provenance(REFERENCE_RUNS, "stage5_gpt/speculative.py", parse_args, args, argv)
     write_json(args.result, result)
     plot(Path(args.result).with_suffix(".png"), result)
     print(f"wrote {args.result} and {Path(args.result).with_suffix('.png')}")
