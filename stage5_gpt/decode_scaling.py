@@ -90,13 +90,13 @@ def pass_seconds(model: GPT, context: list[int], new: int, rounds: int) -> float
 
 def measure(layers: int, width: int, draft: GPT, args: argparse.Namespace) -> dict:
     block = args.prompt_tokens + args.new_tokens + args.k + 1
-    model = gpt(layers, width, args.vocab_size, max(1, width // 64), block)
+    fresh = lambda: gpt(layers, width, args.vocab_size, max(1, width // 64), block)  # noqa: E731  (the same weights)
+    model = fresh()
     prompt = torch.randint(args.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
     variants = {"float32": model}
     if cpu_has_native_bf16():
-        variants["bf16"] = gpt(layers, width, args.vocab_size, max(1, width // 64), block).to(torch.bfloat16)
-    variants["int8 (ours, fused kernel)"] = quantize_model(gpt(layers, width, args.vocab_size, max(1, width // 64),
-                                                               block))
+        variants["bf16"] = fresh().to(torch.bfloat16)
+    variants["int8 (ours, fused kernel)"] = quantize_model(fresh())   # quantizes in place: a model of its own
     variants["int8 (torch.ao dynamic)"] = torch_dynamic_int8(model)
     speeds = decode_speeds(variants, prompt, args.new_tokens, args.rounds)   # the formats take turns
     step = pass_seconds(model, prompt, 1, 5 * args.rounds)                 # one target token

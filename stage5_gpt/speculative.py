@@ -179,14 +179,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def timed(fn, rounds: int):
-    best, out = float("inf"), None
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
 
 def val_ppl(checkpoint) -> float | None:
     """The validation perplexity the checkpoint's own training run recorded (result.json beside it), if it did."""
@@ -232,10 +224,11 @@ def main(argv=None) -> None:
     best, stats = dict.fromkeys(runs, float("inf")), {}
     for _ in range(args.rounds):          # every way takes its turn in each round: the CPU's moods fall on all
         for name, run in runs.items():
-            (new, stats[name]), s = timed(run, 1)
+            t0 = time.perf_counter()
+            new, stats[name] = run()
+            best[name] = min(best[name], time.perf_counter() - t0)
             if new != plain:
                 raise RuntimeError(f"{name}: speculative greedy text differs from the target's own")  # a bug
-            best[name] = min(best[name], s)
     plain_s = best["plain"]
     rows = {"plain": {"tokens_per_second": round(len(plain) / plain_s, 1)}}
     print(f"plain KV-cache decoding: {len(plain)} tokens, {rows['plain']['tokens_per_second']} tokens/s")
