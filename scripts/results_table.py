@@ -49,8 +49,9 @@ SWEEP_WORDS = {
 
 # Stage 6's GLUE table: one row per task, its official metrics (stage6_bert/glue.py TASKS, headline first; a test
 # keeps the two equal), and a column per model, each read from its published file in stage6_bert/results/:
-# glue_baselines.json (the constant predictor, all tasks in one file), glue_<task>_scratch.json (the course's BERT from
-# random weights), glue_<task>.json (the course's own pre-trained BERT), glue_<task>_minilm.json (all-MiniLM-L6-v2),
+# glue_baselines.json (the constant predictor, all tasks in one file), glue_<task>_pairs_scratch.json (the course's BERT
+# from random weights), glue_<task>.json (pre-trained here on text alone, 64 positions), glue_<task>_pairs.json
+# (pre-trained here on text and sentence pairs, 128 positions), glue_<task>_minilm.json (all-MiniLM-L6-v2),
 # each with its other seeds <name>_seed<N>.json (the column shows their mean). Where a search chose the real weights'
 # recipe for a task (glue_<task>_minilm_tuned.json, its winner trained again), that column shows the winner and says so.
 GLUE_DIR = "stage6_bert"
@@ -66,15 +67,18 @@ GLUE_REFERENCES = {
     "BERT-Mini": {"sst2": (0.859,), "cola": (0.0,), "mrpc": (0.811, 0.718), "stsb": (0.754, 0.733), "rte": (0.579,)},
 }
 GLUE_WORDS = {   # the table's words in each README language; the figures and links are the same
-    "en": {"header": "| task | metric | constant predictor | the course's BERT from random weights | the course's BERT, "
-                     "pre-trained here | all-MiniLM-L6-v2, real pre-trained weights | reference: BERT-Tiny (2 layers, "
+    "en": {"header": "| task | metric | constant predictor | the course's BERT from random weights (128 positions) | "
+                     "the course's BERT pre-trained here on text (64 positions) | the course's BERT pre-trained here "
+                     "on text and sentence pairs (128 positions) | all-MiniLM-L6-v2, real pre-trained weights | "
+                     "reference: BERT-Tiny (2 layers, "
                      "128 wide), GLUE test, google-research/bert README | reference: BERT-Mini (4 layers, 256 wide), "
                      "same source |",
            "not_run": "not run yet", "mean": "mean of {n}", "undefined": "undefined (a constant has no correlation)", "then": "; ",
            "zero_shot": "STS-B zero-shot (no fine-tuning: cosine of mean-pooled vectors)",
            "bi_encoder": "STS-B as a bi-encoder (that cosine, fine-tuned)", "none": "—",
            "tuned": "; the recipe the search below chose"},
-    "zh-CN": {"header": "| 任务 | 指标 | 常数预测器 | 本课程的 BERT（随机权重起步） | 本课程的 BERT（在这里预训练） | "
+    "zh-CN": {"header": "| 任务 | 指标 | 常数预测器 | 本课程的 BERT（随机权重起步，128 个位置） | "
+                        "本课程的 BERT（在这里只用文本预训练，64 个位置） | 本课程的 BERT（在这里用文本和句子对预训练，128 个位置） | "
                         "all-MiniLM-L6-v2（真实的预训练权重） | 参考：BERT-Tiny（2 层，宽 128），GLUE 测试集，"
                         "google-research/bert README | 参考：BERT-Mini（4 层，宽 256），同一来源 |",
               "not_run": "尚未运行", "mean": "{n} 次的平均", "undefined": "无定义（常数没有相关性）", "then": "；",
@@ -246,8 +250,8 @@ def glue_cell(files: list[tuple[str, dict]], task: str | None, metrics: tuple[st
 
 def glue_table(root: Path = REPO_ROOT, language: str = "en") -> str:
     """Stage 6's GLUE table (see GLUE_TASKS) in `language`, with links relative to the stage folder: per task, the
-    constant predictor, the course's BERT from random weights (glue_<task>_scratch), pre-trained here (glue_<task>)
-    and the real weights (glue_<task>_minilm, or the search's winner glue_<task>_minilm_tuned where one is
+    constant predictor, the course's BERT from random weights (glue_<task>_pairs_scratch), pre-trained here on text
+    (glue_<task>) and on text and sentence pairs (glue_<task>_pairs), and the real weights (glue_<task>_minilm, or the search's winner glue_<task>_minilm_tuned where one is
     published), each the mean of its seeds where it has several (<name>_seed<N>), and the labelled references
     (GLUE_REFERENCES). Any file not published yet shows "not run yet", never a number; the
     rows of STS-B zero-shot and bi-encoder have only the real weights' column."""
@@ -267,7 +271,7 @@ def glue_table(root: Path = REPO_ROOT, language: str = "en") -> str:
         return " / ".join(f"{v:.3f}" for v in figures) if figures else words["none"]
 
     baselines = read("glue_baselines.json")
-    lines = [words["header"], "|---|---|---|---|---|---|---|---|"]
+    lines = [words["header"], "|---|---|---|---|---|---|---|---|---|"]
     none = words["none"]
     for task, name, metrics in GLUE_TASKS:
         tuned = with_seeds(f"glue_{task}_minilm_tuned")          # the real weights with a searched recipe
@@ -275,15 +279,15 @@ def glue_table(root: Path = REPO_ROOT, language: str = "en") -> str:
                 else glue_cell(with_seeds(f"glue_{task}_minilm"), None, metrics, words))
         cells = [glue_cell(baselines, task, metrics, words),
                  *(glue_cell(with_seeds(f"glue_{task}{kind}"), None, metrics, words)
-                   for kind in ("_scratch", "")),   # random weights, our pre-training
+                   for kind in ("_pairs_scratch", "", "_pairs")),   # random weights, our two pre-trainings
                  real, reference("BERT-Tiny", task), reference("BERT-Mini", task)]
         lines.append(f"| {name} | {' / '.join(metrics)} | " + " | ".join(cells) + " |")
     zero_shot = glue_cell(read(GLUE_ZERO_SHOT), None, ("pearson", "spearman"), words)
-    lines.append(f"| {words['zero_shot']} | pearson / spearman | {none} | {none} | {none} | {zero_shot} | {none} "
-                 f"| {none} |")
+    lines.append(f"| {words['zero_shot']} | pearson / spearman | {none} | {none} | {none} | {none} | {zero_shot} "
+                 f"| {none} | {none} |")
     bi_encoder = glue_cell(read(GLUE_BI_ENCODER), None, ("pearson", "spearman"), words)
-    lines.append(f"| {words['bi_encoder']} | pearson / spearman | {none} | {none} | {none} | {bi_encoder} | {none} "
-                 f"| {none} |")
+    lines.append(f"| {words['bi_encoder']} | pearson / spearman | {none} | {none} | {none} | {none} | {bi_encoder} "
+                 f"| {none} | {none} |")
     return "\n".join(lines)
 
 

@@ -124,7 +124,7 @@ def glue_file(metrics: dict, **fields) -> str:
 
 def glue_repo(root: Path) -> dict[str, Path]:
     """Stage 6 with the baselines of two tasks, the course's MRPC and CoLA, MRPC from random weights with two seeds,
-    real weights on MRPC with three seeds,
+    MRPC pre-trained with sentence pairs, real weights on MRPC with three seeds,
     no real weights on CoLA yet, and its two READMEs with the glue markers (and none of the results table)."""
     results = root / "stage6_bert" / "results"
     results.mkdir(parents=True)
@@ -136,7 +136,8 @@ def glue_repo(root: Path) -> dict[str, Path]:
     for name, f1, accuracy in [("", 0.90, 0.85), ("_seed2", 0.88, 0.83), ("_seed3", 0.89, 0.81)]:
         (results / f"glue_mrpc_minilm{name}.json").write_text(glue_file({"f1": f1, "accuracy": accuracy}))
     for name, f1, accuracy in [("", 0.71, 0.61), ("_seed2", 0.69, 0.59)]:   # from random weights, two seeds
-        (results / f"glue_mrpc_scratch{name}.json").write_text(glue_file({"f1": f1, "accuracy": accuracy}))
+        (results / f"glue_mrpc_pairs_scratch{name}.json").write_text(glue_file({"f1": f1, "accuracy": accuracy}))
+    (results / "glue_mrpc_pairs.json").write_text(glue_file({"f1": 0.83, "accuracy": 0.74}))
     readme = f"# Stage 6\n\nGLUE:\n\n{results_table.GLUE_START}\n{results_table.GLUE_END}\n\nAfter.\n"
     paths = {"en": root / "stage6_bert" / "README.md", "zh": root / "stage6_bert" / "README.zh-CN.md"}
     for path in paths.values():
@@ -156,22 +157,22 @@ def test_the_glue_table_shows_each_model_per_task_and_never_a_number_not_run(tmp
     en, zh = (paths[k].read_text(encoding="utf-8") for k in ("en", "zh"))
     assert row(en, "MRPC") == [
         "MRPC", "f1 / accuracy", "[0.8122](results/glue_baselines.json) / 0.6838",
-        "0.7000 / 0.6000 (mean of 2: [0.7100](results/glue_mrpc_scratch.json), "
-        "[0.6900](results/glue_mrpc_scratch_seed2.json))",
-        "[0.8122](results/glue_mrpc.json) / 0.6838",
+        "0.7000 / 0.6000 (mean of 2: [0.7100](results/glue_mrpc_pairs_scratch.json), "
+        "[0.6900](results/glue_mrpc_pairs_scratch_seed2.json))",
+        "[0.8122](results/glue_mrpc.json) / 0.6838", "[0.8300](results/glue_mrpc_pairs.json) / 0.7400",
         "0.8900 / 0.8300 (mean of 3: [0.9000](results/glue_mrpc_minilm.json), "
         "[0.8800](results/glue_mrpc_minilm_seed2.json), [0.8900](results/glue_mrpc_minilm_seed3.json))",
         "0.811 / 0.711", "0.811 / 0.718"]   # the labelled references: BERT-Tiny and BERT-Mini on GLUE test
-    assert row(en, "CoLA")[2:6] == ["[0.0000](results/glue_baselines.json) / 0.6913", "not run yet",
-                                    "[0.0000](results/glue_cola.json) / 0.6913", "not run yet"]
-    assert row(en, "SST-2")[2:6] == ["not run yet"] * 4   # no entry in the baselines file, no result file
-    assert row(en, "WNLI")[6:] == ["—", "—"]               # no published reference
+    assert row(en, "CoLA")[2:7] == ["[0.0000](results/glue_baselines.json) / 0.6913", "not run yet",
+                                    "[0.0000](results/glue_cola.json) / 0.6913", "not run yet", "not run yet"]
+    assert row(en, "SST-2")[2:7] == ["not run yet"] * 5   # no entry in the baselines file, no result file
+    assert row(en, "WNLI")[7:] == ["—", "—"]               # no published reference
     assert row(en, "STS-B")[2] == ("undefined (a constant has no correlation); mse "
                                    "[2.3636](results/glue_baselines.json)")
     assert row(en, "STS-B zero-shot (no fine-tuning: cosine of mean-pooled vectors)")[2:] == \
-        ["—", "—", "—", "not run yet", "—", "—"]
+        ["—", "—", "—", "—", "not run yet", "—", "—"]
     assert results_table.GLUE_WORDS["en"]["header"] in en and results_table.GLUE_WORDS["zh-CN"]["header"] in zh
-    assert row(zh, "MRPC")[5].startswith("0.8900 / 0.8300 (3 次的平均: ") and row(zh, "CoLA")[5] == "尚未运行"
+    assert row(zh, "MRPC")[6].startswith("0.8900 / 0.8300 (3 次的平均: ") and row(zh, "CoLA")[6] == "尚未运行"
     assert en.startswith("# Stage 6\n\nGLUE:\n\n") and en.endswith(f"{results_table.GLUE_END}\n\nAfter.\n")
     assert results_table.main(["--check"], root=tmp_path) == 0
     capsys.readouterr()
@@ -181,18 +182,18 @@ def test_the_glue_table_shows_each_model_per_task_and_never_a_number_not_run(tmp
     assert results_table.main(["--check"], root=tmp_path) == 1
     assert "stage6_bert/README.md, stage6_bert/README.zh-CN.md" in capsys.readouterr().err
     results_table.main(["--write"], root=tmp_path)
-    assert row(paths["en"].read_text(encoding="utf-8"), "CoLA")[5] == \
+    assert row(paths["en"].read_text(encoding="utf-8"), "CoLA")[6] == \
         "[0.4500](results/glue_cola_minilm.json) / 0.8000"
 
     for name, mcc in (("", 0.52), ("_seed2", 0.50)):   # a search's winner, trained again: it takes the column
         (tmp_path / "stage6_bert" / "results" / f"glue_cola_minilm_tuned{name}.json").write_text(
             glue_file({"matthews_corr": mcc, "accuracy": 0.82}))
     results_table.main(["--write"], root=tmp_path)
-    assert row(paths["en"].read_text(encoding="utf-8"), "CoLA")[5] == \
+    assert row(paths["en"].read_text(encoding="utf-8"), "CoLA")[6] == \
         ("0.5100 / 0.8200 (mean of 2: [0.5200](results/glue_cola_minilm_tuned.json), "
          "[0.5000](results/glue_cola_minilm_tuned_seed2.json)); the recipe the search below chose")
-    assert row(paths["zh"].read_text(encoding="utf-8"), "CoLA")[5].endswith("；下文搜索选出的配方")
-    assert row(paths["en"].read_text(encoding="utf-8"), "MRPC")[5].startswith("0.8900 / 0.8300 (mean of 3: ")
+    assert row(paths["zh"].read_text(encoding="utf-8"), "CoLA")[6].endswith("；下文搜索选出的配方")
+    assert row(paths["en"].read_text(encoding="utf-8"), "MRPC")[6].startswith("0.8900 / 0.8300 (mean of 3: ")
 
 
 def test_the_glue_tables_metrics_are_the_tasks_metrics():

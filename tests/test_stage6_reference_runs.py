@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO_ROOT
 from scripts.common import WHERE_FLAGS, reference_command, reference_run_name, resolved_config
 from stage6_bert import baselines, fill_mask, finetune, predict, pretrain, similarity
-from stage6_bert.reference_runs import BERT_CHECKPOINT, MINILM_SST2_CHECKPOINT, REFERENCE_RUNS
+from stage6_bert.reference_runs import BERT_CHECKPOINT, MINILM_SST2_CHECKPOINT, PAIRS_CHECKPOINT, REFERENCE_RUNS
 
 STAGE = "stage6_bert"
 PARSERS = {"stage6_bert/pretrain.py": pretrain.parse_args, "stage6_bert/finetune.py": finetune.parse_args,
@@ -57,10 +57,12 @@ def test_the_fine_tunes_read_the_checkpoint_the_pretraining_run_writes():
     assert pretrain.parse_args(producer[1:]).out_dir + "/best.pt" == BERT_CHECKPOINT
     assert finetune.parse_args(["--task", "sst2"]).checkpoint == BERT_CHECKPOINT
     assert fill_mask.parse_args(["a [MASK] ."]).checkpoint == BERT_CHECKPOINT
+    assert pretrain.parse_args(REFERENCE_RUNS["pretrain_pairs_lr1e3"][1:]).out_dir + "/best.pt" == PAIRS_CHECKPOINT
     for name, argv in REFERENCE_RUNS.items():
         if argv[0] == "stage6_bert/finetune.py":   # the course's own BERT, or real weights (--pretrained): no checkpoint
             args = finetune.parse_args(argv[1:])
-            assert args.checkpoint == (None if args.pretrained else BERT_CHECKPOINT), name
+            own = PAIRS_CHECKPOINT if "_pairs" in name else BERT_CHECKPOINT   # the pair pre-training's fine-tunes
+            assert args.checkpoint == (None if args.pretrained else own), name
 
 
 def test_real_weights_fine_tuned_on_sst2_land_where_the_demo_looks():
@@ -172,3 +174,19 @@ def test_the_hour_long_pair_run_at_2e_3_is_the_short_nsp_run_made_longer_and_sta
     doc = (REPO_ROOT / "docs" / "stage6_bert.md").read_text(encoding="utf-8")
     assert f"end ({r['steps']:,}) |" in doc and f"| {r['metrics']['val_mlm_loss']:.4f} |\n" in doc
     assert f"| {round(r['metrics']['val_nsp_acc'], 3):.3f} |\n" in doc
+
+
+def test_the_pair_run_at_1e_3_left_the_plateau_and_the_docs_show_it():
+    """pretrain_pairs_lr1e3 (docs section 11): pretrain_pairs at half the learning rate, the run the pair columns of
+    the GLUE table fine-tune from. It ended below the 2e-3 run's loss and far below the plateau, with NSP above
+    chance; the docs' table by step ends with the file's figures."""
+    a, b = (resolved_config(pretrain.parse_args(REFERENCE_RUNS[n][1:]))
+            for n in ("pretrain_pairs", "pretrain_pairs_lr1e3"))
+    assert {k for k in a if a[k] != b[k]} == {"lr"} and b["lr"] == a["lr"] / 2
+    assert pretrain.parse_args(REFERENCE_RUNS["pretrain_pairs_lr1e3"][1:]).out_dir + "/best.pt" == PAIRS_CHECKPOINT
+    results = REPO_ROOT / "stage6_bert" / "results"
+    low, high = (json.loads((results / f"{n}.json").read_text()) for n in ("pretrain_pairs_lr1e3", "pretrain_pairs"))
+    assert low["metrics"]["val_mlm_loss"] < high["metrics"]["val_mlm_loss"] - 0.3
+    assert low["metrics"]["val_nsp_acc"] > 0.6
+    doc = (REPO_ROOT / "docs" / "stage6_bert.md").read_text(encoding="utf-8")
+    assert f"end ({low['steps']:,}) |" in doc and f"| {low['metrics']['val_mlm_loss']:.4f} |\n" in doc
