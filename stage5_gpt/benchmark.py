@@ -14,7 +14,6 @@ KV cache and once re-reading the whole text every step; the two outputs must be 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import contextlib
 import sys
 import time
@@ -26,9 +25,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/benchmark.py`: put th
 import torch
 import torch.nn as nn
 
-from scripts.common import (UserError, command_line, cpu_has_native_bf16, get_device, git_commit, portable,
-                            positive_int, reference_command, reference_run_name, resolved_config, run_cli, set_seed,
-                            write_json)
+from scripts.common import (UserError, cpu_has_native_bf16, get_device, positive_int, provenance, resolved_config,
+                            run_cli, set_seed, write_json)
 from stage5_gpt.model import GPT, GPTConfig
 from stage5_gpt.reference_runs import REFERENCE_RUNS
 
@@ -146,18 +144,15 @@ def main(argv=None) -> None:
           f"{gen['no_cache']:,.0f} without: {t_full / t_cache:.1f}x faster; identical greedy output: {same}")
     if not same:
         raise UserError("cached and uncached greedy decoding disagree")
-    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/benchmark.py", parse_args, args)
-    write_json(args.json, {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
+    write_json(args.json, {"stage": "stage5_gpt",
         "train_tokens_per_second": {k: round(v) for k, v in speeds.items()},
         "train_ratio_ours_over_hf": round(ratio, 2),
         "train_ratio_cpu_bf16_over_fp32": round(bf16_ratio, 2) if bf16_ratio else None,
         "generate_tokens_per_second": {k: round(v, 1) for k, v in gen.items()},
         "kv_cache_speedup": round(t_full / t_cache, 1), "identical_greedy_output": same,
         "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "config": resolved_config(args),
-        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
-                            else command_line("stage5_gpt/benchmark.py", argv)),
-        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        "transformers": __import__("transformers").__version__, "config": resolved_config(args)}
+        | provenance(REFERENCE_RUNS, "stage5_gpt/benchmark.py", parse_args, args, argv))
     print(f"wrote {args.json}")
 
 

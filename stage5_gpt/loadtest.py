@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import importlib.util
 import json
 import os
@@ -43,9 +42,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/loadtest.py`: put the
 
 import torch
 
-from scripts.common import (REPO_ROOT, UserError, command_line, git_commit, portable, positive_int,
-                            reference_command, reference_run_name, resolve_data_dir, resolved_config, run_cli,
-                            write_json)
+from scripts.common import (REPO_ROOT, UserError, portable, positive_int, provenance, resolve_data_dir, resolved_config,
+                            run_cli, write_json)
 from stage5_gpt.instructions import load_examples
 from stage5_gpt.reference_runs import REFERENCE_RUNS, SFT_CHECKPOINT
 
@@ -201,16 +199,13 @@ def main(argv=None) -> None:
             proc.wait(timeout=30)
     ratio = many["tokens_per_second"] / solo["tokens_per_second"] if solo["tokens_per_second"] else None
     print(f"aggregate throughput: {ratio:.2f}x one client's" if ratio else "the lone client got no tokens")
-    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/loadtest.py", parse_args, args) if args.url is None else None
-    write_json(args.json, {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
+    write_json(args.json, {"stage": "stage5_gpt",
         "model": model, "checkpoint": portable(str(args.checkpoint)) if args.url is None else None,
         "endpoint": "chat" if chat else "completions", "solo": solo, "concurrent": many,
         "throughput_ratio": round(ratio, 2) if ratio else None,
         "failed_requests": solo["failed"] + many["failed"], "config": resolved_config(args),
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
-                            else command_line("stage5_gpt/loadtest.py", argv)),
-        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+        | provenance(REFERENCE_RUNS, "stage5_gpt/loadtest.py", parse_args, args, argv))
     print(f"wrote {args.json}")
     failed = solo["failed"] + many["failed"]
     if failed:

@@ -20,7 +20,6 @@ about 3e-6: the bound is a relative 1e-5, the one tests/test_stage5_parallel.py 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -33,9 +32,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/parallel_equality.py`
 
 import torch
 
-from scripts.common import (REPO_ROOT, UserError, command_line, git_commit, load_checkpoint, portable, positive_int,
-                            reference_command, reference_run_name, resolve_data_dir, resolved_config, run_cli,
-                            write_json)
+from scripts.common import (REPO_ROOT, UserError, load_checkpoint, positive_int, provenance, resolve_data_dir,
+                            resolved_config, run_cli, write_json)
 from stage5_gpt.reference_runs import REFERENCE_RUNS
 
 SCHEMES = ("ddp", "zero1", "fsdp2", "tensor", "pipeline")
@@ -127,17 +125,14 @@ def main(argv=None) -> None:
                   f"{worst[scheme]:.1e}")
             times[scheme] = round(times[scheme], 1)
     out = Path(args.json)
-    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/parallel_equality.py", parse_args, args)
-    write_json(out, {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
+    write_json(out, {"stage": "stage5_gpt",
         "dataset": "tiny_shakespeare", "steps": args.steps, "processes": 2, "one_process": one, "schemes": runs,
         "max_relative_difference": {k: float(f"{v:.2e}") for k, v in worst.items()},
         "one_process_another_seed": other_seed,
         "within_1e-5_relative": {k: v <= 1e-5 for k, v in worst.items()},   # the bound the tests hold it to
         "seconds": times, "wall_seconds": round(time.perf_counter() - t0, 1), "model_flags": MODEL, "config": resolved_config(args), "threads_per_process": 1,
-        "torch": torch.__version__,
-        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
-                            else command_line("stage5_gpt/parallel_equality.py", argv)),
-        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        "torch": torch.__version__}
+        | provenance(REFERENCE_RUNS, "stage5_gpt/parallel_equality.py", parse_args, args, argv))
     plot(out.with_suffix(".png"), one, runs, other_seed)
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

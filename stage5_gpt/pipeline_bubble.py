@@ -21,7 +21,6 @@ of the schedule, not of any text. The figures go to --json, a plot beside it.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import platform
 import subprocess
@@ -35,8 +34,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/pipeline_bubble.py`: 
 import torch
 import torch.distributed as dist
 
-from scripts.common import (REPO_ROOT, UserError, command_line, end_distributed, git_commit, portable, positive_int,
-                            reference_command, reference_run_name, resolved_config, run_cli, write_json)
+from scripts.common import (REPO_ROOT, UserError, end_distributed, positive_int, provenance, resolved_config, run_cli,
+                            write_json)
 from stage5_gpt.model import GPT, GPTConfig
 from stage5_gpt.parallel import PipelineStage, pipeline_step
 from stage5_gpt.reference_runs import REFERENCE_RUNS
@@ -166,15 +165,12 @@ def worker(args, argv) -> None:
                       f"theory {r['theory']:.3f}, {r['step_seconds']:.3f} s per step", flush=True)
     if rank == 0:
         out = Path(args.json)
-        run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/pipeline_bubble.py", parse_args, args)
-        result = {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
+        result = ({"stage": "stage5_gpt",
             "processes": world, "threads_per_process": 1, "parameters": GPT(config(args)).num_params(),
             "model": config(args).to_dict(), "one_process_step_seconds": round(one, 4), "rows": rows,
             "config": resolved_config(args), "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "command": portable(reference_command(REFERENCE_RUNS[run]) if run
-                                else command_line("stage5_gpt/pipeline_bubble.py", argv)),
-            "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "torch": torch.__version__}
+            | provenance(REFERENCE_RUNS, "stage5_gpt/pipeline_bubble.py", parse_args, args, argv))
         write_json(out, result)
         plot(out.with_suffix(".png"), result)
         print(f"one process: {one:.3f} s per step; wrote {out} and {out.with_suffix('.png')}")
