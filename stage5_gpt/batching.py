@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as `python stage5_gpt/batching.py`: put the
 
 import torch
 
-from scripts.common import (UserError, command_line, get_device, git_commit, portable, positive_int, reference_command,
-                            reference_run_name, resolved_config, run_cli, write_json)
+from scripts.common import (UserError, get_device, portable, positive_int, provenance, resolved_config, run_cli,
+                            write_json)
 from stage5_gpt.model import GPT, KVCache, sample_next
 
 
@@ -170,11 +170,15 @@ class RowCache:
         self.lengths[row] = length
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v (R, H, 1, D) of the busy rows' new tokens -> those rows' keys and values (R, H, max_len, D)."""
-        rows, at = self.rows.to(k.device), self.lengths[self.rows].to(k.device)
+        """k, v (R, H, 1, D) of the busy rows' new tokens -> those rows' keys and values (R, H, S, D), S the longest
+        busy row's length with its new token: the positions beyond it hold nothing any busy row may read, so
+        gathering and attending to them (max_len of them) would be work thrown away on every step."""
+        lengths = self.lengths[self.rows]
+        span = int(lengths.max()) + 1
+        rows, at = self.rows.to(k.device), lengths.to(k.device)
         self.keys[layer][rows, :, at] = k[:, :, 0]
         self.values[layer][rows, :, at] = v[:, :, 0]
-        return self.keys[layer][rows], self.values[layer][rows]
+        return self.keys[layer][rows, :, :span], self.values[layer][rows, :, :span]
 
 
 class ContinuousBatcher:
@@ -323,7 +327,6 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
 
 
 def main(argv=None) -> None:
-    import datetime as dt
     import platform
 
     from stage5_gpt.evaluate import load_model
@@ -348,15 +351,12 @@ def main(argv=None) -> None:
     ratios = {str(r["concurrency"]): round(r["tokens_per_second"] / alone["tokens_per_second"], 2)
               for r in rows} if alone else None
     out = Path(args.result)
-    run = reference_run_name(REFERENCE_RUNS, "stage5_gpt/batching.py", parse_args, args)
-    write_json(out, {"stage": "stage5_gpt"} | ({"run": run} if run else {}) | {
+    write_json(out, {"stage": "stage5_gpt",
         "checkpoint": portable(str(args.checkpoint)), "parameters": model.num_params(), "rows": rows,
         "throughput_vs_one_at_a_time": ratios, "new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens,
         "config": resolved_config(args), "threads": torch.get_num_threads(), "device": str(device),
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "command": portable(reference_command(REFERENCE_RUNS[run]) if run
-                            else command_line("stage5_gpt/batching.py", argv)),
-        "git_commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+        | provenance(REFERENCE_RUNS, "stage5_gpt/batching.py", parse_args, args, argv))
     plot(out.with_suffix(".png"), rows, f"Continuous batching of {model.num_params() / 1e6:.1f} M-parameter GPT "
                                         f"({args.prompt_tokens}-token prompts, {args.new_tokens} new tokens each)")
     print(f"wrote {out} and {out.with_suffix('.png')}")
