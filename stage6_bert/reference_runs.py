@@ -142,3 +142,23 @@ REFERENCE_RUNS["pretrain_pairs_lr1e3"] = [
     "--eval-interval", "2000", "--cpu-bf16", "--pair-share", "0.5", "--nsp",
     "--out-dir", "runs/stage6_bert/pretrain_pairs_lr1e3"]
 PAIRS_CHECKPOINT = "runs/stage6_bert/pretrain_pairs_lr1e3/best.pt"
+
+# Every task but SST-2 fine-tuned from it with finetune.py's default recipe, and the same network from random weights
+# with the same recipe and seeds: the GLUE table's columns "pre-trained here on text and sentence pairs" and "random
+# weights".
+# RTE, MRPC and CoLA, whose dev sets are small, with three seeds each (None: finetune.py's default seed).
+PAIR_FINE_TUNES = {"cola": [None, 2, 3], "mrpc": [None, 2, 3], "rte": [None, 2, 3], "stsb": [None], "wnli": [None]}
+
+
+def pair_runs() -> dict[str, list[str]]:
+    runs = {}
+    for task, seeds in PAIR_FINE_TUNES.items():
+        for kind, start in [("pairs", []), ("pairs_scratch", ["--from-scratch"])]:
+            for seed in seeds:
+                name = f"glue_{task}_{kind}" + (f"_seed{seed}" if seed else "")
+                runs[name] = ["stage6_bert/finetune.py", "--task", task, *start, "--checkpoint", PAIRS_CHECKPOINT,
+                              *(["--seed", str(seed)] if seed else []), "--out-dir", f"runs/stage6_bert/{name}"]
+    return runs
+
+
+REFERENCE_RUNS.update(pair_runs())

@@ -176,6 +176,17 @@ def test_the_hour_long_pair_run_at_2e_3_is_the_short_nsp_run_made_longer_and_sta
     assert f"| {round(r['metrics']['val_nsp_acc'], 3):.3f} |\n" in doc
 
 
+def test_the_pair_columns_differ_from_their_scratch_twins_only_in_the_start():
+    """Each fine-tune from pretrain_pairs_lr1e3 has a twin from random weights with the same flags, seed and recipe,
+    so the GLUE table's two columns differ only in where the weights started."""
+    pairs = [n for n in REFERENCE_RUNS if n.startswith("glue_") and "_pairs" in n and "_scratch" not in n]
+    assert pairs
+    for name in pairs:
+        twin = name.replace("_pairs", "_pairs_scratch")
+        a, b = (resolved_config(finetune.parse_args(REFERENCE_RUNS[n][1:])) for n in (name, twin))
+        assert {k for k in a if a[k] != b[k]} == {"from_scratch"} and b["from_scratch"], name
+
+
 def test_the_pair_run_at_1e_3_left_the_plateau_and_the_docs_show_it():
     """pretrain_pairs_lr1e3 (docs section 11): pretrain_pairs at half the learning rate, the run the pair columns of
     the GLUE table fine-tune from. It ended below the 2e-3 run's loss and far below the plateau, with NSP above
@@ -190,3 +201,23 @@ def test_the_pair_run_at_1e_3_left_the_plateau_and_the_docs_show_it():
     assert low["metrics"]["val_nsp_acc"] > 0.6
     doc = (REPO_ROOT / "docs" / "stage6_bert.md").read_text(encoding="utf-8")
     assert f"end ({low['steps']:,}) |" in doc and f"| {low['metrics']['val_mlm_loss']:.4f} |\n" in doc
+
+
+def test_the_readme_quotes_the_pair_fine_tunes_and_their_scratch_twins_as_published():
+    """The Stage 6 README's paragraph on the course's own BERT quotes, per task, the mean of the published seeds of the
+    fine-tunes from pretrain_pairs_lr1e3 and of their twins from random weights, and says the pre-training beat random
+    weights on none of MRPC, RTE, STS-B and CoLA: true of the files, or this fails."""
+    results = REPO_ROOT / "stage6_bert" / "results"
+    readme = (REPO_ROOT / "stage6_bert" / "README.md").read_text(encoding="utf-8")
+
+    def mean(stem: str, metric: str) -> float:
+        files = [results / f"{stem}.json", *sorted(results.glob(f"{stem}_seed*.json"))]
+        values = [json.loads(f.read_text())["metrics"][metric] for f in files if f.is_file()]
+        assert values, stem
+        return sum(values) / len(values)
+
+    for task, metric in [("mrpc", "f1"), ("rte", "accuracy"), ("stsb", "pearson"), ("cola", "matthews_corr")]:
+        pairs, scratch = mean(f"glue_{task}_pairs", metric), mean(f"glue_{task}_pairs_scratch", metric)
+        assert f"{pairs:.4f}" in readme and f"{scratch:.4f}" in readme, task
+        assert pairs <= scratch, task   # "beat random weights on none of these tasks"
+    assert "beat random\nweights on none of these tasks" in readme
