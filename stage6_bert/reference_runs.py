@@ -127,3 +127,10 @@ PAIR_SHORT = ["stage6_bert/pretrain.py", "--layers", "4", "--hidden", "128", "--
               "--time-budget", "15", "--eval-interval", "500", "--cpu-bf16", "--pair-share", "0.5"]
 REFERENCE_RUNS["pretrain_nsp_short"] = [*PAIR_SHORT, "--nsp", "--out-dir", "runs/stage6_bert/pretrain_nsp_short"]
 REFERENCE_RUNS["pretrain_sop_short"] = [*PAIR_SHORT, "--sop", "--out-dir", "runs/stage6_bert/pretrain_sop_short"]
+
+# The full pair-aware pre-training with the objective the short runs chose (next-sentence prediction): the same
+# model, 128 positions and mix as the short runs, the 60-minute budget of "pretrain". The pair tasks fine-tune from it.
+REFERENCE_RUNS["pretrain_pairs"] = [
+    "stage6_bert/pretrain.py", "--layers", "4", "--hidden", "128", "--heads", "2", "--max-len", "128",
+    "--batch-size", "32", "--lr", "2e-3", "--norm", "pre", "--dropout", "0", "--epochs", "10", "--time-budget", "60",
+    "--eval-interval", "2000", "--cpu-bf16", "--pair-share", "0.5", "--nsp", "--out-dir", "runs/stage6_bert/pretrain_pairs"]
