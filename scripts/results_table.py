@@ -70,9 +70,8 @@ GLUE_WORDS = {   # the table's words in each README language; the figures and li
     "en": {"header": "| task | metric | constant predictor | the course's BERT from random weights (128 positions) | "
                      "the course's BERT pre-trained here on text (64 positions) | the course's BERT pre-trained here "
                      "on text and sentence pairs (128 positions) | all-MiniLM-L6-v2, real pre-trained weights | "
-                     "reference: BERT-Tiny (2 layers, "
-                     "128 wide), GLUE test, google-research/bert README | reference: BERT-Mini (4 layers, 256 wide), "
-                     "same source |",
+                     "reference: BERT-Tiny (2 layers, 128 wide), GLUE test, google-research/bert README | "
+                     "reference: BERT-Mini (4 layers, 256 wide), same source |",
            "not_run": "not run yet", "mean": "mean of {n}", "undefined": "undefined (a constant has no correlation)", "then": "; ",
            "zero_shot": "STS-B zero-shot (no fine-tuning: cosine of mean-pooled vectors)",
            "bi_encoder": "STS-B as a bi-encoder (that cosine, fine-tuned)", "none": "—",
@@ -251,8 +250,8 @@ def glue_cell(files: list[tuple[str, dict]], task: str | None, metrics: tuple[st
 def glue_table(root: Path = REPO_ROOT, language: str = "en") -> str:
     """Stage 6's GLUE table (see GLUE_TASKS) in `language`, with links relative to the stage folder: per task, the
     constant predictor, the course's BERT from random weights (glue_<task>_pairs_scratch), pre-trained here on text
-    (glue_<task>) and on text and sentence pairs (glue_<task>_pairs), and the real weights (glue_<task>_minilm, or the search's winner glue_<task>_minilm_tuned where one is
-    published), each the mean of its seeds where it has several (<name>_seed<N>), and the labelled references
+    (glue_<task>) and on text and sentence pairs (glue_<task>_pairs), and the real weights (glue_<task>_minilm, or
+    the search's winner glue_<task>_minilm_tuned where one is published), each the mean of its seeds where it has several (<name>_seed<N>), and the labelled references
     (GLUE_REFERENCES). Any file not published yet shows "not run yet", never a number; the
     rows of STS-B zero-shot and bi-encoder have only the real weights' column."""
     words = GLUE_WORDS[language]
