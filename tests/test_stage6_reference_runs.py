@@ -3,6 +3,7 @@ checkpoint the fine-tunes read is the one the pre-training run writes, and the m
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -199,7 +200,7 @@ def test_the_pair_run_at_1e_3_left_the_plateau_and_the_docs_show_it():
     low, high = (json.loads((results / f"{n}.json").read_text()) for n in ("pretrain_pairs_lr1e3", "pretrain_pairs"))
     assert low["metrics"]["val_mlm_loss"] < high["metrics"]["val_mlm_loss"] - 0.3
     for r in (low, high):   # both below the untrained model's ln(vocabulary), the plateau run too
-        assert r["metrics"]["val_mlm_loss"] < __import__("math").log(r["corpus"]["vocab_size"]) - 2
+        assert r["metrics"]["val_mlm_loss"] < math.log(r["corpus"]["vocab_size"]) - 2
     assert low["metrics"]["val_nsp_acc"] > 0.6
     doc = (REPO_ROOT / "docs" / "stage6_bert.md").read_text(encoding="utf-8")
     assert f"end ({low['steps']:,}) |" in doc and f"| {low['metrics']['val_mlm_loss']:.4f} |\n" in doc
